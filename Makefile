@@ -1,0 +1,45 @@
+# ringline for Go. `make run` starts the echo example; `make test` runs the
+# whole suite. Both vendor liburing first when it is not built yet.
+GO ?= go
+LIBURING := third_party/liburing/install/lib/liburing.a
+export CGO_ENABLED ?= 1
+
+.PHONY: all build run test test-c test-go test-race test-epoll test-nocgo vet bench clean
+
+all: build
+
+$(LIBURING): vendor_liburing.sh
+	./vendor_liburing.sh
+
+build: $(LIBURING)
+	$(GO) build ./...
+	$(GO) build -o bin/echo ./examples/echo
+
+run: build
+	./bin/echo
+
+# The C layer on its own, then the Go suite.
+test: $(LIBURING) vet test-c test-go test-race
+
+vet: $(LIBURING)
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || ls *.go)); \
+	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+	$(GO) vet ./...
+
+csrc/rl_test: csrc/rl_test.c csrc/rl.c csrc/rl.h $(LIBURING)
+	$(CC) -O2 -Wall -Icsrc -Ithird_party/liburing/install/include -o $@ csrc/rl_test.c csrc/rl.c $(LIBURING)
+
+test-c: csrc/rl_test
+	./csrc/rl_test
+
+test-go: $(LIBURING)
+	$(GO) test -count=1 -timeout 10m ./...
+
+test-race: $(LIBURING)
+	$(GO) test -race -count=1 -timeout 10m ./...
+
+bench: $(LIBURING)
+	$(GO) test -run '^$$' -bench . -benchtime 3s .
+
+clean:
+	rm -rf bin csrc/rl_test

@@ -1,0 +1,137 @@
+package ringline
+
+import (
+	"fmt"
+	"log/slog"
+	"runtime"
+)
+
+// Config tunes a runtime. The zero value of every field means "use the
+// default"; Launch refuses values that cannot work with an error naming the
+// field.
+type Config struct {
+	// Workers is the number of worker loops, each a locked OS thread with
+	// its own ring, listener, buffers and connections. Default: one per CPU.
+	Workers int
+	// PinCPUs pins worker i to CPU i modulo the CPUs this process may use.
+	PinCPUs bool
+	// Backend chooses io_uring, epoll, or Auto (the default).
+	Backend Backend
+	// RingEntries is the submission queue size (a power of two, 8..32768);
+	// the completion queue is four times larger. Default 1024.
+	RingEntries int
+	// BufferCount is the number of provided receive buffers per worker (a
+	// power of two, 1..32768). Default 256.
+	BufferCount int
+	// BufferSize is the size of each provided receive buffer, 256 B..1 MiB.
+	// Default 16 KiB.
+	BufferSize int
+	// MaxConnections is the connection limit per worker (1..1<<24);
+	// accepts beyond it are closed at once. Default 16384, lowered to the
+	// RLIMIT_NOFILE hard limit.
+	MaxConnections int
+	// SendPoolSlots and SendSlotSize size each worker's send pool: the
+	// memory outside the Go heap that SendNowait and Send copy into.
+	// Defaults 2048 slots of 16 KiB (32 MiB of address space, touched
+	// lazily). SendSlotSize is 256 B..1 MiB.
+	SendPoolSlots int
+	SendSlotSize  int
+	// MaxRecvAccumulator bounds the bytes a connection may buffer without
+	// a parse making progress; past it the connection is closed. It must
+	// be at least BufferSize. Default 4 MiB.
+	MaxRecvAccumulator int
+	// ListenBacklog is the listen(2) backlog. Default 1024.
+	ListenBacklog int
+	// Logger receives connection-level errors (panics, limit closes) and
+	// backend selection notes. Default slog.Default().
+	Logger *slog.Logger
+
+	// ringFlagMask restricts the ring setup flags tried (tests).
+	ringFlagMask uint32
+}
+
+// DefaultConfig returns the defaults Launch fills in.
+func DefaultConfig() Config {
+	c := Config{}
+	c.fill()
+	return c
+}
+
+func (c *Config) fill() {
+	if c.Workers == 0 {
+		c.Workers = runtime.NumCPU()
+	}
+	if c.RingEntries == 0 {
+		c.RingEntries = 1024
+	}
+	if c.BufferCount == 0 {
+		c.BufferCount = 256
+	}
+	if c.BufferSize == 0 {
+		c.BufferSize = 16 << 10
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = 16384
+		if lim := nofileHard(); lim > 0 && c.MaxConnections > lim {
+			c.MaxConnections = lim
+		}
+	}
+	if c.SendPoolSlots == 0 {
+		c.SendPoolSlots = 2048
+	}
+	if c.SendSlotSize == 0 {
+		c.SendSlotSize = 16 << 10
+	}
+	if c.MaxRecvAccumulator == 0 {
+		c.MaxRecvAccumulator = 4 << 20
+		if c.MaxRecvAccumulator < c.BufferSize {
+			c.MaxRecvAccumulator = c.BufferSize
+		}
+	}
+	if c.ListenBacklog == 0 {
+		c.ListenBacklog = 1024
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// ConfigError reports an invalid Config field.
+type ConfigError struct {
+	Field  string
+	Value  int
+	Reason string
+}
+
+func (e *ConfigError) Error() string {
+	return fmt.Sprintf("ringline: invalid Config.%s = %d: %s", e.Field, e.Value, e.Reason)
+}
+
+func isPow2(n int) bool { return n > 0 && n&(n-1) == 0 }
+
+func (c *Config) validate() error {
+	bad := func(f string, v int, why string) error { return &ConfigError{Field: f, Value: v, Reason: why} }
+	switch {
+	case c.Workers < 1 || c.Workers > 1024:
+		return bad("Workers", c.Workers, "must be 1..1024")
+	case c.Backend < Auto || c.Backend > Epoll:
+		return bad("Backend", int(c.Backend), "must be Auto, IOUring or Epoll")
+	case !isPow2(c.RingEntries) || c.RingEntries < 8 || c.RingEntries > 32768:
+		return bad("RingEntries", c.RingEntries, "must be a power of two in 8..32768")
+	case !isPow2(c.BufferCount) || c.BufferCount > 32768:
+		return bad("BufferCount", c.BufferCount, "must be a power of two in 1..32768")
+	case c.BufferSize < 256 || c.BufferSize > 1<<20:
+		return bad("BufferSize", c.BufferSize, "must be 256..1048576")
+	case c.MaxConnections < 1 || c.MaxConnections > udIdxMask:
+		return bad("MaxConnections", c.MaxConnections, "must be 1..16777215")
+	case c.SendPoolSlots < 1 || c.SendPoolSlots > 1<<20:
+		return bad("SendPoolSlots", c.SendPoolSlots, "must be 1..1048576")
+	case c.SendSlotSize < 256 || c.SendSlotSize > 1<<20:
+		return bad("SendSlotSize", c.SendSlotSize, "must be 256..1048576")
+	case c.MaxRecvAccumulator < c.BufferSize:
+		return bad("MaxRecvAccumulator", c.MaxRecvAccumulator, "must be at least BufferSize")
+	case c.ListenBacklog < 1:
+		return bad("ListenBacklog", c.ListenBacklog, "must be positive")
+	}
+	return nil
+}

@@ -1,0 +1,107 @@
+/*
+ * rl.h — the C side of ringline: ring setup, provided buffer rings, the
+ * sparse fixed-file table, an opcode probe and the one batched entry point
+ * the Go worker loop calls once per iteration.
+ *
+ * Go never hands this layer a Go pointer it keeps: staged ops, completion
+ * arrays and buffers all live in memory Go mapped with mmap (outside the Go
+ * heap), and the ring itself is malloc'd here.
+ */
+#ifndef RINGLINE_RL_H
+#define RINGLINE_RL_H
+
+#include <stdint.h>
+
+/* Operation codes staged by Go. Kept small and stable: Go mirrors them. */
+enum {
+	RL_OP_NOP = 0,
+	RL_OP_ACCEPT_MULTI = 1, /* fd = listener */
+	RL_OP_RECV_MULTI = 2,   /* fd, buffer select from buf_group */
+	RL_OP_SEND = 3,         /* fd, addr/len */
+	RL_OP_SENDMSG = 4,      /* fd, addr = struct msghdr* */
+	RL_OP_CANCEL = 5,       /* addr = target user_data */
+	RL_OP_CLOSE = 6,        /* fd (plain) */
+	RL_OP_CLOSE_DIRECT = 7, /* aux = fixed file index */
+	RL_OP_FILES_UPDATE = 8, /* addr = int32 *fds, len = count, aux = offset */
+	RL_OP_READ = 9,         /* fd, addr/len (eventfd wake) */
+	RL_OP_SHUTDOWN = 10,    /* fd, aux = how */
+	RL_OP_CONNECT = 11,     /* fd, addr = sockaddr*, len = addrlen */
+	RL_OP_TIMEOUT = 12,     /* addr = struct __kernel_timespec* */
+	RL_OP_SOCKET = 13,      /* fd = domain, len = type, aux = protocol */
+};
+
+/* Op flags. */
+enum {
+	RL_F_FIXED = 1 << 0, /* fd is an index into the fixed-file table */
+	RL_F_LINK = 1 << 1,  /* IOSQE_IO_LINK to the next op */
+};
+
+/* One staged operation: 32 bytes, mirrored by Go's sqOp. */
+struct rl_op {
+	uint8_t opcode;
+	uint8_t flags;
+	uint16_t buf_group;
+	int32_t fd;
+	uint64_t user_data;
+	uint64_t addr;
+	uint32_t len;
+	uint32_t aux;
+};
+
+/* One completion copied out for Go: 16 bytes, mirrored by Go's cqEntry. */
+struct rl_cqe {
+	uint64_t user_data;
+	int32_t res;
+	uint32_t flags;
+};
+
+/* Setup flags actually accepted by the kernel (reported to Go). */
+enum {
+	RL_SETUP_SINGLE_ISSUER = 1 << 0,
+	RL_SETUP_DEFER_TASKRUN = 1 << 1,
+	RL_SETUP_COOP_TASKRUN = 1 << 2,
+	RL_SETUP_CQSIZE = 1 << 3,
+	RL_SETUP_TASKRUN_FLAG = 1 << 4,
+};
+
+struct rl_ring;
+
+/* Sets up a ring with entries SQEs and cq_entries CQEs, trying
+ * SINGLE_ISSUER|DEFER_TASKRUN, then COOP_TASKRUN, then plain; want_flags
+ * masks which RL_SETUP_* flags may be tried at all (tests use it to force
+ * the retry path). On success *out is set and the return is 0; otherwise a
+ * negative errno. */
+int rl_ring_init(struct rl_ring **out, unsigned entries, unsigned cq_entries, unsigned want_flags);
+void rl_ring_free(struct rl_ring *r);
+unsigned rl_ring_setup_flags(struct rl_ring *r);
+int rl_ring_fd(struct rl_ring *r);
+
+/* Registers a provided buffer ring of nbufs (power of two) buffers of
+ * buf_size bytes each, carved from base (caller-owned, outside the Go heap),
+ * as group bgid. Returns a pointer to the mmap'd io_uring_buf_ring (Go adds
+ * returned buffers to it directly) or NULL with *err set. */
+void *rl_buf_ring_setup(struct rl_ring *r, unsigned nbufs, unsigned bgid, void *base, unsigned buf_size, int *err);
+
+/* Registers a sparse fixed-file table of n slots. Returns 0 or -errno. */
+int rl_files_sparse(struct rl_ring *r, unsigned n);
+
+/* The one entry point per loop iteration: preps ops[0..nops), submits them,
+ * and if wait_nr > 0 waits (bounded by timeout_ns when >= 0) for that many
+ * completions; then copies up to cap completions into out. Returns the
+ * number of completions copied, or a negative errno when submission itself
+ * failed. *submitted receives how many ops were submitted. */
+int rl_tick(struct rl_ring *r, const struct rl_op *ops, unsigned nops,
+	    struct rl_cqe *out, unsigned cap, unsigned wait_nr, int64_t timeout_ns,
+	    unsigned *submitted);
+
+/* Counters maintained by the C layer. */
+uint64_t rl_ring_enters(struct rl_ring *r);
+
+/* Probe: fills ops_supported[i] = 1 for each IORING_OP_* (i < n) the kernel
+ * supports. Returns 0 or -errno. */
+int rl_probe_ops(unsigned char *ops_supported, unsigned n);
+
+/* Kernel opcode numbers the Go side asks about in Probe. */
+int rl_kernel_opcode(int which);
+
+#endif

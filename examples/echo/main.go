@@ -1,0 +1,75 @@
+// Command echo is a TCP echo server on ringline. Each connection's task
+// reads whatever arrived and sends it back with Send, awaiting each send:
+// when a client stops reading, the server stops consuming its input (TCP
+// then throttles the client) and no byte is lost. When a client half-closes,
+// everything it sent is still echoed before the server closes.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/ringline-go/ringline"
+)
+
+type echo struct{}
+
+func (echo) OnAccept(c ringline.ConnCtx) {
+	for {
+		var fut ringline.SendFuture
+		var err error
+		n := c.WithData(func(b []byte) ringline.ParseResult {
+			fut, err = c.Send(b)
+			if err != nil {
+				return ringline.Consumed(0)
+			}
+			return ringline.Consumed(len(b))
+		})
+		if n == 0 || err != nil {
+			return
+		}
+		if _, err := fut.Await(); err != nil {
+			return
+		}
+	}
+}
+
+func main() {
+	addr := flag.String("addr", "127.0.0.1:7878", "listen address")
+	workers := flag.Int("workers", 0, "worker loops (0: one per CPU)")
+	backend := flag.String("backend", "auto", "backend: auto, iouring or epoll")
+	flag.Parse()
+
+	cfg := ringline.Config{Workers: *workers}
+	switch *backend {
+	case "auto":
+		cfg.Backend = ringline.Auto
+	case "iouring":
+		cfg.Backend = ringline.IOUring
+	case "epoll":
+		cfg.Backend = ringline.Epoll
+	default:
+		log.Fatalf("unknown -backend %q", *backend)
+	}
+	rt, err := ringline.New(cfg).Bind(*addr).Launch(func(int) ringline.AsyncEventHandler { return echo{} })
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("echo: listening on %s with %d workers; backend %s: %s\n", rt.Addr(), rt.Workers(), rt.Backend(), rt.Features())
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	select {
+	case s := <-sig:
+		fmt.Printf("echo: %v, shutting down\n", s)
+		rt.Shutdown()
+	case <-rt.Done():
+	}
+	rt.Wait()
+	t := ringline.Total(rt.Stats())
+	fmt.Printf("echo: stopped; accepted %d, closed %d, bytes in %d out %d\n", t.Accepted, t.Closed, t.BytesIn, t.BytesOut)
+}

@@ -1,0 +1,317 @@
+package ringline
+
+// The receive side: data arrives in provided buffers; a buffer is lent to
+// the task's closure when nothing is accumulated (zero copy), otherwise its
+// bytes are appended to the connection's accumulator and the buffer goes
+// straight back to the ring.
+
+// buffered reports how many unread bytes the connection holds.
+func (cn *conn) buffered() int {
+	n := len(cn.acc) - cn.accOff
+	if cn.lent >= 0 {
+		n += int(cn.lentEnd - cn.lentOff)
+	}
+	return n
+}
+
+func (cn *conn) lentData() []byte {
+	b := cn.w.be.buffer(uint16(cn.lent))
+	return b[cn.lentOff:cn.lentEnd:cn.lentEnd]
+}
+
+// spillLent copies the unread part of the lent buffer into the accumulator
+// and gives the buffer back to the ring.
+func (cn *conn) spillLent() {
+	if cn.lent < 0 {
+		return
+	}
+	if cn.lentOff < cn.lentEnd {
+		cn.appendAcc(cn.lentData())
+	}
+	cn.w.be.recycle(uint16(cn.lent))
+	cn.lent = -1
+}
+
+// appendAcc appends b to the accumulator. Unread bytes are moved to the
+// front only when no retained Bytes can point at them; otherwise a fresh
+// array is allocated so retained slices stay intact.
+func (cn *conn) appendAcc(b []byte) {
+	if cn.accOff > 0 && cn.accOff == len(cn.acc) && !cn.accShared {
+		cn.acc = cn.acc[:0]
+		cn.accOff = 0
+	}
+	if len(cn.acc)+len(b) > cap(cn.acc) {
+		unread := len(cn.acc) - cn.accOff
+		need := unread + len(b)
+		if !cn.accShared && cn.accOff > 0 && need <= cap(cn.acc) {
+			copy(cn.acc, cn.acc[cn.accOff:])
+			cn.acc = cn.acc[:unread]
+		} else {
+			nc := 2 * cap(cn.acc)
+			if nc < need {
+				nc = need
+			}
+			if nc < 4096 {
+				nc = 4096
+			}
+			na := make([]byte, unread, nc)
+			copy(na, cn.acc[cn.accOff:])
+			cn.acc = na
+			cn.accShared = false
+		}
+		cn.accOff = 0
+	}
+	cn.acc = append(cn.acc, b...)
+}
+
+// consumeAcc drops n read bytes from the accumulator.
+func (cn *conn) consumeAcc(n int) {
+	cn.accOff += n
+	if cn.accOff == len(cn.acc) {
+		if cn.accShared {
+			cn.acc, cn.accOff, cn.accShared = nil, 0, false
+		} else {
+			cn.acc, cn.accOff = cn.acc[:0], 0
+		}
+	}
+}
+
+// onRecv handles one recv completion with data (res > 0) in buffer bid.
+func (cn *conn) onRecv(bid uint16, n int) {
+	w := cn.w
+	w.st.bytesIn += uint64(n)
+	data := w.be.buffer(bid)[:n]
+	// Sink first: the task asked for the bytes to land in its buffer.
+	if cn.sink != nil && cn.sinkN < len(cn.sink) && cn.buffered() == 0 {
+		k := copy(cn.sink[cn.sinkN:], data)
+		cn.sinkN += k
+		data = data[k:]
+		if len(data) == 0 {
+			w.be.recycle(bid)
+			cn.task.wake(waitRecv)
+			return
+		}
+	}
+	waiting := cn.task != nil && cn.task.waiting&waitRecv != 0
+	if waiting && cn.lent < 0 && len(cn.acc) == cn.accOff && cn.sink == nil {
+		// Lend the kernel buffer itself to the closure: zero copy. It is
+		// reclaimed when the task next suspends.
+		cn.lent = int32(bid)
+		cn.lentOff = uint32(n - len(data))
+		cn.lentEnd = uint32(n)
+	} else {
+		cn.spillLent()
+		cn.appendAcc(data)
+		w.be.recycle(bid)
+	}
+	cn.task.wake(waitRecv)
+	if cn.buffered() >= w.cfg.MaxRecvAccumulator {
+		cn.pauseRecv()
+	}
+}
+
+// pauseRecv stops receiving while the task is not draining its
+// accumulator, so a fast peer is throttled by TCP instead of growing memory.
+func (cn *conn) pauseRecv() {
+	if cn.recvPaused || !cn.recvArmed || cn.state != connOpen {
+		return
+	}
+	cn.recvPaused = true
+	cn.w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: packUD(udRecv, cn.idx, cn.gen, 0)})
+	cn.pending++
+}
+
+// resumeRecv re-arms a paused recv once the task has made room.
+func (cn *conn) resumeRecv() {
+	if cn.recvPaused && cn.buffered() < cn.w.cfg.MaxRecvAccumulator {
+		cn.recvPaused = false
+		cn.armRecv()
+	}
+}
+
+func (cn *conn) armRecv() {
+	if cn.recvArmed || cn.recvPaused || cn.parked || cn.eof || cn.state != connOpen {
+		return
+	}
+	w := cn.w
+	if w.be.buffersFree() == 0 {
+		cn.park()
+		return
+	}
+	cn.recvArmed = true
+	cn.pending++
+	w.be.stage(sqOp{code: opRecvMulti, fd: cn.opFd, flags: cn.opFlags, ud: packUD(udRecv, cn.idx, cn.gen, 0)})
+}
+
+func (cn *conn) park() {
+	if cn.parked {
+		return
+	}
+	cn.parked = true
+	cn.w.parked = append(cn.w.parked, cn.idx)
+}
+
+// WithData runs f over the connection's unread bytes and returns how many
+// f consumed. When nothing is buffered, or f returned NeedMore, Consumed(0)
+// or NeedAtLeast, the task suspends until more bytes arrive and f runs again
+// over all unread bytes. It returns 0 when the peer closed (FIN or reset)
+// with nothing more to read, when the connection is closed, or when the
+// handle is stale.
+//
+// The slice f sees is valid only during the call: it may be the kernel's
+// receive buffer itself. Use WithBytes to keep received bytes.
+func (c ConnCtx) WithData(f func([]byte) ParseResult) int {
+	return c.withData(f, nil)
+}
+
+// WithBytes is WithData for closures that keep what they are given: the
+// Bytes may be retained and sliced after f returns, and its memory is never
+// overwritten. It costs a copy out of the kernel buffer.
+func (c ConnCtx) WithBytes(f func(Bytes) ParseResult) int {
+	return c.withData(nil, f)
+}
+
+func (c ConnCtx) withData(f func([]byte) ParseResult, fb func(Bytes) ParseResult) int {
+	want := 1
+	for {
+		cn := c.get()
+		if cn == nil {
+			return 0
+		}
+		if avail := cn.buffered(); avail >= want {
+			r, n := cn.runParse(f, fb)
+			if n > 0 {
+				return n
+			}
+			if avail >= cn.w.cfg.MaxRecvAccumulator {
+				cn.closeReason = "receive accumulator limit reached without parse progress"
+				cn.w.log.Warn("ringline: closing connection", "worker", cn.w.id, "conn", cn.idx,
+					"reason", cn.closeReason, "buffered", avail, "limit", cn.w.cfg.MaxRecvAccumulator)
+				cn.w.st.limitCloses++
+				cn.requestClose()
+				return 0
+			}
+			want = avail + 1
+			if r.need > want {
+				want = r.need
+			}
+		}
+		if cn.eof {
+			return 0
+		}
+		cn.resumeRecv()
+		t := cn.w.cur
+		if t == nil || t.conn != cn {
+			return 0
+		}
+		t.suspend(waitRecv)
+	}
+}
+
+// runParse shows the unread bytes to f (or fb) once and consumes what it
+// reports.
+func (cn *conn) runParse(f func([]byte) ParseResult, fb func(Bytes) ParseResult) (ParseResult, int) {
+	var r ParseResult
+	if f != nil && cn.lent >= 0 && cn.accOff == len(cn.acc) {
+		data := cn.lentData()
+		r = f(data)
+		n := clampConsumed(r.consumed, len(data))
+		cn.lentOff += uint32(n)
+		if cn.lentOff == cn.lentEnd {
+			cn.w.be.recycle(uint16(cn.lent))
+			cn.lent = -1
+		}
+		return r, n
+	}
+	cn.spillLent()
+	data := cn.acc[cn.accOff:len(cn.acc):len(cn.acc)]
+	if f != nil {
+		r = f(data)
+	} else {
+		cn.accShared = true
+		r = fb(Bytes(data))
+	}
+	n := clampConsumed(r.consumed, len(data))
+	if n > 0 {
+		cn.consumeAcc(n)
+		cn.resumeRecv()
+	}
+	return r, n
+}
+
+func clampConsumed(n, max int) int {
+	if n < 0 {
+		return 0
+	}
+	if n > max {
+		return max
+	}
+	return n
+}
+
+// TryWithData runs f over the unread bytes if there are any and never
+// suspends. It reports false (and does not call f) when nothing is
+// buffered; otherwise f's result, with the consumed bytes dropped.
+func (c ConnCtx) TryWithData(f func([]byte) ParseResult) (ParseResult, bool) {
+	cn := c.get()
+	if cn == nil || cn.buffered() == 0 {
+		return ParseResult{}, false
+	}
+	r, _ := cn.runParse(f, nil)
+	return r, true
+}
+
+// SetRecvSink directs received bytes into buf: from now on they are copied
+// straight from the kernel buffer into buf (up to len(buf)) instead of the
+// accumulator. Bytes already buffered are moved into buf first. Await
+// RecvReady for data, then TakeRecvSink to learn how much landed. buf is
+// owned by the connection until TakeRecvSink.
+func (c ConnCtx) SetRecvSink(buf []byte) {
+	cn := c.get()
+	if cn == nil {
+		return
+	}
+	cn.spillLent()
+	cn.sink, cn.sinkN = buf, 0
+	if unread := len(cn.acc) - cn.accOff; unread > 0 {
+		k := copy(buf, cn.acc[cn.accOff:])
+		cn.sinkN = k
+		cn.consumeAcc(k)
+	}
+}
+
+// TakeRecvSink detaches the sink set by SetRecvSink and returns how many
+// bytes were written into it. Later bytes go to the accumulator again.
+func (c ConnCtx) TakeRecvSink() int {
+	cn := c.get()
+	if cn == nil || cn.sink == nil {
+		return 0
+	}
+	n := cn.sinkN
+	cn.sink, cn.sinkN = nil, 0
+	return n
+}
+
+// RecvReady suspends the task until the sink holds at least one byte (or,
+// with no sink, until unread bytes are buffered), or the peer closed. It
+// reports whether data is available.
+func (c ConnCtx) RecvReady() bool {
+	for {
+		cn := c.get()
+		if cn == nil {
+			return false
+		}
+		if (cn.sink != nil && cn.sinkN > 0) || (cn.sink == nil && cn.buffered() > 0) {
+			return true
+		}
+		if cn.eof {
+			return cn.buffered() > 0
+		}
+		cn.resumeRecv()
+		t := cn.w.cur
+		if t == nil || t.conn != cn {
+			return false
+		}
+		t.suspend(waitRecv)
+	}
+}

@@ -1,0 +1,236 @@
+package ringline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Builder collects what Launch needs: a Config and the address to serve.
+type Builder struct {
+	cfg  Config
+	addr string
+}
+
+// New returns a Builder for cfg; zero fields take their defaults.
+func New(cfg Config) *Builder { return &Builder{cfg: cfg} }
+
+// Bind returns a Builder with the default Config serving addr.
+func Bind(addr string) *Builder { return New(Config{}).Bind(addr) }
+
+// Bind sets the TCP address ("host:port"; port 0 picks a free port) that
+// every worker accepts on through its own SO_REUSEPORT listener.
+func (b *Builder) Bind(addr string) *Builder { b.addr = addr; return b }
+
+// Config replaces the Builder's Config.
+func (b *Builder) Config(cfg Config) *Builder { b.cfg = cfg; return b }
+
+// Runtime is a running set of workers.
+type Runtime struct {
+	cfg     Config
+	workers []*worker
+	addr    net.Addr
+	backend Backend
+	desc    string
+	wg      sync.WaitGroup
+	once    sync.Once
+	done    chan struct{}
+}
+
+// Launch validates the Config, binds the listeners, starts the workers and
+// returns once every worker is serving. factory is called once per worker,
+// on that worker's goroutine, and the handler it returns serves all of the
+// worker's connections. Errors: a *ConfigError naming the bad field, or the
+// bind/ring setup error (wrapping syscall.Errno).
+func (b *Builder) Launch(factory func(workerID int) AsyncEventHandler) (*Runtime, error) {
+	cfg := b.cfg
+	cfg.fill()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if factory == nil {
+		return nil, errors.New("ringline: Launch needs a handler factory")
+	}
+	raiseNofile()
+	kind, err := selectBackend(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	rt := &Runtime{cfg: cfg, backend: kind, done: make(chan struct{})}
+	var lfds []int
+	if b.addr != "" {
+		lfds, rt.addr, err = listenReusePort(b.addr, cfg.Workers, cfg.ListenBacklog)
+		if err != nil {
+			return nil, err
+		}
+	}
+	type result struct {
+		err error
+	}
+	ready := make(chan result, cfg.Workers)
+	for i := 0; i < cfg.Workers; i++ {
+		lfd := -1
+		if lfds != nil {
+			lfd = lfds[i]
+		}
+		w := newWorker(i, &rt.cfg, lfd)
+		rt.workers = append(rt.workers, w)
+		rt.wg.Add(1)
+		go func() {
+			defer rt.wg.Done()
+			lockThread()
+			w.pin()
+			if err := w.setup(kind); err != nil {
+				ready <- result{fmt.Errorf("ringline: worker %d: %w", w.id, err)}
+				if w.lfd >= 0 {
+					unix.Close(w.lfd)
+					w.lfd = -1
+				}
+				return
+			}
+			w.handler = factory(w.id)
+			ready <- result{}
+			w.run()
+			w.teardown()
+		}()
+	}
+	var firstErr error
+	for range cfg.Workers {
+		if r := <-ready; r.err != nil && firstErr == nil {
+			firstErr = r.err
+		}
+	}
+	if firstErr != nil {
+		rt.Shutdown()
+		rt.Wait()
+		return nil, firstErr
+	}
+	rt.desc = rt.workers[0].be.describe()
+	go func() {
+		rt.wg.Wait()
+		close(rt.done)
+	}()
+	return rt, nil
+}
+
+// Addr returns the bound listen address (with the real port when Bind was
+// given port 0), or nil when the runtime has no listener.
+func (rt *Runtime) Addr() net.Addr { return rt.addr }
+
+// Backend reports the backend the workers run on.
+func (rt *Runtime) Backend() Backend { return rt.backend }
+
+// Features describes the backend and the ring features in use.
+func (rt *Runtime) Features() string { return rt.desc }
+
+// Workers returns the number of workers.
+func (rt *Runtime) Workers() int { return len(rt.workers) }
+
+// Shutdown asks every worker to stop: listeners close, connections close
+// and their tasks are told (WithData returns 0) and then stopped. It does
+// not wait; Wait does. Safe to call more than once and from any goroutine.
+func (rt *Runtime) Shutdown() {
+	rt.once.Do(func() {
+		for _, w := range rt.workers {
+			w.stop()
+		}
+	})
+}
+
+// Wait blocks until every worker has stopped and released its ring,
+// buffers, sockets and task goroutines.
+func (rt *Runtime) Wait() {
+	rt.wg.Wait()
+}
+
+// Done returns a channel closed when every worker has stopped.
+func (rt *Runtime) Done() <-chan struct{} { return rt.done }
+
+// listenReusePort opens n listeners on addr with SO_REUSEPORT; when the
+// port is 0 the first one picks it and the rest join it.
+func listenReusePort(addr string, n, backlog int) ([]int, net.Addr, error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ringline: bind %q: %w", addr, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 0 || port > 65535 {
+		return nil, nil, fmt.Errorf("ringline: bind %q: bad port", addr)
+	}
+	var ip netip.Addr
+	if host == "" {
+		ip = netip.IPv6Unspecified()
+	} else if ip, err = netip.ParseAddr(host); err != nil {
+		ips, lerr := net.DefaultResolver.LookupNetIP(context.Background(), "ip", host)
+		if lerr != nil || len(ips) == 0 {
+			return nil, nil, fmt.Errorf("ringline: bind %q: %w", addr, err)
+		}
+		ip = ips[0]
+	}
+	var fds []int
+	fail := func(op string, err error) ([]int, net.Addr, error) {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		return nil, nil, fmt.Errorf("ringline: %s %s: %w", op, addr, err)
+	}
+	var bound net.Addr
+	for i := 0; i < n; i++ {
+		domain := unix.AF_INET6
+		var sa unix.Sockaddr
+		if ip.Is4() || ip.Is4In6() {
+			domain = unix.AF_INET
+			sa = &unix.SockaddrInet4{Port: port, Addr: ip.Unmap().As4()}
+		} else {
+			sa = &unix.SockaddrInet6{Port: port, Addr: ip.As16()}
+		}
+		fd, err := unix.Socket(domain, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+		if err != nil {
+			return fail("socket", err)
+		}
+		fds = append(fds, fd)
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return fail("setsockopt SO_REUSEPORT", err)
+		}
+		if err := unix.Bind(fd, sa); err != nil {
+			return fail("bind", err)
+		}
+		if err := unix.Listen(fd, backlog); err != nil {
+			return fail("listen", err)
+		}
+		if i == 0 {
+			got, err := unix.Getsockname(fd)
+			if err != nil {
+				return fail("getsockname", err)
+			}
+			bound = sockaddrToAddr(got)
+			port = bound.(*net.TCPAddr).Port
+		}
+	}
+	return fds, bound, nil
+}
+
+// raiseNofile lifts the soft RLIMIT_NOFILE to the hard limit: each
+// connection costs an fd and the fixed-file tables are sized from it.
+func raiseNofile() {
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) == nil && lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		_ = unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+	}
+}
+
+func nofileHard() int {
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) != nil || lim.Max > 1<<24 {
+		return 0
+	}
+	return int(lim.Max)
+}

@@ -1,0 +1,128 @@
+package ringline
+
+import (
+	"fmt"
+	"iter"
+	"runtime/debug"
+)
+
+// waitFor says which event wakes a suspended task; anything else leaves it
+// asleep, so an event stream on a busy connection does not resume a task
+// that cannot make progress.
+const (
+	waitNone uint8 = 0
+	waitRecv uint8 = 1 << 0
+	waitSend uint8 = 1 << 1
+)
+
+// task is a coroutine (iter.Pull) owned by one worker: created, resumed and
+// stopped only on the worker's locked goroutine. Suspending is a yield back
+// to the loop, ~100 ns, not a goroutine hand-off.
+type task struct {
+	w       *worker
+	conn    *conn
+	next    func() (struct{}, bool)
+	stop    func()
+	yield   func(struct{}) bool
+	waiting uint8
+	queued  bool
+	done    bool
+	killed  bool
+}
+
+// taskKilled unwinds a task that the worker stopped (shutdown). Tasks must
+// not swallow it with a blanket recover.
+type taskKilled struct{}
+
+func (w *worker) newTask(c *conn, body func()) *task {
+	t := &task{w: w, conn: c}
+	seq := func(yield func(struct{}) bool) {
+		t.yield = yield
+		defer func() {
+			if r := recover(); r != nil {
+				if _, ok := r.(taskKilled); ok {
+					return
+				}
+				w.log.Error("ringline: task panicked; closing its connection",
+					"worker", w.id, "conn", connIndexOf(c), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+				w.st.taskPanics++
+			}
+		}()
+		body()
+	}
+	t.next, t.stop = iter.Pull(seq)
+	return t
+}
+
+func connIndexOf(c *conn) int {
+	if c == nil {
+		return -1
+	}
+	return int(c.idx)
+}
+
+// suspend yields to the worker loop until an event in mask wakes the task.
+func (t *task) suspend(mask uint8) {
+	t.waiting = mask
+	if !t.yield(struct{}{}) {
+		panic(taskKilled{})
+	}
+	t.waiting = waitNone
+}
+
+// wake queues t to run if it waits for any event in ev.
+func (t *task) wake(ev uint8) {
+	if t == nil || t.done || t.queued || t.waiting&ev == 0 {
+		return
+	}
+	t.queued = true
+	t.w.runq = append(t.w.runq, t)
+}
+
+// resume runs t until it suspends or returns.
+func (w *worker) resume(t *task) {
+	t.queued = false
+	if t.done {
+		return
+	}
+	prev := w.cur
+	w.cur = t
+	_, alive := t.next()
+	w.cur = prev
+	w.st.resumes++
+	if !alive {
+		w.taskDone(t)
+		return
+	}
+	// A lent kernel buffer never outlives one resume: the ring gets it
+	// back now and the unread rest moves to the accumulator.
+	if c := t.conn; c != nil && c.lent >= 0 {
+		c.spillLent()
+	}
+}
+
+func (w *worker) taskDone(t *task) {
+	t.done = true
+	if c := t.conn; c != nil {
+		if c.lent >= 0 {
+			c.spillLent()
+		}
+		c.task = nil
+		c.requestClose()
+		c.maybeFree()
+	}
+}
+
+// kill stops a suspended task: its pending yield returns false and the
+// task unwinds through taskKilled.
+func (w *worker) kill(t *task) {
+	if t.done {
+		return
+	}
+	t.killed = true
+	prev := w.cur
+	w.cur = t
+	t.stop()
+	w.cur = prev
+	w.taskDone(t)
+}
