@@ -133,14 +133,17 @@ func (cn *conn) armRecv() {
 	if cn.recvArmed || cn.recvPaused || cn.parked || cn.eof || cn.state != connOpen {
 		return
 	}
-	w := cn.w
-	if w.be.buffersFree() == 0 {
+	if cn.w.be.buffersFree() == 0 {
 		cn.park()
 		return
 	}
+	cn.stageRecv()
+}
+
+func (cn *conn) stageRecv() {
 	cn.recvArmed = true
 	cn.pending++
-	w.be.stage(sqOp{code: opRecvMulti, fd: cn.opFd, flags: cn.opFlags, ud: packUD(udRecv, cn.idx, cn.gen, 0)})
+	cn.w.be.stage(sqOp{code: opRecvMulti, fd: cn.opFd, flags: cn.opFlags, ud: packUD(udRecv, cn.idx, cn.gen, 0)})
 }
 
 func (cn *conn) park() {
@@ -175,8 +178,8 @@ func (c ConnCtx) withData(f func([]byte) ParseResult, fb func(Bytes) ParseResult
 	want := 1
 	for {
 		cn := c.get()
-		if cn == nil {
-			return 0
+		if cn == nil || cn.closeWanted {
+			return cn.stopped()
 		}
 		if avail := cn.buffered(); avail >= want {
 			r, n := cn.runParse(f, fb)
@@ -197,7 +200,7 @@ func (c ConnCtx) withData(f func([]byte) ParseResult, fb func(Bytes) ParseResult
 			}
 		}
 		if cn.eof {
-			return 0
+			return cn.stopped()
 		}
 		cn.resumeRecv()
 		t := cn.w.cur
@@ -206,6 +209,23 @@ func (c ConnCtx) withData(f func([]byte) ParseResult, fb func(Bytes) ParseResult
 		}
 		t.suspend(waitRecv)
 	}
+}
+
+// stopped is what a receive returns at EOF. While the worker shuts down, a
+// task that keeps calling after being told 0 is suspended instead, so the
+// worker can stop it rather than spin in it forever.
+func (cn *conn) stopped() int {
+	if cn == nil {
+		return 0
+	}
+	t := cn.w.cur
+	if t != nil && cn.w.stopped {
+		if t.toldStop {
+			t.suspend(waitNone)
+		}
+		t.toldStop = true
+	}
+	return 0
 }
 
 // runParse shows the unread bytes to f (or fb) once and consumes what it

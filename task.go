@@ -28,6 +28,8 @@ type task struct {
 	queued  bool
 	done    bool
 	killed  bool
+	// toldStop: the task was already told the worker is stopping.
+	toldStop bool
 }
 
 // taskKilled unwinds a task that the worker stopped (shutdown). Tasks must

@@ -38,7 +38,7 @@ type worker struct {
 	acceptArmed   bool
 	acceptRetryAt time.Time
 	stopping      atomic.Bool
-	stopped       bool
+	stopped       bool // the loop has begun stopping (loop-local view of stopping)
 
 	st  counters
 	pub publishedCounters
@@ -131,7 +131,6 @@ func (w *worker) run() {
 				continue
 			}
 			if (w.live == 0 && !w.acceptArmed) || time.Now().After(drainDeadline) {
-				w.stopped = true
 				return
 			}
 		}
@@ -356,12 +355,16 @@ func (w *worker) openConn(cn *conn, fd int, outbound bool) {
 	if cn.opFlags&opFFixed != 0 {
 		cn.pending++ // the FILES_UPDATE completion
 	}
-	cn.armRecv()
+	// The recv is staged right behind attach, which may have linked to it,
+	// even with no buffer free: the kernel then answers ENOBUFS and the
+	// connection parks like any other.
+	cn.stageRecv()
 }
 
 // beginStop starts shutdown: no new accepts, every connection closes, and
 // tasks that do not return when told are stopped.
 func (w *worker) beginStop() {
+	w.stopped = true
 	if w.lfd >= 0 {
 		if w.acceptArmed {
 			w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, 0, 0, 1), addr: packUD(udAccept, 0, 0, 0)})
