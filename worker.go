@@ -3,6 +3,7 @@ package ringline
 import (
 	"log/slog"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -39,6 +40,9 @@ type worker struct {
 	acceptRetryAt time.Time
 	stopping      atomic.Bool
 	stopped       bool // the loop has begun stopping (loop-local view of stopping)
+
+	wakeMu   sync.Mutex
+	beClosed bool
 
 	st  counters
 	pub publishedCounters
@@ -418,7 +422,10 @@ func (w *worker) teardown() {
 	}
 	if w.be != nil {
 		w.publish()
+		w.wakeMu.Lock()
+		w.beClosed = true
 		w.be.close()
+		w.wakeMu.Unlock()
 	}
 	if w.pool != nil {
 		w.pool.close()
@@ -428,9 +435,19 @@ func (w *worker) teardown() {
 
 // stop asks the worker to wind down; safe from any goroutine.
 func (w *worker) stop() {
-	if w.stopping.CompareAndSwap(false, true) && w.be != nil {
+	if w.stopping.CompareAndSwap(false, true) {
+		w.wake()
+	}
+}
+
+// wake interrupts a blocked enter. The lock keeps it from racing teardown,
+// which would otherwise let a late wake write to a closed (reused) fd.
+func (w *worker) wake() {
+	w.wakeMu.Lock()
+	if w.be != nil && !w.beClosed {
 		w.be.wake()
 	}
+	w.wakeMu.Unlock()
 }
 
 func lockThread() { runtime.LockOSThread() }

@@ -1,0 +1,5 @@
+package ringline
+
+import "syscall"
+
+var errAddrInUse = syscall.EADDRINUSE
