@@ -123,6 +123,8 @@ type backendConfig struct {
 	maxConns    uint32
 	// ringFlagMask restricts which ring setup flags may be tried (tests).
 	ringFlagMask uint32
+	// plainFDs: do not register a fixed-file table.
+	plainFDs bool
 }
 
 // userdata layout: kind (8 bits) | generation (16) | index (24) | payload (16).

@@ -48,6 +48,8 @@ type Config struct {
 
 	// ringFlagMask restricts the ring setup flags tried (tests).
 	ringFlagMask uint32
+	// plainFDs skips the fixed-file table (benchmarks compare the two).
+	plainFDs bool
 }
 
 // DefaultConfig returns the defaults Launch fills in.

@@ -23,6 +23,7 @@ func newBackend(kind Backend, cfg *Config) (backend, error) {
 		bufSize:      uint32(cfg.BufferSize),
 		maxConns:     uint32(cfg.MaxConnections),
 		ringFlagMask: cfg.ringFlagMask,
+		plainFDs:     cfg.plainFDs,
 	}
 	switch kind {
 	case IOUring:

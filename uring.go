@@ -59,6 +59,7 @@ type uringBackend struct {
 	held     int    // buffers the kernel handed us and we have not returned
 
 	fixed  bool
+	fixedN uint32 // fixed-file table size
 	fdsMem region // int32 per connection slot: FILES_UPDATE source
 
 	wakeFd  int
@@ -115,9 +116,18 @@ func newURingBackend(cfg backendConfig) (_ *uringBackend, err error) {
 	if b.fdsMem, err = mapRegion(int(cfg.maxConns) * 4); err != nil {
 		return nil, err
 	}
-	b.nCgo++
-	if rc := C.rl_files_sparse(ring, C.uint(cfg.maxConns)); rc == 0 {
-		b.fixed = true
+	// Sized from RLIMIT_NOFILE: a table larger than the hard limit is
+	// refused (EMFILE) on some kernels; connections past it use plain fds.
+	n := int(cfg.maxConns)
+	if lim := nofileHard(); lim > 0 && lim < n {
+		n = lim
+	}
+	if !cfg.plainFDs {
+		b.nCgo++
+		if rc := C.rl_files_sparse(ring, C.uint(n)); rc == 0 {
+			b.fixed = true
+			b.fixedN = uint32(n)
+		}
 	}
 
 	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
@@ -237,7 +247,7 @@ func (b *uringBackend) fixedFiles() bool { return b.fixed }
 // attach stages the registration of fd in the fixed-file slot idx, linked
 // to the op staged next, and returns the fd and flags that op must use.
 func (b *uringBackend) attach(idx uint32, fd int32, gen uint16) (int32, uint8) {
-	if !b.fixed {
+	if !b.fixed || idx >= b.fixedN {
 		return fd, 0
 	}
 	slot := (*int32)(b.fdsMem.ptr(int(idx) * 4))

@@ -411,7 +411,10 @@ func (w *worker) teardown() {
 		if t := cn.task; t != nil && !t.done {
 			w.kill(t)
 		}
-		if cn.state != connFree && cn.fd >= 0 {
+		// Only sockets whose close was never staged: a staged close has
+		// been submitted by the last enter, and closing its number again
+		// could close an fd another worker just got.
+		if cn.state == connOpen && cn.fd >= 0 {
 			unix.Close(int(cn.fd))
 			cn.fd = -1
 		}
