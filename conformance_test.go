@@ -723,3 +723,50 @@ func TestConfigValidation(t *testing.T) {
 	require.NoError(t, d.validate())
 	require.Equal(t, runtime.NumCPU(), d.Workers)
 }
+
+// Close after queued sends delivers every byte, then EOF.
+func TestCloseAfterQueuedSendsDelivers(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		msg := pattern(1<<20, 8)
+		rt := serve(t, testConfig(be), func(c ConnCtx) {
+			for off := 0; off < len(msg); off += 64 << 10 {
+				if err := c.SendNowait(msg[off : off+64<<10]); err != nil {
+					panic(err)
+				}
+			}
+			c.Close()
+			if err := c.SendNowait([]byte("late")); !errors.Is(err, ErrClosed) {
+				panic(fmt.Sprintf("send after Close: %v", err))
+			}
+		})
+		cl := dial(t, rt)
+		time.Sleep(50 * time.Millisecond) // the server closes before we read
+		got, err := io.ReadAll(cl)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(msg, got), "got %d of %d bytes", len(got), len(msg))
+	})
+}
+
+// Sends queued after the peer's FIN still reach it.
+func TestSendAfterPeerFIN(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		rt := serve(t, testConfig(be), func(c ConnCtx) {
+			var req []byte
+			for c.WithData(func(b []byte) ParseResult { req = append(req, b...); return Consumed(len(b)) }) > 0 {
+			}
+			// EOF seen: answer anyway.
+			f, err := c.Send(append([]byte("got:"), req...))
+			if err != nil {
+				panic(err)
+			}
+			f.Await()
+		})
+		cl := dial(t, rt)
+		_, err := cl.Write([]byte("question"))
+		require.NoError(t, err)
+		require.NoError(t, cl.CloseWrite())
+		got, err := io.ReadAll(cl)
+		require.NoError(t, err)
+		require.Equal(t, "got:question", string(got))
+	})
+}

@@ -250,6 +250,9 @@ func (b *uringBackend) attach(idx uint32, fd int32, gen uint16) (int32, uint8) {
 	if !b.fixed || idx >= b.fixedN {
 		return fd, 0
 	}
+	if b.nops+2 > len(b.ops) {
+		b.flush() // never split the link from its recv across submits
+	}
 	slot := (*int32)(b.fdsMem.ptr(int(idx) * 4))
 	*slot = fd
 	b.stage(sqOp{code: opFilesUpdate, flags: opFLink, ud: packUD(udFilesUpdate, idx, gen, 0),
