@@ -18,13 +18,17 @@ build: $(LIBURING)
 run: build
 	./bin/echo
 
-# The C layer on its own, then the Go suite.
-test: $(LIBURING) vet test-c test-go test-race
+# The C layer on its own, then the Go suite: the default build (both
+# backends, every scenario once per backend), the race detector, the
+# epoll-only build (-tags ringline_epoll) and a build without cgo.
+test: $(LIBURING) vet test-c test-go test-race test-epoll test-nocgo
 
 vet: $(LIBURING)
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || ls *.go)); \
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags ringline_epoll ./...
+	CGO_ENABLED=0 $(GO) vet ./...
 
 csrc/rl_test: csrc/rl_test.c csrc/rl.c csrc/rl.h $(LIBURING)
 	$(CC) -O2 -Wall -Icsrc -Ithird_party/liburing/install/include -o $@ csrc/rl_test.c csrc/rl.c $(LIBURING)
@@ -37,6 +41,15 @@ test-go: $(LIBURING)
 
 test-race: $(LIBURING)
 	$(GO) test -race -count=1 -timeout 10m ./...
+
+# io_uring and all cgo compiled out: Auto runs on epoll, IOUring is refused.
+test-epoll:
+	$(GO) build -tags ringline_epoll ./...
+	$(GO) test -tags ringline_epoll -count=1 -timeout 10m ./...
+
+test-nocgo:
+	CGO_ENABLED=0 $(GO) build ./...
+	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m ./...
 
 bench: $(LIBURING)
 	$(GO) test -run '^$$' -bench . -benchtime 3s .

@@ -10,7 +10,6 @@ package ringline
 import "C"
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -325,22 +324,3 @@ func (b *uringBackend) close() error {
 
 // setupFlags reports the RL_SETUP_* flags the kernel accepted.
 func (b *uringBackend) setupFlags() uint32 { return b.flags }
-
-var errNoIOUring = errors.New("io_uring unavailable")
-
-// uringOpcodeName pairs the ops ringline needs with kernel opcode numbers.
-func uringProbeOps() (map[string]bool, error) {
-	var sup [256]C.uchar
-	if rc := C.rl_probe_ops(&sup[0], 256); rc < 0 {
-		return nil, syscall.Errno(-rc)
-	}
-	names := map[int]string{opAcceptMulti: "ACCEPT", opRecvMulti: "RECV", opSend: "SEND", opSendmsg: "SENDMSG",
-		opCancel: "ASYNC_CANCEL", opClose: "CLOSE", opFilesUpdate: "FILES_UPDATE", opRead: "READ",
-		opShutdown: "SHUTDOWN", opConnect: "CONNECT", opTimeout: "TIMEOUT"}
-	out := make(map[string]bool, len(names))
-	for op, name := range names {
-		k := int(C.rl_kernel_opcode(C.int(op)))
-		out[name] = k >= 0 && sup[k] != 0
-	}
-	return out, nil
-}

@@ -2,7 +2,29 @@
 
 package ringline
 
-import "fmt"
+/*
+#include "rl.h"
+*/
+import "C"
+
+import "syscall"
+
+// uringCompiled reports whether the io_uring backend is in this build.
+const uringCompiled = true
+
+// The Go mirrors of RL_SETUP_* must match the C layer.
+var (
+	_ [setupSingleIssuer - C.RL_SETUP_SINGLE_ISSUER]struct{}
+	_ [C.RL_SETUP_SINGLE_ISSUER - setupSingleIssuer]struct{}
+	_ [setupDeferTaskrun - C.RL_SETUP_DEFER_TASKRUN]struct{}
+	_ [C.RL_SETUP_DEFER_TASKRUN - setupDeferTaskrun]struct{}
+	_ [setupCoopTaskrun - C.RL_SETUP_COOP_TASKRUN]struct{}
+	_ [C.RL_SETUP_COOP_TASKRUN - setupCoopTaskrun]struct{}
+	_ [setupCQSize - C.RL_SETUP_CQSIZE]struct{}
+	_ [C.RL_SETUP_CQSIZE - setupCQSize]struct{}
+	_ [setupTaskrunFlag - C.RL_SETUP_TASKRUN_FLAG]struct{}
+	_ [C.RL_SETUP_TASKRUN_FLAG - setupTaskrunFlag]struct{}
+)
 
 func newURing(bc backendConfig) (backend, error) {
 	b, err := newURingBackend(bc)
@@ -12,17 +34,30 @@ func newURing(bc backendConfig) (backend, error) {
 	return b, nil
 }
 
-// uringUsable checks that io_uring can be set up and offers the opcodes the
-// backend needs.
-func uringUsable(cfg *Config) error {
-	ops, err := uringProbeOps()
-	if err != nil {
-		return fmt.Errorf("probe: %w", err)
+// probeKernel runs the C layer's feature probe (one cgo call): a real ring
+// set up under mask with entries SQEs, then torn down.
+func probeKernel(entries, mask uint32) kernelProbe {
+	var info C.struct_rl_probe_info
+	C.rl_probe(&info, C.uint(entries), C.uint(mask))
+	kp := kernelProbe{compiled: true}
+	if info.setup_err < 0 {
+		kp.setupErr = syscall.Errno(-info.setup_err)
+		return kp
 	}
-	for _, need := range []string{"ACCEPT", "RECV", "SEND", "SENDMSG", "ASYNC_CANCEL", "CLOSE", "READ"} {
-		if !ops[need] {
-			return fmt.Errorf("kernel lacks IORING_OP_%s", need)
-		}
+	kp.setupFlags = uint32(info.setup_flags)
+	if info.buf_ring_err < 0 {
+		kp.bufRingErr = syscall.Errno(-info.buf_ring_err)
 	}
-	return nil
+	kp.recvMulti = int(info.recv_multishot)
+	kp.acceptMulti = int(info.accept_multishot)
+	kp.sendZC = info.send_zc != 0
+	kp.sendmsgZC = info.sendmsg_zc != 0
+	kp.ops = make(map[string]bool, len(uringOpNames)+2)
+	for op, name := range uringOpNames {
+		k := int(C.rl_kernel_opcode(C.int(op)))
+		kp.ops[name] = k >= 0 && k < len(info.ops) && info.ops[k] != 0
+	}
+	kp.ops["SEND_ZC"] = kp.sendZC
+	kp.ops["SENDMSG_ZC"] = kp.sendmsgZC
+	return kp
 }

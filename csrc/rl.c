@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 #include <liburing.h>
 
 struct rl_ring {
@@ -283,4 +285,148 @@ int rl_kernel_opcode(int which)
 	case RL_OP_SOCKET: return IORING_OP_SOCKET;
 	}
 	return -1;
+}
+
+/* rl_probe's buffer group: private to the probe ring. */
+#define RL_PROBE_BGID 0
+
+static int probe_wait(struct io_uring *ring, struct io_uring_cqe **cqe)
+{
+	struct __kernel_timespec ts = { .tv_sec = 1, .tv_nsec = 0 };
+
+	return io_uring_wait_cqe_timeout(ring, cqe, &ts);
+}
+
+/* 1 when a multishot recv stays armed after its first completion. */
+static int probe_recv_multishot(struct io_uring *ring)
+{
+	struct io_uring_sqe *sqe;
+	struct io_uring_cqe *cqe;
+	int sv[2], ret;
+
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
+		return -errno;
+	ret = -EIO;
+	if (write(sv[1], "x", 1) != 1)
+		goto out;
+	sqe = io_uring_get_sqe(ring);
+	if (!sqe)
+		goto out;
+	io_uring_prep_recv_multishot(sqe, sv[0], NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = RL_PROBE_BGID;
+	io_uring_sqe_set_data64(sqe, 1);
+	ret = io_uring_submit(ring);
+	if (ret < 0)
+		goto out;
+	ret = probe_wait(ring, &cqe);
+	if (ret < 0)
+		goto out;
+	ret = cqe->res > 0 && (cqe->flags & IORING_CQE_F_MORE) ? 1 : 0;
+	io_uring_cqe_seen(ring, cqe);
+out:
+	close(sv[0]);
+	close(sv[1]);
+	return ret;
+}
+
+/* 1 when a multishot accept stays armed after its first connection. */
+static int probe_accept_multishot(struct io_uring *ring)
+{
+	struct sockaddr_un sa;
+	socklen_t len;
+	struct io_uring_sqe *sqe;
+	struct io_uring_cqe *cqe;
+	int lfd, cfd = -1, ret;
+
+	lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (lfd < 0)
+		return -errno;
+	memset(&sa, 0, sizeof(sa));
+	sa.sun_family = AF_UNIX;
+	/* An address of just the family autobinds an abstract name. */
+	if (bind(lfd, (struct sockaddr *)&sa, sizeof(sa_family_t)) || listen(lfd, 4)) {
+		ret = -errno;
+		goto out;
+	}
+	len = sizeof(sa);
+	if (getsockname(lfd, (struct sockaddr *)&sa, &len)) {
+		ret = -errno;
+		goto out;
+	}
+	cfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (cfd < 0 || connect(cfd, (struct sockaddr *)&sa, len)) {
+		ret = -errno;
+		goto out;
+	}
+	ret = -EIO;
+	sqe = io_uring_get_sqe(ring);
+	if (!sqe)
+		goto out;
+	io_uring_prep_multishot_accept(sqe, lfd, NULL, NULL, SOCK_CLOEXEC);
+	io_uring_sqe_set_data64(sqe, 2);
+	ret = io_uring_submit(ring);
+	if (ret < 0)
+		goto out;
+	ret = probe_wait(ring, &cqe);
+	if (ret < 0)
+		goto out;
+	ret = cqe->res >= 0 && (cqe->flags & IORING_CQE_F_MORE) ? 1 : 0;
+	if (cqe->res >= 0)
+		close(cqe->res);
+	io_uring_cqe_seen(ring, cqe);
+out:
+	if (cfd >= 0)
+		close(cfd);
+	close(lfd);
+	return ret;
+}
+
+int rl_probe(struct rl_probe_info *info, unsigned entries, unsigned want_flags)
+{
+	struct rl_ring *r = NULL;
+	struct io_uring_probe *p;
+	struct io_uring_buf_ring *br;
+	void *buf = NULL;
+	int err = 0;
+	unsigned i;
+
+	memset(info, 0, sizeof(*info));
+	info->setup_err = rl_ring_init(&r, entries, entries * 4, want_flags);
+	if (info->setup_err)
+		return info->setup_err;
+	info->setup_flags = r->setup_flags;
+	info->features = r->ring.features;
+	p = io_uring_get_probe_ring(&r->ring);
+	if (p) {
+		for (i = 0; i < sizeof(info->ops); i++)
+			info->ops[i] = io_uring_opcode_supported(p, (int)i) ? 1 : 0;
+		io_uring_free_probe(p);
+	}
+	info->send_zc = info->ops[IORING_OP_SEND_ZC];
+	info->sendmsg_zc = info->ops[IORING_OP_SENDMSG_ZC];
+
+	br = io_uring_setup_buf_ring(&r->ring, 1, RL_PROBE_BGID, 0, &err);
+	info->buf_ring_err = br ? 0 : (err ? err : -EINVAL);
+	if (br) {
+		r->br = br;
+		r->br_entries = 1;
+		r->bgid = RL_PROBE_BGID;
+		buf = malloc(64);
+		if (buf) {
+			io_uring_buf_ring_add(br, buf, 64, 0, io_uring_buf_ring_mask(1), 0);
+			io_uring_buf_ring_advance(br, 1);
+			info->recv_multishot = probe_recv_multishot(&r->ring);
+		} else {
+			info->recv_multishot = -ENOMEM;
+		}
+	} else {
+		info->recv_multishot = info->buf_ring_err;
+	}
+	info->accept_multishot = probe_accept_multishot(&r->ring);
+	/* Unregisters the buffer ring and tears the ring down (cancelling the
+	 * probes still armed) before the buffer they might use is freed. */
+	rl_ring_free(r);
+	free(buf);
+	return 0;
 }

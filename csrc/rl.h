@@ -104,4 +104,26 @@ int rl_probe_ops(unsigned char *ops_supported, unsigned n);
 /* Kernel opcode numbers the Go side asks about in Probe. */
 int rl_kernel_opcode(int which);
 
+/* What rl_probe found. Every field is filled whatever happens; when the
+ * ring could not be set up, setup_err says why and the rest stay zero. */
+struct rl_probe_info {
+	int setup_err;           /* 0, or -errno of io_uring_setup after the flag ladder */
+	unsigned setup_flags;    /* RL_SETUP_* the kernel accepted */
+	unsigned features;       /* IORING_FEAT_* the kernel reported */
+	int buf_ring_err;        /* 0, or -errno registering a provided buffer ring */
+	int recv_multishot;      /* 1 the kernel kept a multishot recv armed, 0 refused, <0 -errno of the test */
+	int accept_multishot;    /* the same for multishot accept */
+	int send_zc;             /* 1 when IORING_OP_SEND_ZC is supported */
+	int sendmsg_zc;          /* 1 when IORING_OP_SENDMSG_ZC is supported */
+	unsigned char ops[256];  /* ops[i] = 1 when IORING_OP_* number i is supported */
+};
+
+/* Probes what ringline needs from the kernel with a real ring (so a
+ * seccomp filter or io_uring_disabled answers here, with its errno): the
+ * setup ladder under want_flags with entries SQEs, the opcode table, a
+ * provided buffer ring, and a multishot recv and a multishot accept on
+ * AF_UNIX sockets, each checked by its first completion carrying F_MORE.
+ * Returns info->setup_err. */
+int rl_probe(struct rl_probe_info *info, unsigned entries, unsigned want_flags);
+
 #endif

@@ -1,8 +1,8 @@
 /*
  * rl_test.c — tests of the C layer on its own: ring setup and the flag
  * retry ladder, batched NOPs through rl_tick, a provided buffer ring fed by
- * a multishot recv on a socketpair, the sparse fixed-file table and the
- * opcode probe. Exits non-zero on the first failure.
+ * a multishot recv on a socketpair, the sparse fixed-file table, the
+ * opcode probe and the kernel feature probe. Exits non-zero on the first failure.
  */
 #include "rl.h"
 
@@ -148,12 +148,37 @@ static void test_files_and_probe(void)
 	passed++;
 }
 
+static void test_probe(void)
+{
+	struct rl_probe_info info;
+	int rc = rl_probe(&info, 64, ~0u);
+
+	CHECK(rc == 0 && info.setup_err == 0, "rl_probe: %d", rc);
+	CHECK(info.setup_flags & RL_SETUP_SINGLE_ISSUER, "expected SINGLE_ISSUER on 6.x");
+	CHECK(info.buf_ring_err == 0, "buffer ring: %d", info.buf_ring_err);
+	CHECK(info.recv_multishot == 1, "multishot recv: %d", info.recv_multishot);
+	CHECK(info.accept_multishot == 1, "multishot accept: %d", info.accept_multishot);
+	CHECK(info.ops[rl_kernel_opcode(RL_OP_RECV_MULTI)], "RECV unsupported");
+	CHECK(info.send_zc == 1, "SEND_ZC expected on 6.x");
+
+	/* The flag mask reaches the ladder: no DEFER_TASKRUN when refused. */
+	rc = rl_probe(&info, 64, ~(unsigned)RL_SETUP_DEFER_TASKRUN);
+	CHECK(rc == 0 && !(info.setup_flags & RL_SETUP_DEFER_TASKRUN), "masked probe: %d flags %x", rc, info.setup_flags);
+	CHECK(info.recv_multishot == 1, "multishot recv on a COOP ring: %d", info.recv_multishot);
+
+	/* A size the kernel refuses is reported, not fatal. */
+	rc = rl_probe(&info, 0, ~0u);
+	CHECK(rc < 0 && info.setup_err == rc, "entries=0 should fail, got %d", rc);
+	passed++;
+}
+
 int main(void)
 {
 	test_setup_ladder();
 	test_nop_batch();
 	test_buf_ring_recv();
 	test_files_and_probe();
+	test_probe();
 	printf("csrc: %d passed, %d failed\n", passed, failures);
 	return failures ? 1 : 0;
 }
