@@ -125,6 +125,8 @@ type backendConfig struct {
 	ringFlagMask uint32
 	// plainFDs: do not register a fixed-file table.
 	plainFDs bool
+	// batchWait: Config.BatchWait.
+	batchWait time.Duration
 }
 
 // userdata layout: kind (8 bits) | generation (16) | index (24) | payload (16).

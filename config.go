@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"time"
 )
 
 // Config tunes a runtime. The zero value of every field means "use the
@@ -42,6 +43,15 @@ type Config struct {
 	MaxRecvAccumulator int
 	// ListenBacklog is the listen(2) backlog. Default 1024.
 	ListenBacklog int
+	// BatchWait (io_uring only; kernels with IORING_FEAT_MIN_TIMEOUT,
+	// 6.12+) lets a worker with nothing to run wait up to this long for a
+	// batch of completions before it handles the ones that came. Under
+	// load that means fewer ring enters and bigger batches per message;
+	// the price is up to BatchWait of added latency while the loop is
+	// busy. A worker that has waited longer than BatchWait is woken by the
+	// first completion as usual.
+	// Default 0: off. At most 10ms.
+	BatchWait time.Duration
 	// Logger receives connection-level errors (panics, limit closes) and
 	// backend selection notes. Default slog.Default().
 	Logger *slog.Logger
@@ -134,6 +144,8 @@ func (c *Config) validate() error {
 		return bad("MaxRecvAccumulator", c.MaxRecvAccumulator, "must be at least BufferSize")
 	case c.ListenBacklog < 1:
 		return bad("ListenBacklog", c.ListenBacklog, "must be positive")
+	case c.BatchWait < 0 || c.BatchWait > 10*time.Millisecond:
+		return bad("BatchWait", int(c.BatchWait), "must be 0..10ms")
 	}
 	return nil
 }

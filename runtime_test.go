@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -93,5 +94,42 @@ func TestBindInUse(t *testing.T) {
 		require.Error(t, err)
 		require.ErrorIs(t, err, errAddrInUse)
 		require.Equal(t, fd0, openFDs(t))
+	})
+}
+
+// BatchWait keeps echo correct (it only changes how long an enter may wait
+// for a batch) and shows in Features on io_uring.
+func TestBatchWaitEcho(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be)
+		cfg.BatchWait = 50 * time.Microsecond
+		rt := serve(t, cfg, echoTask)
+		if be == IOUring {
+			require.Contains(t, rt.Features(), "batch wait 50us")
+		}
+		var wg sync.WaitGroup
+		for i := 0; i < 16; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				c, err := net.Dial("tcp", rt.Addr().String())
+				if !assert.NoError(t, err) {
+					return
+				}
+				defer c.Close()
+				for j := 0; j < 50; j++ {
+					msg := pattern(64, byte(i+j))
+					if _, err := c.Write(msg); !assert.NoError(t, err) {
+						return
+					}
+					got := make([]byte, 64)
+					if _, err := io.ReadFull(c, got); !assert.NoError(t, err) {
+						return
+					}
+					assert.Equal(t, msg, got)
+				}
+			}(i)
+		}
+		wg.Wait()
 	})
 }

@@ -39,6 +39,7 @@ func newBackend(kind Backend, cfg *Config) (backend, error) {
 		maxConns:     uint32(cfg.MaxConnections),
 		ringFlagMask: cfg.ringFlagMask,
 		plainFDs:     cfg.plainFDs,
+		batchWait:    cfg.BatchWait,
 	}
 	switch kind {
 	case IOUring:

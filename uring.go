@@ -12,7 +12,6 @@ import "C"
 import (
 	"fmt"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -23,6 +22,9 @@ import (
 const (
 	cqBatch   = 1024 // completions copied out per enter
 	bufGroup0 = 0
+	// batchWaitNr is how many completions a batch wait hopes for before
+	// its minimum wait runs out.
+	batchWaitNr = 32
 )
 
 // Compile-time checks that the Go mirrors match the C layout.
@@ -63,14 +65,18 @@ type uringBackend struct {
 
 	wakeFd  int
 	wakeMem region // 8-byte eventfd read target
-	sleep   atomic.Bool
+
+	// Batch wait (Config.BatchWait): a blocking enter waits up to
+	// batchWaitUs for batchNr completions; batchNr is 1 when off.
+	batchNr     uint32
+	batchWaitUs uint32
 
 	nCgo    uint64
 	errWait error
 }
 
 func newURingBackend(cfg backendConfig) (_ *uringBackend, err error) {
-	b := &uringBackend{wakeFd: -1, bufSize: cfg.bufSize, bufCount: cfg.bufCount}
+	b := &uringBackend{wakeFd: -1, bufSize: cfg.bufSize, bufCount: cfg.bufCount, batchNr: 1}
 	defer func() {
 		if err != nil {
 			b.close()
@@ -87,6 +93,10 @@ func newURingBackend(cfg backendConfig) (_ *uringBackend, err error) {
 	}
 	b.ring = ring
 	b.flags = uint32(C.rl_ring_setup_flags(ring))
+	if cfg.batchWait > 0 && C.rl_has_min_timeout(ring) != 0 {
+		b.batchNr = batchWaitNr
+		b.batchWaitUs = uint32(max(cfg.batchWait/time.Microsecond, 1))
+	}
 
 	if b.opsMem, err = mapRegion(int(cfg.ringEntries) * int(unsafe.Sizeof(sqOp{}))); err != nil {
 		return nil, err
@@ -158,10 +168,9 @@ func (b *uringBackend) stage(op sqOp) {
 // flush pushes staged ops to the kernel without waiting; completions it
 // reaps stay in the CQ ring for the next enter (cap 0 copies none).
 func (b *uringBackend) flush() {
-	var submitted C.uint
 	b.publishBuffers()
 	b.nCgo++
-	rc := C.rl_tick(b.ring, (*C.struct_rl_op)(b.opsMem.ptr(0)), C.uint(b.nops), nil, 0, 0, -1, &submitted)
+	rc := C.rl_tick(b.ring, (*C.struct_rl_op)(b.opsMem.ptr(0)), C.uint(b.nops), nil, 0, 0, -1, 0)
 	if rc < 0 {
 		b.errWait = fmt.Errorf("ringline: io_uring submit: %w", syscall.Errno(-rc))
 	}
@@ -174,19 +183,14 @@ func (b *uringBackend) enter(wait bool, timeout time.Duration) ([]cqEntry, error
 		b.errWait = nil
 		return nil, err
 	}
-	var submitted C.uint
 	waitNr := C.uint(0)
 	if wait {
-		waitNr = 1
-		b.sleep.Store(true)
+		waitNr = C.uint(b.batchNr)
 	}
 	b.publishBuffers()
 	b.nCgo++
 	rc := C.rl_tick(b.ring, (*C.struct_rl_op)(b.opsMem.ptr(0)), C.uint(b.nops),
-		(*C.struct_rl_cqe)(b.cqMem.ptr(0)), cqBatch, waitNr, C.int64_t(timeout), &submitted)
-	if wait {
-		b.sleep.Store(false)
-	}
+		(*C.struct_rl_cqe)(b.cqMem.ptr(0)), cqBatch, waitNr, C.int64_t(timeout), C.uint(b.batchWaitUs))
 	b.nops = 0
 	if rc < 0 {
 		return nil, fmt.Errorf("ringline: io_uring enter: %w", syscall.Errno(-rc))
@@ -297,6 +301,9 @@ func (b *uringBackend) describe() string {
 		}
 	}
 	f = append(f, "multishot accept", "multishot recv", fmt.Sprintf("provided buffers %dx%d", b.bufCount, b.bufSize))
+	if b.batchNr > 1 {
+		f = append(f, fmt.Sprintf("batch wait %dus", b.batchWaitUs))
+	}
 	if b.fixed {
 		f = append(f, "fixed files")
 	} else {

@@ -15,6 +15,7 @@ struct rl_ring {
 	struct io_uring ring;
 	unsigned setup_flags; /* RL_SETUP_* accepted */
 	uint64_t enters;
+	unsigned submitted; /* by the last rl_tick */
 	struct io_uring_buf_ring *br;
 	unsigned br_entries;
 	unsigned bgid;
@@ -190,13 +191,12 @@ static unsigned reap(struct rl_ring *r, struct rl_cqe *out, unsigned cap)
 
 int rl_tick(struct rl_ring *r, const struct rl_op *ops, unsigned nops,
 	    struct rl_cqe *out, unsigned cap, unsigned wait_nr, int64_t timeout_ns,
-	    unsigned *submitted)
+	    unsigned min_wait_usec)
 {
 	struct io_uring *ring = &r->ring;
-	unsigned i, queued = 0;
+	unsigned i, queued = 0, submitted = 0;
 	int ret;
 
-	*submitted = 0;
 	for (i = 0; i < nops; i++) {
 		struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
 
@@ -208,7 +208,7 @@ int rl_tick(struct rl_ring *r, const struct rl_op *ops, unsigned nops,
 			ret = io_uring_submit(ring);
 			if (ret < 0)
 				return ret;
-			*submitted += ret;
+			submitted += ret;
 			queued = 0;
 			sqe = io_uring_get_sqe(ring);
 			if (!sqe)
@@ -226,7 +226,7 @@ int rl_tick(struct rl_ring *r, const struct rl_op *ops, unsigned nops,
 			ret = io_uring_submit(ring);
 			if (ret < 0)
 				return ret;
-			*submitted += ret;
+			submitted += ret;
 		}
 	} else if (wait_nr > 0) {
 		struct io_uring_cqe *cqe = NULL;
@@ -238,20 +238,38 @@ int rl_tick(struct rl_ring *r, const struct rl_op *ops, unsigned nops,
 			tsp = &ts;
 		}
 		r->enters++;
-		ret = io_uring_submit_and_wait_timeout(ring, &cqe, wait_nr, tsp, NULL);
+		if (min_wait_usec && (ring->features & IORING_FEAT_MIN_TIMEOUT)) {
+			/* The batch wait needs a timeout to ride on. */
+			if (!tsp) {
+				ts.tv_sec = 3600;
+				ts.tv_nsec = 0;
+				tsp = &ts;
+			}
+			ret = io_uring_submit_and_wait_min_timeout(ring, &cqe, wait_nr, tsp, min_wait_usec, NULL);
+		} else {
+			ret = io_uring_submit_and_wait_timeout(ring, &cqe, 1, tsp, NULL);
+		}
 		if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
 			return ret;
 		if (ret > 0)
-			*submitted += ret;
+			submitted += ret;
 	} else {
 		r->enters++;
 		ret = io_uring_submit_and_get_events(ring);
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
 			return ret;
 		if (ret > 0)
-			*submitted += ret;
+			submitted += ret;
 	}
+	r->submitted = submitted;
 	return (int)reap(r, out, cap);
+}
+
+unsigned rl_last_submitted(struct rl_ring *r) { return r->submitted; }
+
+int rl_has_min_timeout(struct rl_ring *r)
+{
+	return (r->ring.features & IORING_FEAT_MIN_TIMEOUT) != 0;
 }
 
 int rl_probe_ops(unsigned char *ops_supported, unsigned n)

@@ -87,12 +87,22 @@ int rl_files_sparse(struct rl_ring *r, unsigned n);
 
 /* The one entry point per loop iteration: preps ops[0..nops), submits them,
  * and if wait_nr > 0 waits (bounded by timeout_ns when >= 0) for that many
- * completions; then copies up to cap completions into out. Returns the
- * number of completions copied, or a negative errno when submission itself
- * failed. *submitted receives how many ops were submitted. */
+ * completions; then copies up to cap completions into out. With
+ * min_wait_usec > 0 (and a kernel with IORING_FEAT_MIN_TIMEOUT) the wait
+ * for wait_nr completions lasts at most min_wait_usec, after which it
+ * returns as soon as one is there: batching under load, little added
+ * latency when idle. Returns the number of completions copied, or a
+ * negative errno when submission itself failed. Never blocks when
+ * completions are already waiting. */
 int rl_tick(struct rl_ring *r, const struct rl_op *ops, unsigned nops,
 	    struct rl_cqe *out, unsigned cap, unsigned wait_nr, int64_t timeout_ns,
-	    unsigned *submitted);
+	    unsigned min_wait_usec);
+
+/* Ops submitted by the last rl_tick. */
+unsigned rl_last_submitted(struct rl_ring *r);
+
+/* Whether the kernel honours min_wait_usec (IORING_FEAT_MIN_TIMEOUT). */
+int rl_has_min_timeout(struct rl_ring *r);
 
 /* Counters maintained by the C layer. */
 uint64_t rl_ring_enters(struct rl_ring *r);

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 static int failures, passed;
@@ -65,13 +66,13 @@ static void test_nop_batch(void)
 		ops[i].user_data = 1000 + i;
 	}
 	/* 200 ops through a 64-entry SQ: rl_tick flushes when the SQ fills. */
-	rc = rl_tick(r, ops, 200, cqes, 256, 1, 1000000000LL, &submitted);
+	rc = rl_tick(r, ops, 200, cqes, 256, 1, 1000000000LL, 0);
 	CHECK(rc >= 0, "tick: %d", rc);
 	got = (unsigned)rc;
 	for (i = 0; i < got; i++)
 		seen += cqes[i].user_data - 1000;
 	while (got < 200) {
-		rc = rl_tick(r, NULL, 0, cqes, 256, 1, 1000000000LL, &submitted);
+		rc = rl_tick(r, NULL, 0, cqes, 256, 1, 1000000000LL, 0);
 		CHECK(rc > 0, "tick drain: %d after %u", rc, got);
 		for (i = 0; i < (unsigned)rc; i++)
 			seen += cqes[i].user_data - 1000;
@@ -80,8 +81,23 @@ static void test_nop_batch(void)
 	CHECK(got == 200, "got %u completions", got);
 	CHECK(seen == 199 * 200 / 2, "user_data sum %llu", (unsigned long long)seen);
 	CHECK(rl_ring_enters(r) <= 6, "enters %llu for 200 nops", (unsigned long long)rl_ring_enters(r));
+	/* A batch wait (min_wait) for 8 completions with only one coming
+	 * returns that one once the minimum wait is over, long before the
+	 * 10 s timeout. */
+	if (rl_has_min_timeout(r)) {
+		struct timespec t0, t1;
+		struct rl_op nop;
+
+		memset(&nop, 0, sizeof(nop));
+		nop.user_data = 77;
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		rc = rl_tick(r, &nop, 1, cqes, 256, 8, 10000000000LL, 1000);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		CHECK(rc == 1 && cqes[0].user_data == 77, "batch wait: rc %d", rc);
+		CHECK(t1.tv_sec - t0.tv_sec < 5, "batch wait blocked for the full timeout");
+	}
 	/* Idle wait with a timeout returns 0 completions, not an error. */
-	rc = rl_tick(r, NULL, 0, cqes, 256, 1, 10000000LL, &submitted);
+	rc = rl_tick(r, NULL, 0, cqes, 256, 1, 10000000LL, 0);
 	CHECK(rc == 0, "idle tick: %d", rc);
 	rl_ring_free(r);
 	passed++;
@@ -107,10 +123,11 @@ static void test_buf_ring_recv(void)
 	op.opcode = RL_OP_RECV_MULTI;
 	op.fd = sv[0];
 	op.user_data = 7;
-	rc = rl_tick(r, &op, 1, cqes, 16, 0, -1, &submitted);
+	rc = rl_tick(r, &op, 1, cqes, 16, 0, -1, 0);
+	submitted = rl_last_submitted(r);
 	CHECK(rc >= 0 && submitted == 1, "arm recv: rc %d sub %u", rc, submitted);
 	CHECK(write(sv[1], "ping", 4) == 4, "write");
-	rc = rl_tick(r, NULL, 0, cqes, 16, 1, 1000000000LL, &submitted);
+	rc = rl_tick(r, NULL, 0, cqes, 16, 1, 1000000000LL, 0);
 	CHECK(rc == 1, "recv completions: %d", rc);
 	CHECK(cqes[0].user_data == 7 && cqes[0].res == 4, "cqe ud %llu res %d",
 	      (unsigned long long)cqes[0].user_data, cqes[0].res);
@@ -121,7 +138,7 @@ static void test_buf_ring_recv(void)
 		CHECK(memcmp((char *)mem + bid * 4096, "ping", 4) == 0, "buffer %u content", bid);
 	}
 	close(sv[1]);
-	rc = rl_tick(r, NULL, 0, cqes, 16, 1, 1000000000LL, &submitted);
+	rc = rl_tick(r, NULL, 0, cqes, 16, 1, 1000000000LL, 0);
 	CHECK(rc == 1 && cqes[0].res == 0 && !(cqes[0].flags & 2), "EOF ends multishot: rc %d res %d", rc, cqes[0].res);
 	close(sv[0]);
 	rl_ring_free(r);
