@@ -46,7 +46,8 @@ type Runtime struct {
 // Launch validates the Config, binds the listeners, starts the workers and
 // returns once every worker is serving. factory is called once per worker,
 // on that worker's goroutine, and the handler it returns serves all of the
-// worker's connections. Errors: a *ConfigError naming the bad field, or the
+// worker's connections (if Auto has to fall back to epoll after io_uring
+// workers failed to start, factory is called again for the new workers). Errors: a *ConfigError naming the bad field, or the
 // bind/ring setup error (wrapping syscall.Errno).
 func (b *Builder) Launch(factory func(workerID int) AsyncEventHandler) (*Runtime, error) {
 	cfg := b.cfg
@@ -62,54 +63,16 @@ func (b *Builder) Launch(factory func(workerID int) AsyncEventHandler) (*Runtime
 	if err != nil {
 		return nil, err
 	}
-	rt := &Runtime{cfg: cfg, backend: kind, done: make(chan struct{})}
-	var lfds []int
-	if b.addr != "" {
-		lfds, rt.addr, err = listenReusePort(b.addr, cfg.Workers, cfg.ListenBacklog)
-		if err != nil {
-			return nil, err
-		}
+	rt, err := b.start(cfg, kind, factory)
+	var se *workerSetupError
+	if err != nil && kind == IOUring && cfg.Backend == Auto && errors.As(err, &se) {
+		// The probe passed but a worker's ring did not come up (memory
+		// limits, a per-process ring cap): Auto still means "serve".
+		cfg.Logger.Warn("ringline: io_uring worker setup failed; falling back to epoll", "reason", err.Error())
+		rt, err = b.start(cfg, Epoll, factory)
 	}
-	type result struct {
-		err error
-	}
-	ready := make(chan result, cfg.Workers)
-	for i := 0; i < cfg.Workers; i++ {
-		lfd := -1
-		if lfds != nil {
-			lfd = lfds[i]
-		}
-		w := newWorker(i, &rt.cfg, lfd)
-		rt.workers = append(rt.workers, w)
-		rt.wg.Add(1)
-		go func() {
-			defer rt.wg.Done()
-			lockThread()
-			w.pin()
-			if err := w.setup(kind); err != nil {
-				ready <- result{fmt.Errorf("ringline: worker %d: %w", w.id, err)}
-				if w.lfd >= 0 {
-					unix.Close(w.lfd)
-					w.lfd = -1
-				}
-				return
-			}
-			w.handler = factory(w.id)
-			ready <- result{}
-			w.run()
-			w.teardown()
-		}()
-	}
-	var firstErr error
-	for range cfg.Workers {
-		if r := <-ready; r.err != nil && firstErr == nil {
-			firstErr = r.err
-		}
-	}
-	if firstErr != nil {
-		rt.Shutdown()
-		rt.Wait()
-		return nil, firstErr
+	if err != nil {
+		return nil, err
 	}
 	rt.desc = rt.workers[0].be.describe()
 	go func() {
@@ -234,3 +197,69 @@ func nofileHard() int {
 	}
 	return int(lim.Max)
 }
+
+// start binds the listeners and starts the workers on backend kind; on any
+// failure everything it started is stopped and released.
+func (b *Builder) start(cfg Config, kind Backend, factory func(workerID int) AsyncEventHandler) (*Runtime, error) {
+	rt := &Runtime{cfg: cfg, backend: kind, done: make(chan struct{})}
+	var lfds []int
+	var err error
+	if b.addr != "" {
+		lfds, rt.addr, err = listenReusePort(b.addr, cfg.Workers, cfg.ListenBacklog)
+		if err != nil {
+			return nil, err
+		}
+	}
+	ready := make(chan error, cfg.Workers)
+	for i := 0; i < cfg.Workers; i++ {
+		lfd := -1
+		if lfds != nil {
+			lfd = lfds[i]
+		}
+		w := newWorker(i, &rt.cfg, lfd)
+		rt.workers = append(rt.workers, w)
+		rt.wg.Add(1)
+		go func() {
+			defer rt.wg.Done()
+			lockThread()
+			w.pin()
+			if err := w.setup(kind); err != nil {
+				ready <- &workerSetupError{worker: w.id, err: err}
+				if w.lfd >= 0 {
+					unix.Close(w.lfd)
+					w.lfd = -1
+				}
+				return
+			}
+			w.handler = factory(w.id)
+			ready <- nil
+			w.run()
+			w.teardown()
+		}()
+	}
+	var firstErr error
+	for range cfg.Workers {
+		if err := <-ready; err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	if firstErr != nil {
+		rt.Shutdown()
+		rt.Wait()
+		return nil, firstErr
+	}
+	return rt, nil
+}
+
+// workerSetupError is a worker's backend setup failure (as opposed to a
+// bind error), the one Auto recovers from by falling back to epoll.
+type workerSetupError struct {
+	worker int
+	err    error
+}
+
+func (e *workerSetupError) Error() string {
+	return fmt.Sprintf("ringline: worker %d: %v", e.worker, e.err)
+}
+
+func (e *workerSetupError) Unwrap() error { return e.err }

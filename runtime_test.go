@@ -6,6 +6,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -132,4 +133,38 @@ func TestBatchWaitEcho(t *testing.T) {
 		}
 		wg.Wait()
 	})
+}
+
+// When the probe passes but an io_uring worker fails to set up, Auto still
+// serves (on epoll) and IOUring reports the failure; neither leaks.
+func TestAutoFallsBackWhenWorkerSetupFails(t *testing.T) {
+	if !uringCompiled || len(availableBackends()) < 2 {
+		t.Log("io_uring not available here: nothing to fall back from; checking Epoll launch instead")
+	}
+	fd0 := openFDs(t)
+	testHookWorkerSetup = func(worker int, kind Backend) error {
+		if kind == IOUring && worker == 1 {
+			return syscall.ENOMEM
+		}
+		return nil
+	}
+	defer func() { testHookWorkerSetup = nil }()
+
+	cfg := testConfig(Auto)
+	cfg.Workers = 2
+	rt := serve(t, cfg, echoTask)
+	require.Equal(t, Epoll, rt.Backend())
+	c := dial(t, rt)
+	require.Equal(t, []byte("fallback"), roundTrip(t, c, []byte("fallback")))
+
+	if uringCompiled && len(availableBackends()) == 2 {
+		cfg.Backend = IOUring
+		_, err := New(cfg).Bind("127.0.0.1:0").Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
+		require.ErrorIs(t, err, syscall.ENOMEM)
+		require.Contains(t, err.Error(), "worker 1")
+	}
+	c.Close()
+	rt.Shutdown()
+	rt.Wait()
+	require.True(t, settle(5*time.Second, func() bool { return openFDs(t) <= fd0 }), "fds: before %d, after %d", fd0, openFDs(t))
 }

@@ -63,9 +63,18 @@ func newWorker(id int, cfg *Config, lfd int) *worker {
 	return &worker{id: id, cfg: cfg, log: cfg.Logger, lfd: lfd}
 }
 
+// testHookWorkerSetup, when set by a test, runs before a worker sets up its
+// backend and can make the setup fail.
+var testHookWorkerSetup func(worker int, kind Backend) error
+
 // setup runs on the worker's locked thread: the ring is created by the
 // thread that will submit to it (SINGLE_ISSUER).
 func (w *worker) setup(kind Backend) error {
+	if testHookWorkerSetup != nil {
+		if err := testHookWorkerSetup(w.id, kind); err != nil {
+			return err
+		}
+	}
 	be, err := newBackend(kind, w.cfg)
 	if err != nil {
 		return err
