@@ -42,9 +42,15 @@ func main() {
 	addr := flag.String("addr", "127.0.0.1:7878", "listen address")
 	workers := flag.Int("workers", 0, "worker loops (0: one per CPU)")
 	backend := flag.String("backend", "auto", "backend: auto, iouring or epoll")
+	batchWait := flag.Duration("batch-wait", 0, "io_uring batch wait (Config.BatchWait), e.g. 50us; 0 is off")
+	probe := flag.Bool("probe", false, "print what the kernel offers and which backend auto picks, then exit")
 	flag.Parse()
+	if *probe {
+		fmt.Println(ringline.Probe())
+		return
+	}
 
-	cfg := ringline.Config{Workers: *workers}
+	cfg := ringline.Config{Workers: *workers, BatchWait: *batchWait}
 	switch *backend {
 	case "auto":
 		cfg.Backend = ringline.Auto
