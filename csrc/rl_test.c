@@ -55,7 +55,7 @@ static void test_nop_batch(void)
 	struct rl_ring *r = NULL;
 	struct rl_op ops[200];
 	struct rl_cqe cqes[256];
-	unsigned submitted = 0, got = 0, i;
+	unsigned got = 0, i;
 	uint64_t seen = 0;
 	int rc = rl_ring_init(&r, 64, 512, ~0u);
 
