@@ -150,8 +150,11 @@ const (
 	udShutdown
 )
 
-func packUD(kind uint64, idx uint32, gen uint16, payload uint16) uint64 {
-	return kind<<udKindShift | uint64(gen)<<udGenShift | uint64(idx&udIdxMask)<<udIdxShift | uint64(payload)
+// packUD keeps the low 16 bits of the generation: a completion is never
+// 65,536 generations late, because a slot is reused only once no operation
+// on it is left in the kernel.
+func packUD(kind uint64, idx uint32, gen uint32, payload uint16) uint64 {
+	return kind<<udKindShift | uint64(uint16(gen))<<udGenShift | uint64(idx&udIdxMask)<<udIdxShift | uint64(payload)
 }
 
 func udKind(ud uint64) uint64 { return ud >> udKindShift }

@@ -21,7 +21,7 @@ const (
 type conn struct {
 	w     *worker
 	idx   uint32
-	gen   uint16
+	gen   uint32
 	state uint8
 	fd    int32
 	// opFd/opFlags are what ring ops name: a fixed-file index with
@@ -48,6 +48,8 @@ type conn struct {
 	accShared   bool // a retained Bytes may point into acc: never move it
 	sink        []byte
 	sinkN       int
+	sinkPending bool // SetRecvSink inside a parse closure: fill it after
+	parsing     bool // a parse closure of this connection is running
 	closeReason string
 
 	// Send side.
@@ -58,6 +60,9 @@ type conn struct {
 	flushPending bool
 	serr         error
 	closeWanted  bool
+	// sendWaiters are tasks of other connections awaiting this one's
+	// SendFutures; the connection's own task is woken through task.
+	sendWaiters []*task
 }
 
 // ConnCtx is a connection handle: a small value (worker, slot index,
@@ -69,14 +74,16 @@ type conn struct {
 type ConnCtx struct {
 	w   *worker
 	idx uint32
-	gen uint16
+	gen uint32
 }
 
 // ConnToken identifies a connection (slot index and generation) without a
 // worker pointer; it is comparable and usable as a map key.
 type ConnToken struct {
-	Index      uint32
-	Generation uint16
+	Index uint32
+	// Generation counts the slot's reuses; with 32 bits a stale handle
+	// would need 4 billion reuses of its slot to look live again.
+	Generation uint32
 }
 
 // AsyncEventHandler handles a worker's connections. The runtime makes one
@@ -190,7 +197,9 @@ type SendFuture struct {
 }
 
 // Await suspends the calling task until the send's bytes have all been
-// taken by the kernel and returns their count. It returns an error wrapping
+// taken by the kernel and returns their count. Any task on the
+// connection's worker may await it (a proxy task can await its upstream's
+// sends). It returns an error wrapping
 // the kernel's syscall.Errno if the connection failed first, or ErrClosed
 // when the connection was torn down. The zero SendFuture resolves at once
 // with 0.
@@ -215,6 +224,9 @@ func (f SendFuture) Await() (int, error) {
 		t := cn.w.cur
 		if t == nil {
 			return 0, ErrNotInTask
+		}
+		if t.conn != cn {
+			cn.sendWaiters = append(cn.sendWaiters, t)
 		}
 		t.suspend(waitSend)
 	}
@@ -267,6 +279,17 @@ func (cn *conn) wakeAll() {
 	if cn.task != nil {
 		cn.task.wake(waitRecv | waitSend)
 	}
+	cn.wakeSendWaiters()
+}
+
+// wakeSendWaiters wakes other connections' tasks awaiting this one's sends;
+// each re-registers if its future is still pending.
+func (cn *conn) wakeSendWaiters() {
+	for _, t := range cn.sendWaiters {
+		t.wake(waitSend)
+	}
+	clear(cn.sendWaiters)
+	cn.sendWaiters = cn.sendWaiters[:0]
 }
 
 // maybeFree returns the slot to the slab once nothing refers to it.
@@ -279,6 +302,7 @@ func (cn *conn) maybeFree() {
 		w.be.recycle(uint16(cn.lent))
 		cn.lent = -1
 	}
+	cn.wakeSendWaiters()
 	cn.dropQueue()
 	w.st.closed++
 	w.live--

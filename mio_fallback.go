@@ -982,7 +982,7 @@ func (b *epollBackend) buffersFree() int { return len(b.free) }
 func (b *epollBackend) fixedFiles() bool { return false }
 
 // attach starts a fresh entry for fd; sockets run on plain fds.
-func (b *epollBackend) attach(idx uint32, fd int32, gen uint16) (int32, uint8) {
+func (b *epollBackend) attach(idx uint32, fd int32, gen uint32) (int32, uint8) {
 	b.resetFile(fd)
 	return fd, 0
 }

@@ -162,7 +162,15 @@ func (cn *conn) park() {
 // handle is stale.
 //
 // The slice f sees is valid only during the call: it may be the kernel's
-// receive buffer itself. Use WithBytes to keep received bytes.
+// receive buffer itself. Use WithBytes to keep received bytes. f runs
+// synchronously and must not suspend: calling Await, WithData or RecvReady
+// inside it panics (closing only this connection), as does parsing the same
+// connection again from inside it. It may send (SendNowait, Send without
+// Await), Close, and SetRecvSink (which takes effect once f's Consumed has
+// been applied).
+//
+// WithData must be called by the connection's own task; from any other
+// task it returns 0.
 func (c ConnCtx) WithData(f func([]byte) ParseResult) int {
 	return c.withData(f, nil)
 }
@@ -186,18 +194,20 @@ func (c ConnCtx) withData(f func([]byte) ParseResult, fb func(Bytes) ParseResult
 			if n > 0 {
 				return n
 			}
-			if avail >= cn.w.cfg.MaxRecvAccumulator {
-				cn.closeReason = "receive accumulator limit reached without parse progress"
-				cn.w.log.Warn("ringline: closing connection", "worker", cn.w.id, "conn", cn.idx,
-					"reason", cn.closeReason, "buffered", avail, "limit", cn.w.cfg.MaxRecvAccumulator)
-				cn.w.st.limitCloses++
-				cn.requestClose()
-				return 0
-			}
 			want = avail + 1
 			if r.need > want {
 				want = r.need
 			}
+		}
+		// Checked whatever the parser asked for: a NeedAtLeast beyond
+		// the limit must not leave the task asleep on a paused recv.
+		if avail := cn.buffered(); avail >= cn.w.cfg.MaxRecvAccumulator {
+			cn.closeReason = "receive accumulator limit reached without parse progress"
+			cn.w.log.Warn("ringline: closing connection", "worker", cn.w.id, "conn", cn.idx,
+				"reason", cn.closeReason, "buffered", avail, "limit", cn.w.cfg.MaxRecvAccumulator)
+			cn.w.st.limitCloses++
+			cn.requestClose()
+			return 0
 		}
 		if cn.eof {
 			return cn.stopped()
@@ -229,31 +239,49 @@ func (cn *conn) stopped() int {
 }
 
 // runParse shows the unread bytes to f (or fb) once and consumes what it
-// reports.
+// reports. While f runs the receive state is frozen: f must not suspend
+// (the task would let the loop recycle the buffer f is reading), must not
+// parse the same connection again, and a SetRecvSink it makes takes effect
+// once its consumed count has been applied.
 func (cn *conn) runParse(f func([]byte) ParseResult, fb func(Bytes) ParseResult) (ParseResult, int) {
+	if cn.parsing {
+		panic("ringline: WithData, WithBytes or TryWithData called from inside a parse closure of the same connection")
+	}
+	w := cn.w
 	var r ParseResult
+	var n int
+	cn.parsing = true
+	w.parsing = append(w.parsing, cn)
 	if f != nil && cn.lent >= 0 && cn.accOff == len(cn.acc) {
 		data := cn.lentData()
 		r = f(data)
-		n := clampConsumed(r.consumed, len(data))
+		n = clampConsumed(r.consumed, len(data))
 		cn.lentOff += uint32(n)
 		if cn.lentOff == cn.lentEnd {
-			cn.w.be.recycle(uint16(cn.lent))
+			w.be.recycle(uint16(cn.lent))
 			cn.lent = -1
 		}
-		return r, n
-	}
-	cn.spillLent()
-	data := cn.acc[cn.accOff:len(cn.acc):len(cn.acc)]
-	if f != nil {
-		r = f(data)
 	} else {
-		cn.accShared = true
-		r = fb(Bytes(data))
+		cn.spillLent()
+		data := cn.acc[cn.accOff:len(cn.acc):len(cn.acc)]
+		if f != nil {
+			r = f(data)
+		} else {
+			cn.accShared = true
+			r = fb(Bytes(data))
+		}
+		n = clampConsumed(r.consumed, len(data))
+		if n > 0 {
+			cn.consumeAcc(n)
+		}
 	}
-	n := clampConsumed(r.consumed, len(data))
+	w.parsing = w.parsing[:len(w.parsing)-1]
+	cn.parsing = false
+	if cn.sinkPending {
+		cn.sinkPending = false
+		cn.fillSink()
+	}
 	if n > 0 {
-		cn.consumeAcc(n)
 		cn.resumeRecv()
 	}
 	return r, n
@@ -291,11 +319,20 @@ func (c ConnCtx) SetRecvSink(buf []byte) {
 	if cn == nil {
 		return
 	}
-	cn.spillLent()
 	cn.sink, cn.sinkN = buf, 0
+	if cn.parsing {
+		cn.sinkPending = true // after the closure's Consumed is applied
+		return
+	}
+	cn.fillSink()
+}
+
+// fillSink moves already-buffered bytes into a newly set sink.
+func (cn *conn) fillSink() {
+	cn.spillLent()
 	if unread := len(cn.acc) - cn.accOff; unread > 0 {
-		k := copy(buf, cn.acc[cn.accOff:])
-		cn.sinkN = k
+		k := copy(cn.sink[cn.sinkN:], cn.acc[cn.accOff:])
+		cn.sinkN += k
 		cn.consumeAcc(k)
 	}
 }

@@ -41,6 +41,12 @@ func (w *worker) newTask(c *conn, body func()) *task {
 	seq := func(yield func(struct{}) bool) {
 		t.yield = yield
 		defer func() {
+			// A panic unwinds every parse closure on the stack (they
+			// cannot suspend, so all belong to this task).
+			for _, pc := range w.parsing {
+				pc.parsing, pc.sinkPending = false, false
+			}
+			w.parsing = w.parsing[:0]
 			if r := recover(); r != nil {
 				if _, ok := r.(taskKilled); ok {
 					return
@@ -65,6 +71,9 @@ func connIndexOf(c *conn) int {
 
 // suspend yields to the worker loop until an event in mask wakes the task.
 func (t *task) suspend(mask uint8) {
+	if len(t.w.parsing) > 0 {
+		panic("ringline: a WithData/WithBytes/TryWithData closure must not suspend (no Await, WithData or RecvReady inside it): return from the closure first")
+	}
 	t.waiting = mask
 	if !t.yield(struct{}{}) {
 		panic(taskKilled{})

@@ -249,7 +249,7 @@ func (b *uringBackend) fixedFiles() bool { return b.fixed }
 
 // attach stages the registration of fd in the fixed-file slot idx, linked
 // to the op staged next, and returns the fd and flags that op must use.
-func (b *uringBackend) attach(idx uint32, fd int32, gen uint16) (int32, uint8) {
+func (b *uringBackend) attach(idx uint32, fd int32, gen uint32) (int32, uint8) {
 	if !b.fixed || idx >= b.fixedN {
 		return fd, 0
 	}

@@ -31,6 +31,9 @@ type worker struct {
 	iovMem region
 
 	cur    *task
+	// parsing is the stack of connections whose parse closure is running:
+	// a task must not suspend inside one.
+	parsing []*conn
 	runq   []*task
 	runq2  []*task
 	flushq []*conn
@@ -51,7 +54,7 @@ type worker struct {
 // detacher is the backend hook that ties a socket to ring operations and
 // releases it. Backends without fixed files return fd unchanged.
 type detacher interface {
-	attach(idx uint32, fd int32, gen uint16) (int32, uint8)
+	attach(idx uint32, fd int32, gen uint32) (int32, uint8)
 	detach(idx uint32, fd int32, fixed bool, ud uint64) int
 }
 
@@ -231,7 +234,7 @@ func (w *worker) complete(e *cqEntry) {
 		return
 	}
 	cn := w.conns[idx]
-	if cn.gen != udGen(e.ud) || cn.state == connFree {
+	if uint16(cn.gen) != udGen(e.ud) || cn.state == connFree {
 		w.stray(e)
 		return
 	}
@@ -317,6 +320,9 @@ func (w *worker) onSendCQE(cn *conn, e *cqEntry) {
 		cn.startClose()
 	}
 	cn.task.wake(waitSend)
+	if len(cn.sendWaiters) > 0 {
+		cn.wakeSendWaiters()
+	}
 }
 
 func (w *worker) onAccept(e *cqEntry) {
@@ -447,6 +453,9 @@ func (w *worker) teardown() {
 		w.lfd = -1
 	}
 	if w.be != nil {
+		// Submit what the last iteration staged (closes above all): a
+		// drain that hit its deadline must not leak those sockets.
+		_, _ = w.be.enter(false, 0)
 		w.publish()
 		w.wakeMu.Lock()
 		w.beClosed = true
