@@ -30,14 +30,14 @@ type worker struct {
 	pool   *sendPool
 	iovMem region
 
-	cur    *task
+	cur *task
 	// parsing is the stack of connections whose parse closure is running:
 	// a task must not suspend inside one.
 	parsing []*conn
-	runq   []*task
-	runq2  []*task
-	flushq []*conn
-	parked []uint32
+	runq    []*task
+	runq2   []*task
+	flushq  []*conn
+	parked  []uint32
 
 	acceptArmed   bool
 	acceptRetryAt time.Time
