@@ -39,6 +39,7 @@ type worker struct {
 	flushq  []*conn
 	parked  []uint32
 
+	lastYield     time.Time
 	acceptArmed   bool
 	acceptRetryAt time.Time
 	stopping      atomic.Bool
@@ -158,7 +159,11 @@ func (w *worker) run() {
 		if !drainDeadline.IsZero() {
 			timeout = 50 * time.Millisecond
 		}
-		cqes, err := w.be.enter(len(w.runq) == 0, timeout)
+		wait := len(w.runq) == 0
+		if wait {
+			w.yieldToScheduler()
+		}
+		cqes, err := w.be.enter(wait, timeout)
 		w.st.loops++
 		if err != nil {
 			w.log.Error("ringline: backend enter failed; worker stopping", "worker", w.id, "err", err)
@@ -172,6 +177,19 @@ func (w *worker) run() {
 			w.acceptRetryAt = time.Time{}
 			w.armAccept()
 		}
+	}
+}
+
+// yieldToScheduler passes through the Go scheduler every couple of
+// milliseconds. A locked worker that never does looks overdue to sysmon,
+// which then retakes its P and wakes another thread each time the worker
+// blocks in the kernel: measured at 8-18% extra server CPU per message and
+// double the ping-pong p50 on io_uring. gnet avoids it the same way.
+func (w *worker) yieldToScheduler() {
+	now := time.Now()
+	if now.Sub(w.lastYield) >= 2*time.Millisecond {
+		w.lastYield = now
+		runtime.Gosched()
 	}
 }
 
