@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -768,5 +770,28 @@ func TestSendAfterPeerFIN(t *testing.T) {
 		got, err := io.ReadAll(cl)
 		require.NoError(t, err)
 		require.Equal(t, "got:question", string(got))
+	})
+}
+
+// Accepted sockets get TCP_NODELAY, whether they sit in the fixed-file
+// table or not: the runtime keeps an ordinary fd for socket options.
+func TestAcceptedSocketsNoDelay(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		out := make(chan int, 1)
+		rt := serve(t, testConfig(be), func(c ConnCtx) {
+			v, err := unix.GetsockoptInt(int(c.get().fd), unix.IPPROTO_TCP, unix.TCP_NODELAY)
+			if err != nil {
+				v = -1
+			}
+			out <- v
+			echoTask(c)
+		})
+		dial(t, rt)
+		select {
+		case v := <-out:
+			require.Equal(t, 1, v)
+		case <-time.After(5 * time.Second):
+			t.Fatal("timeout")
+		}
 	})
 }
