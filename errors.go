@@ -18,9 +18,6 @@ var (
 	// ErrNotInTask is returned when a suspending ConnCtx method is called
 	// from outside a task running on the connection's worker.
 	ErrNotInTask = errors.New("ringline: called outside a ringline task")
-	// ErrShutdown is returned by Launch-time and runtime operations once
-	// the runtime is shutting down.
-	ErrShutdown = errors.New("ringline: runtime shut down")
 )
 
 type staleError struct{}

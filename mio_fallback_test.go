@@ -209,24 +209,6 @@ func readFull(fd, n int) ([]byte, error) {
 	return got, nil
 }
 
-// drain reads fd until EOF or an error, in the background.
-func drain(fd int) chan int {
-	done := make(chan int, 1)
-	go func() {
-		buf := make([]byte, 64<<10)
-		total := 0
-		for {
-			k, err := unix.Read(fd, buf)
-			if err != nil || k == 0 {
-				done <- total
-				return
-			}
-			total += k
-		}
-	}()
-	return done
-}
-
 func ud(kind uint64, idx uint32) uint64 { return packUD(kind, idx, 3, 0) }
 
 func bufID(e cqEntry) uint16 { return uint16(e.flags >> cqeBufferShift) }

@@ -328,6 +328,3 @@ func (b *uringBackend) close() error {
 	b.wakeMem.unmap()
 	return nil
 }
-
-// setupFlags reports the RL_SETUP_* flags the kernel accepted.
-func (b *uringBackend) setupFlags() uint32 { return b.flags }
