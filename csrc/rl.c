@@ -91,6 +91,7 @@ void rl_ring_free(struct rl_ring *r)
 unsigned rl_ring_setup_flags(struct rl_ring *r) { return r->setup_flags; }
 int rl_ring_fd(struct rl_ring *r) { return r->ring.ring_fd; }
 uint64_t rl_ring_enters(struct rl_ring *r) { return r->enters; }
+const uint64_t *rl_ring_enters_ptr(struct rl_ring *r) { return &r->enters; }
 
 void *rl_buf_ring_setup(struct rl_ring *r, unsigned nbufs, unsigned bgid, void *base, unsigned buf_size, int *err)
 {

@@ -106,6 +106,9 @@ int rl_has_min_timeout(struct rl_ring *r);
 
 /* Counters maintained by the C layer. */
 uint64_t rl_ring_enters(struct rl_ring *r);
+/* Where the enter counter lives (stable for the ring's life), so Go can
+ * read it on the ring's thread without a cgo call. */
+const uint64_t *rl_ring_enters_ptr(struct rl_ring *r);
 
 /* Probe: fills ops_supported[i] = 1 for each IORING_OP_* (i < n) the kernel
  * supports. Returns 0 or -errno. */
