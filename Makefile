@@ -51,8 +51,11 @@ test-nocgo:
 	CGO_ENABLED=0 $(GO) build ./...
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m ./...
 
+# The figures in docs/BENCHMARKS.md (a few minutes; not part of make test).
 bench: $(LIBURING)
-	$(GO) test -run '^$$' -bench . -benchtime 3s .
+	$(GO) test -run '^$$' -bench PipelinedEcho -benchtime 200000x .
+	$(GO) test -run '^$$' -bench PingPongLatency -benchtime 20000x .
+	$(GO) test -run '^$$' -bench IdleConnRSS -benchtime 1x .
 
 clean:
 	rm -rf bin csrc/rl_test
