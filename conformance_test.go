@@ -16,8 +16,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
+	"github.com/ringline-go/ringline/internal/assert"
+	"github.com/ringline-go/ringline/internal/require"
 )
 
 // 100 SendNowaits with no await between them arrive complete and in order.

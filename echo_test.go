@@ -7,7 +7,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/stretchr/testify/require"
+	"github.com/ringline-go/ringline/internal/require"
 )
 
 func TestEchoSizes(t *testing.T) {

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stretchr/testify/require"
+	"github.com/ringline-go/ringline/internal/require"
 )
 
 // availableBackends lists the backends this build and kernel can run; every

@@ -13,8 +13,8 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
+	"github.com/ringline-go/ringline/internal/assert"
+	"github.com/ringline-go/ringline/internal/require"
 	"golang.org/x/sys/unix"
 )
 
