@@ -259,6 +259,7 @@ func TestSendPoolExhaustionRecovers(t *testing.T) {
 		cfg := testConfig(be)
 		cfg.SendPoolSlots = 16
 		cfg.SendSlotSize = 4096
+		cfg.MaxSendQueue = 16 * 4096 // one connection may fill the pool here
 		type res struct {
 			queued   int
 			firstErr error
@@ -730,7 +731,9 @@ func TestConfigValidation(t *testing.T) {
 func TestCloseAfterQueuedSendsDelivers(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
 		msg := pattern(1<<20, 8)
-		rt := serve(t, testConfig(be), func(c ConnCtx) {
+		cfg := testConfig(be)
+		cfg.MaxSendQueue = cfg.SendPoolSlots * cfg.SendSlotSize
+		rt := serve(t, cfg, func(c ConnCtx) {
 			for off := 0; off < len(msg); off += 64 << 10 {
 				if err := c.SendNowait(msg[off : off+64<<10]); err != nil {
 					panic(err)

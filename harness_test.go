@@ -79,6 +79,7 @@ func echoTask(c ConnCtx) {
 		var err error
 		n := c.WithData(func(b []byte) ParseResult {
 			if fut, err = c.Send(b); err != nil {
+				c.Close() // WithData then returns 0 instead of waiting for more
 				return Consumed(0)
 			}
 			return Consumed(len(b))

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"iter"
 	"runtime/debug"
+
+	"github.com/ringline-go/ringline/internal/gid"
 )
 
 // waitFor says which event wakes a suspended task; anything else leaves it
@@ -19,8 +21,11 @@ const (
 // stopped only on the worker's locked goroutine. Suspending is a yield back
 // to the loop, ~100 ns, not a goroutine hand-off.
 type task struct {
-	w       *worker
-	conn    *conn
+	w    *worker
+	conn *conn
+	// g is the coroutine's goroutine identity (internal/gid), set when it
+	// first runs; ConnCtx methods compare against it through worker.curG.
+	g       uintptr
 	next    func() (struct{}, bool)
 	stop    func()
 	yield   func(struct{}) bool
@@ -36,30 +41,58 @@ type task struct {
 // not swallow it with a blanket recover.
 type taskKilled struct{}
 
+// taskGoexited is what a task that called runtime.Goexit turns into. Goexit
+// cannot be stopped, and iter.Pull would re-raise it on the worker's
+// goroutine, ending the worker. A panic raised by a deferred call while
+// Goexit unwinds is recovered by iter.Pull and re-raised as that panic
+// instead, which the worker can recover: so the task ends, its connection
+// closes, and the worker lives on.
+type taskGoexited struct{}
+
 func (w *worker) newTask(c *conn, body func()) *task {
 	t := &task{w: w, conn: c}
 	seq := func(yield func(struct{}) bool) {
 		t.yield = yield
+		t.g = gid.Get()
+		w.curG.Store(t.g)
+		returned := false
 		defer func() {
-			// A panic unwinds every parse closure on the stack (they
-			// cannot suspend, so all belong to this task).
+			// A panic or Goexit unwinds every parse closure on the stack
+			// (they cannot suspend, so all belong to this task).
 			for _, pc := range w.parsing {
 				pc.parsing, pc.sinkPending = false, false
 			}
 			w.parsing = w.parsing[:0]
-			if r := recover(); r != nil {
-				if _, ok := r.(taskKilled); ok {
-					return
+			r := recover()
+			if r == nil {
+				if !returned {
+					w.taskGoexit(c)
+					panic(taskGoexited{})
 				}
-				w.log.Error("ringline: task panicked; closing its connection",
-					"worker", w.id, "conn", connIndexOf(c), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-				w.st.taskPanics++
+				return
 			}
+			if _, ok := r.(taskKilled); ok {
+				return
+			}
+			w.log.Error("ringline: task panicked; closing its connection",
+				"worker", w.id, "conn", connIndexOf(c), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			w.st.taskPanics++
 		}()
 		body()
+		returned = true
 	}
 	t.next, t.stop = iter.Pull(seq)
 	return t
+}
+
+// taskGoexit reports a task that called runtime.Goexit (t.FailNow and
+// require.* do). Kept out of line so its frame is not on every task stack.
+//
+//go:noinline
+func (w *worker) taskGoexit(c *conn) {
+	w.st.taskGoexits++
+	w.log.Error("ringline: task called runtime.Goexit (t.FailNow, require.*?); closing its connection, the worker goes on",
+		"worker", w.id, "conn", connIndexOf(c))
 }
 
 func connIndexOf(c *conn) int {
@@ -98,7 +131,7 @@ func (w *worker) resume(t *task) {
 	}
 	prev := w.cur
 	w.cur = t
-	_, alive := t.next()
+	alive := w.step(t.next)
 	w.cur = prev
 	w.st.resumes++
 	if !alive {
@@ -110,6 +143,25 @@ func (w *worker) resume(t *task) {
 	if c := t.conn; c != nil && c.lent >= 0 {
 		c.spillLent()
 	}
+}
+
+// step switches into a task through next (or stop) and reports whether it
+// is still alive. curG names the running coroutine for the ownership
+// check while it runs; a task that Goexited surfaces here as a
+// taskGoexited panic and counts as ended.
+func (w *worker) step(next func() (struct{}, bool)) (alive bool) {
+	w.curG.Store(w.cur.g)
+	defer func() {
+		w.curG.Store(0)
+		if r := recover(); r != nil {
+			if _, ok := r.(taskGoexited); !ok {
+				panic(r)
+			}
+			alive = false
+		}
+	}()
+	_, alive = next()
+	return alive
 }
 
 func (w *worker) taskDone(t *task) {
@@ -133,7 +185,7 @@ func (w *worker) kill(t *task) {
 	t.killed = true
 	prev := w.cur
 	w.cur = t
-	t.stop()
+	w.step(func() (struct{}, bool) { t.stop(); return struct{}{}, false })
 	w.cur = prev
 	w.taskDone(t)
 }
