@@ -2,10 +2,10 @@ package ringline
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"runtime"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,25 +23,9 @@ func TestGOMAXPROCS1(t *testing.T) {
 		cfg := testConfig(be)
 		cfg.Workers = 2
 		rt := serve(t, cfg, echoTask)
-		var wg sync.WaitGroup
-		for i := 0; i < 20; i++ {
-			wg.Add(1)
-			go func(i int) {
-				defer wg.Done()
-				c, err := net.Dial("tcp", rt.Addr().String())
-				if !assert.NoError(t, err) {
-					return
-				}
-				defer c.Close()
-				msg := pattern(20000, byte(i))
-				go c.Write(msg)
-				got := make([]byte, len(msg))
-				_, err = io.ReadFull(c, got)
-				assert.NoError(t, err)
-				assert.True(t, bytes.Equal(msg, got))
-			}(i)
-		}
-		wg.Wait()
+		runClients(t, 20, func(i int) error {
+			return echoCheck(rt.Addr().String(), pattern(20000, byte(i)))
+		})
 	})
 }
 
@@ -108,30 +92,27 @@ func TestBatchWaitEcho(t *testing.T) {
 		if be == IOUring {
 			require.Contains(t, rt.Features(), "batch wait 50us")
 		}
-		var wg sync.WaitGroup
-		for i := 0; i < 16; i++ {
-			wg.Add(1)
-			go func(i int) {
-				defer wg.Done()
-				c, err := net.Dial("tcp", rt.Addr().String())
-				if !assert.NoError(t, err) {
-					return
+		runClients(t, 16, func(i int) error {
+			c, err := dialTCP(rt.Addr().String())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			got := make([]byte, 64)
+			for j := 0; j < 50; j++ {
+				msg := pattern(64, byte(i+j))
+				if _, err := c.Write(msg); err != nil {
+					return err
 				}
-				defer c.Close()
-				for j := 0; j < 50; j++ {
-					msg := pattern(64, byte(i+j))
-					if _, err := c.Write(msg); !assert.NoError(t, err) {
-						return
-					}
-					got := make([]byte, 64)
-					if _, err := io.ReadFull(c, got); !assert.NoError(t, err) {
-						return
-					}
-					assert.Equal(t, msg, got)
+				if _, err := io.ReadFull(c, got); err != nil {
+					return err
 				}
-			}(i)
-		}
-		wg.Wait()
+				if !bytes.Equal(msg, got) {
+					return fmt.Errorf("message %d: echo differs", j)
+				}
+			}
+			return nil
+		})
 	})
 }
 
