@@ -594,7 +594,7 @@ func TestBackendReadAndWake(t *testing.T) {
 		grd := ud(udWake+10, 13)
 		h.be.stage(sqOp{code: opRead, fd: int32(guard), ud: grd, addr: h.mem.addr(64), len: 8})
 		h.none(grd, 10*time.Millisecond) // the guard read is armed and waits
-		var wakeAt atomic.Int64 // UnixNano just before wake was called
+		var wakeAt atomic.Int64          // UnixNano just before wake was called
 		stopGuard := make(chan struct{})
 		done := make(chan struct{})
 		go func() {
