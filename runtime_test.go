@@ -6,9 +6,12 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ringline-go/ringline/internal/assert"
 	"github.com/ringline-go/ringline/internal/require"
@@ -55,15 +58,75 @@ func TestCounters(t *testing.T) {
 	})
 }
 
-// PinCPUs pins each worker; the runtime still serves.
+// PinCPUs pins worker i to the i-th allowed CPU (wrapping around): each
+// worker thread's affinity, read by thread id, is exactly that one CPU, and
+// the thread that serves the worker's connections is that thread. Without
+// PinCPUs the worker threads keep the whole allowed set.
 func TestPinCPUs(t *testing.T) {
+	var allowed unix.CPUSet
+	require.NoError(t, unix.SchedGetaffinity(0, &allowed))
+	var cpus []int
+	for i := 0; i < 1024; i++ {
+		if allowed.IsSet(i) {
+			cpus = append(cpus, i)
+		}
+	}
+	if len(cpus) < 2 {
+		t.Skipf("only CPU %v allowed: a pinned thread cannot be told from an unpinned one", cpus)
+	}
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		cfg := testConfig(be)
-		cfg.Workers = 2
-		cfg.PinCPUs = true
-		rt := serve(t, cfg, echoTask)
-		c := dial(t, rt)
-		require.Equal(t, []byte("pinned"), roundTrip(t, c, []byte("pinned")))
+		for _, pin := range []bool{true, false} {
+			t.Run(fmt.Sprintf("PinCPUs=%v", pin), func(t *testing.T) {
+				cfg := testConfig(be)
+				cfg.Workers = len(cpus) + 1 // the last one wraps around
+				cfg.PinCPUs = pin
+				// The factory runs on each worker's goroutine, on the
+				// locked thread the worker will run on.
+				var mu sync.Mutex
+				tids := make(map[int]int)
+				served := make(chan [2]int, 64)
+				rt, err := New(cfg).Bind("127.0.0.1:0").Launch(func(id int) AsyncEventHandler {
+					mu.Lock()
+					tids[id] = unix.Gettid()
+					mu.Unlock()
+					return handlerFunc(func(c ConnCtx) {
+						served <- [2]int{c.WorkerID(), unix.Gettid()}
+						echoTask(c)
+					})
+				})
+				require.NoError(t, err)
+				defer func() { rt.Shutdown(); rt.Wait() }()
+				mu.Lock()
+				defer mu.Unlock()
+				require.Len(t, tids, cfg.Workers)
+				for id, tid := range tids {
+					var set unix.CPUSet
+					require.NoError(t, unix.SchedGetaffinity(tid, &set), "worker %d thread %d", id, tid)
+					if pin {
+						var want unix.CPUSet
+						want.Set(cpus[id%len(cpus)])
+						require.Equal(t, want, set, "worker %d (thread %d) must be pinned to CPU %d", id, tid, cpus[id%len(cpus)])
+					} else {
+						require.Equal(t, allowed, set, "worker %d (thread %d) must keep every allowed CPU", id, tid)
+					}
+				}
+				// Connections are served on the thread measured above.
+				seen := make(map[int]bool)
+				for i := 0; i < 64 && len(seen) < cfg.Workers; i++ {
+					c := dial(t, rt)
+					require.Equal(t, []byte("pinned"), roundTrip(t, c, []byte("pinned")))
+					c.Close()
+					select {
+					case s := <-served:
+						require.Equal(t, tids[s[0]], s[1], "worker %d served on another thread", s[0])
+						seen[s[0]] = true
+					case <-time.After(5 * time.Second):
+						t.Fatal("a served connection was not reported")
+					}
+				}
+				require.NotEmpty(t, seen)
+			})
+		}
 	})
 }
 
