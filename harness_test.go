@@ -279,3 +279,78 @@ func captureLog(cfg *Config) *logSink {
 	cfg.Logger = slog.New(slog.NewTextHandler(s, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	return s
 }
+
+// opCounter wraps a worker's backend and counts what the core asks of it:
+// operations staged (by op code) and completions received, and, per
+// connection, how many sends are in the kernel at once. Only the worker's
+// goroutine calls it; read it after the runtime has stopped (Wait orders
+// the worker's writes before the read).
+type opCounter struct {
+	backend
+	det         detacher
+	staged      [16]uint64 // by op code
+	completions uint64     // every completion but the wake's
+	sendsIn     map[uint64]int
+	maxSendsIn  int            // most sends in flight on one connection at once
+	sendsPerUD  map[uint64]int // send ops staged per connection (user_data)
+}
+
+func (c *opCounter) stage(op sqOp) {
+	c.staged[op.code]++
+	if op.code == opSend || op.code == opSendmsg {
+		c.sendsIn[op.ud]++
+		c.sendsPerUD[op.ud]++
+		c.maxSendsIn = max(c.maxSendsIn, c.sendsIn[op.ud])
+	}
+	c.backend.stage(op)
+}
+
+func (c *opCounter) enter(wait bool, timeout time.Duration) ([]cqEntry, error) {
+	cq, err := c.backend.enter(wait, timeout)
+	for _, e := range cq {
+		switch udKind(e.ud) {
+		case udWake:
+			continue
+		case udSend:
+			c.sendsIn[e.ud]--
+		}
+		c.completions++
+	}
+	return cq, err
+}
+
+func (c *opCounter) attach(idx uint32, fd int32, gen uint32) (int32, uint8) {
+	return c.det.attach(idx, fd, gen)
+}
+
+func (c *opCounter) detach(idx uint32, fd int32, fixed bool, ud uint64) int {
+	return c.det.detach(idx, fd, fixed, ud)
+}
+
+func (c *opCounter) stagedTotal() uint64 {
+	var n uint64
+	for _, k := range c.staged {
+		n += k
+	}
+	return n
+}
+
+// countOps makes every worker launched until the test ends count its
+// operations; the returned func gives the counters by worker id.
+func countOps(t *testing.T) func() map[int]*opCounter {
+	var mu sync.Mutex
+	byWorker := make(map[int]*opCounter)
+	testHookBackend = func(id int, be backend) backend {
+		c := &opCounter{backend: be, det: be.(detacher), sendsIn: map[uint64]int{}, sendsPerUD: map[uint64]int{}}
+		mu.Lock()
+		byWorker[id] = c
+		mu.Unlock()
+		return c
+	}
+	t.Cleanup(func() { testHookBackend = nil })
+	return func() map[int]*opCounter {
+		mu.Lock()
+		defer mu.Unlock()
+		return byWorker
+	}
+}
