@@ -722,23 +722,6 @@ func pipelinedEchoRcvbuf(t testing.TB, rt *Runtime, conns, msgs, size, depth, rc
 	}
 }
 
-// In steady state the epoll backend and the core allocate nothing per
-// message: the whole process, client included, allocates far less than
-// once per thousand messages.
-func TestEpollNoAllocsPerMessage(t *testing.T) {
-	rt := serve(t, testConfig(Epoll), echoTask)
-	const conns, msgs, size, depth = 4, 20000, 64, 16
-	pipelinedEcho(t, rt, conns, 2000, size, depth) // warm up: slabs, accumulators, pools
-	var m0, m1 runtime.MemStats
-	runtime.ReadMemStats(&m0)
-	pipelinedEcho(t, rt, conns, msgs, size, depth)
-	runtime.ReadMemStats(&m1)
-	n := float64(conns * msgs)
-	perMsg := float64(m1.Mallocs-m0.Mallocs) / n
-	t.Logf("%.5f allocations per message (%d over %d messages, client included)", perMsg, m1.Mallocs-m0.Mallocs, conns*msgs)
-	assert.Less(t, perMsg, 0.01)
-}
-
 // BenchmarkEpollTrigger measures the two readiness modes side by side and
 // reports, per message: every syscall the backend makes (epoll_wait,
 // epoll_ctl, recv, send, accept, close), epoll_ctl calls alone, and

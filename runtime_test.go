@@ -87,6 +87,25 @@ func TestCounters(t *testing.T) {
 	})
 }
 
+// In steady state the backends and the core allocate nothing per message:
+// the whole process, client included, allocates far less than once per
+// thousand messages.
+func TestNoAllocsPerMessage(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		rt := serve(t, testConfig(be), echoTask)
+		const conns, msgs, size, depth = 4, 20000, 64, 16
+		pipelinedEcho(t, rt, conns, 2000, size, depth) // warm up: slabs, accumulators, pools
+		var m0, m1 runtime.MemStats
+		runtime.ReadMemStats(&m0)
+		pipelinedEcho(t, rt, conns, msgs, size, depth)
+		runtime.ReadMemStats(&m1)
+		n := float64(conns * msgs)
+		perMsg := float64(m1.Mallocs-m0.Mallocs) / n
+		t.Logf("%.5f allocations per message (%d over %d messages, client included)", perMsg, m1.Mallocs-m0.Mallocs, conns*msgs)
+		assert.Less(t, perMsg, 0.01)
+	})
+}
+
 // PinCPUs pins worker i to the i-th allowed CPU (wrapping around): each
 // worker thread's affinity, read by thread id, is exactly that one CPU, and
 // the thread that serves the worker's connections is that thread. Without
