@@ -442,11 +442,13 @@ func TestPeerResetMidStream(t *testing.T) {
 }
 
 // A peer sending more than MaxRecvAccumulator without the parser making
-// progress is closed; other connections are unaffected.
+// progress is closed with a logged reason; other connections are
+// unaffected.
 func TestAccumulatorLimitCloses(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
 		cfg := testConfig(be)
 		cfg.MaxRecvAccumulator = 64 << 10
+		logs := captureLog(&cfg)
 		rt := serve(t, cfg, func(c ConnCtx) {
 			// A parser waiting for a newline that never comes.
 			c.WithData(func(b []byte) ParseResult {
@@ -472,14 +474,18 @@ func TestAccumulatorLimitCloses(t *testing.T) {
 			require.True(t, errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE), "unexpected write error %v", err)
 		}
 		require.Equal(t, uint64(1), Total(rt.Stats()).LimitCloses)
+		require.Contains(t, logs.String(), "receive accumulator limit", "the close is logged with its reason")
 		require.Equal(t, []byte("ok\n"), roundTrip(t, good, []byte("ok\n")))
 	})
 }
 
-// A panicking task closes only its own connection.
+// A panicking task closes only its own connection, and the panic is
+// logged with its value.
 func TestTaskPanicIsolation(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		rt := serve(t, testConfig(be), func(c ConnCtx) {
+		cfg := testConfig(be)
+		logs := captureLog(&cfg)
+		rt := serve(t, cfg, func(c ConnCtx) {
 			c.WithData(func(b []byte) ParseResult {
 				if string(b) == "boom" {
 					panic("handler bug")
@@ -498,6 +504,10 @@ func TestTaskPanicIsolation(t *testing.T) {
 		require.NoError(t, err, "panicking connection should be closed cleanly")
 		require.Equal(t, []byte("still"), roundTrip(t, good, []byte("still")))
 		require.Equal(t, uint64(1), Total(rt.Stats()).TaskPanics)
+		log := logs.String()
+		require.Contains(t, log, "level=ERROR")
+		require.Contains(t, log, "panic")
+		require.Contains(t, log, "handler bug", "the log names the panic value")
 	})
 }
 

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/ringline-go/ringline/internal/require"
 )
@@ -291,15 +292,15 @@ type opCounter struct {
 	staged      [16]uint64 // by op code
 	completions uint64     // every completion but the wake's
 	sendsIn     map[uint64]int
-	maxSendsIn  int            // most sends in flight on one connection at once
-	sendsPerUD  map[uint64]int // send ops staged per connection (user_data)
+	maxSendsIn  int                 // most sends in flight on one connection at once
+	sendLens    map[uint64][]uint64 // bytes asked of each send op, per connection (user_data)
 }
 
 func (c *opCounter) stage(op sqOp) {
 	c.staged[op.code]++
 	if op.code == opSend || op.code == opSendmsg {
 		c.sendsIn[op.ud]++
-		c.sendsPerUD[op.ud]++
+		c.sendLens[op.ud] = append(c.sendLens[op.ud], stagedSendLen(op))
 		c.maxSendsIn = max(c.maxSendsIn, c.sendsIn[op.ud])
 	}
 	c.backend.stage(op)
@@ -327,6 +328,19 @@ func (c *opCounter) detach(idx uint32, fd int32, fixed bool, ud uint64) int {
 	return c.det.detach(idx, fd, fixed, ud)
 }
 
+// stagedSendLen is the byte count a staged send or sendmsg asks for.
+func stagedSendLen(op sqOp) uint64 {
+	if op.code == opSend {
+		return uint64(op.len)
+	}
+	m := (*msghdr)(unsafe.Add(nil, uintptr(op.addr)))
+	var n uint64
+	for _, v := range unsafe.Slice((*iovec)(unsafe.Add(nil, uintptr(m.iov))), m.iovlen) {
+		n += v.len
+	}
+	return n
+}
+
 func (c *opCounter) stagedTotal() uint64 {
 	var n uint64
 	for _, k := range c.staged {
@@ -341,7 +355,7 @@ func countOps(t *testing.T) func() map[int]*opCounter {
 	var mu sync.Mutex
 	byWorker := make(map[int]*opCounter)
 	testHookBackend = func(id int, be backend) backend {
-		c := &opCounter{backend: be, det: be.(detacher), sendsIn: map[uint64]int{}, sendsPerUD: map[uint64]int{}}
+		c := &opCounter{backend: be, det: be.(detacher), sendsIn: map[uint64]int{}, sendLens: map[uint64][]uint64{}}
 		mu.Lock()
 		byWorker[id] = c
 		mu.Unlock()
