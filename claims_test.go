@@ -5,7 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"os"
+	"reflect"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -376,4 +381,99 @@ func TestNonReadingTaskPausesReceive(t *testing.T) {
 		assert.Equal(t, total, r.readLater, "nothing lost across the pause")
 		assert.Zero(t, Total(rt.Stats()).LimitCloses, "a task that is not reading is paused, not closed")
 	})
+}
+
+// The README's Config table is DefaultConfig(): every exported field is
+// listed, and every listed default is what DefaultConfig fills in.
+func TestConfigDefaultsMatchREADME(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	require.NoError(t, err)
+	sec := string(readme)
+	i := strings.Index(sec, "\n## Config\n")
+	require.True(t, i >= 0, "README has a Config section")
+	sec = sec[i+1:]
+	if j := strings.Index(sec[3:], "\n## "); j >= 0 {
+		sec = sec[:j+3]
+	}
+	documented := map[string]string{}
+	for _, line := range strings.Split(sec, "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) < 4 || !strings.HasPrefix(strings.TrimSpace(cells[1]), "`") {
+			continue
+		}
+		names := strings.Split(cells[1], "×")
+		vals := strings.Split(cells[2], "×")
+		require.Equal(t, len(names), len(vals), "README row %q: as many defaults as fields", line)
+		for k := range names {
+			documented[strings.Trim(strings.TrimSpace(names[k]), "`")] = strings.TrimSpace(vals[k])
+		}
+	}
+	d := DefaultConfig()
+	v := reflect.ValueOf(d)
+	for k := 0; k < v.NumField(); k++ {
+		f := v.Type().Field(k)
+		if !f.IsExported() {
+			continue
+		}
+		doc, ok := documented[f.Name]
+		if !assert.True(t, ok, "Config.%s has no row in the README's Config table", f.Name) {
+			continue
+		}
+		delete(documented, f.Name)
+		want, err := readmeDefault(f.Type, doc)
+		if !assert.NoError(t, err, "Config.%s: README default %q", f.Name, doc) {
+			continue
+		}
+		assert.Equal(t, want, v.Field(k).Interface(), "Config.%s: the README says %q", f.Name, doc)
+	}
+	assert.Empty(t, documented, "README rows for fields Config does not have")
+}
+
+// readmeDefault turns a default as the README writes it into the value of
+// type typ it stands for.
+func readmeDefault(typ reflect.Type, s string) (any, error) {
+	note := ""
+	if i := strings.Index(s, " ("); i >= 0 {
+		s, note = strings.TrimSpace(s[:i]), s[i:]
+	}
+	s = strings.Trim(s, "`")
+	switch typ {
+	case reflect.TypeOf(Backend(0)):
+		if b, ok := map[string]Backend{"Auto": Auto, "IOUring": IOUring, "Epoll": Epoll}[s]; ok {
+			return b, nil
+		}
+	case reflect.TypeOf(time.Duration(0)):
+		if s == "0" {
+			return time.Duration(0), nil
+		}
+		return time.ParseDuration(s)
+	case reflect.TypeOf(true):
+		return strconv.ParseBool(s)
+	case reflect.TypeOf((*slog.Logger)(nil)):
+		if s == "slog.Default()" {
+			return slog.Default(), nil
+		}
+	case reflect.TypeOf(0):
+		if s == "one per CPU" {
+			return runtime.NumCPU(), nil
+		}
+		mult := 1
+		for unit, m := range map[string]int{"KiB": 1 << 10, "MiB": 1 << 20} {
+			if strings.HasSuffix(s, " "+unit) {
+				s, mult = strings.TrimSuffix(s, " "+unit), m
+			}
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return nil, err
+		}
+		n *= mult
+		if strings.Contains(note, "RLIMIT_NOFILE hard") {
+			if lim := nofileHard(); lim > 0 && lim < n {
+				n = lim
+			}
+		}
+		return n, nil
+	}
+	return nil, fmt.Errorf("this test does not understand %q for a %v (extend readmeDefault)", s, typ)
 }
