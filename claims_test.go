@@ -1,6 +1,7 @@
 package ringline
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -8,7 +9,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"reflect"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -476,4 +480,96 @@ func readmeDefault(typ reflect.Type, s string) (any, error) {
 		return n, nil
 	}
 	return nil, fmt.Errorf("this test does not understand %q for a %v (extend readmeDefault)", s, typ)
+}
+
+// The echo example shuts down cleanly on SIGINT and on SIGTERM: built and
+// run as a binary, it serves, and on the signal exits 0 after printing its
+// final "echo: stopped; ..." line with the connection it served counted.
+func TestEchoExampleSignals(t *testing.T) {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	bin := filepath.Join(t.TempDir(), "echo")
+	args := []string{"build", "-o", bin}
+	if !uringCompiled {
+		args = append(args, "-tags", "ringline_epoll") // as this test binary was built
+	}
+	out, err := exec.Command(goBin, append(args, "./examples/echo")...).CombinedOutput()
+	require.NoError(t, err, "build examples/echo: %s", out)
+
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+			t.Run(unix.SignalName(sig), func(t *testing.T) {
+				cmd := exec.Command(bin, "-addr", "127.0.0.1:0", "-workers", "1", "-backend", be.String())
+				stdout, err := cmd.StdoutPipe()
+				require.NoError(t, err)
+				var stderr logSink
+				cmd.Stderr = &stderr
+				require.NoError(t, cmd.Start())
+				exited := make(chan struct{})
+				var waitErr error
+				lines := make(chan string, 16)
+				go func() {
+					sc := bufio.NewScanner(stdout)
+					for sc.Scan() {
+						lines <- sc.Text()
+					}
+					close(lines)
+					waitErr = cmd.Wait()
+					close(exited)
+				}()
+				defer func() {
+					select {
+					case <-exited:
+					default: // a failed test leaves no server behind
+						_ = cmd.Process.Kill()
+						for range lines {
+						}
+						<-exited
+					}
+				}()
+				next := func() string {
+					select {
+					case l, ok := <-lines:
+						require.True(t, ok, "echo ended early; stderr: %s", stderr.String())
+						return l
+					case <-time.After(10 * time.Second):
+						t.Fatalf("no output from echo; stderr: %s", stderr.String())
+					}
+					return ""
+				}
+				first := next()
+				m := regexp.MustCompile(`^echo: listening on (\S+) with 1 workers; backend (\w+)`).FindStringSubmatch(first)
+				require.NotNil(t, m, "first line: %q", first)
+				require.Equal(t, be.String(), m[2])
+
+				c, err := dialTCP(m[1])
+				require.NoError(t, err)
+				defer c.Close()
+				msg := pattern(5000, 1)
+				require.Equal(t, msg, roundTrip(t, c, msg))
+
+				require.NoError(t, cmd.Process.Signal(sig))
+				var rest []string
+				for l := range lines {
+					rest = append(rest, l)
+				}
+				select {
+				case <-exited:
+					require.NoError(t, waitErr, "exit status; stderr: %s", stderr.String())
+				case <-time.After(10 * time.Second):
+					t.Fatal("echo did not exit after the signal")
+				}
+				require.NotEmpty(t, rest)
+				assert.Contains(t, rest[0], "shutting down")
+				assert.Equal(t, "echo: stopped; accepted 1, closed 1, bytes in 5000 out 5000", rest[len(rest)-1])
+				// Shutdown closed the connection: the client sees EOF.
+				_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				n, err := c.Read(make([]byte, 1))
+				assert.Zero(t, n)
+				assert.True(t, errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET), "after shutdown: %v", err)
+			})
+		}
+	})
 }
