@@ -5,6 +5,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"io"
 	"log/slog"
 	"net"
@@ -572,4 +575,61 @@ func TestEchoExampleSignals(t *testing.T) {
 			})
 		}
 	})
+}
+
+// "Every test runs once per available backend", except the ones the
+// README's Tests section names with the reason: every Test function of
+// this package either runs its scenario through forEachBackend or
+// forEachImpl, or is named in that section (and every name there exists).
+func TestEveryTestRunsPerBackendOrIsListed(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	require.NoError(t, err)
+	sec := string(readme)
+	i := strings.Index(sec, "\n## Tests\n")
+	require.True(t, i >= 0, "README has a Tests section")
+	sec = sec[i+1:]
+	if j := strings.Index(sec[3:], "\n## "); j >= 0 {
+		sec = sec[:j+3]
+	}
+	listed := map[string]bool{}
+	for _, m := range regexp.MustCompile("`(Test\\w+)`").FindAllStringSubmatch(sec, -1) {
+		listed[m[1]] = true
+	}
+
+	files, err := filepath.Glob("*_test.go")
+	require.NoError(t, err)
+	fset := token.NewFileSet()
+	perBackend := map[string]bool{"forEachBackend": true, "forEachImpl": true}
+	var once []string
+	all := map[string]bool{}
+	for _, name := range files {
+		f, err := parser.ParseFile(fset, name, nil, 0)
+		require.NoError(t, err)
+		for _, d := range f.Decls {
+			fn, ok := d.(*ast.FuncDecl)
+			if !ok || fn.Recv != nil || !strings.HasPrefix(fn.Name.Name, "Test") || fn.Body == nil {
+				continue
+			}
+			all[fn.Name.Name] = true
+			runs := false
+			ast.Inspect(fn.Body, func(n ast.Node) bool {
+				if call, ok := n.(*ast.CallExpr); ok {
+					if id, ok := call.Fun.(*ast.Ident); ok && perBackend[id.Name] {
+						runs = true
+					}
+				}
+				return !runs
+			})
+			if !runs {
+				once = append(once, fn.Name.Name)
+			}
+		}
+	}
+	require.NotEmpty(t, all)
+	for _, name := range once {
+		assert.True(t, listed[name], "%s runs once (no forEachBackend/forEachImpl): name it, with the reason, in the README's Tests section, or run it per backend", name)
+	}
+	for name := range listed {
+		assert.True(t, all[name], "the README's Tests section names %s, which does not exist", name)
+	}
 }
