@@ -274,7 +274,7 @@ func TestSendsCoalesceOneInFlight(t *testing.T) {
 // client's writes block. Once the task reads again every byte arrives.
 func TestNonReadingTaskPausesReceive(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		const total = 8 << 20 // what the client tries to write
+		const total = 2 << 20 // what the client tries to write
 		cfg := testConfig(be)
 		cfg.MaxRecvAccumulator = 64 << 10
 		cfg.SendPoolSlots = 1024
@@ -319,7 +319,10 @@ func TestNonReadingTaskPausesReceive(t *testing.T) {
 		// kernel and the client's own writes soon find the server full.
 		require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 16<<10))
 		d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
-			return rc.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 16<<10) })
+			return rc.Control(func(fd uintptr) {
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 16<<10)
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, 16<<10)
+			})
 		}}
 		nc, err := d.Dial("tcp", rt.Addr().String())
 		require.NoError(t, err)
@@ -351,7 +354,7 @@ func TestNonReadingTaskPausesReceive(t *testing.T) {
 		// Wait until the client's writes stop making progress.
 		var last int64 = -1
 		stable := 0
-		for deadline := time.Now().Add(15 * time.Second); stable < 5 && time.Now().Before(deadline); {
+		for deadline := time.Now().Add(15 * time.Second); stable < 4 && time.Now().Before(deadline); {
 			time.Sleep(100 * time.Millisecond)
 			if w := written.Load(); w == last {
 				stable++
