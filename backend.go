@@ -129,6 +129,12 @@ type backendConfig struct {
 	batchWait time.Duration
 }
 
+// testHookFixedFiles, when set by a test, replaces the size of the
+// fixed-file table the io_uring backend asks the kernel for (a size the
+// kernel refuses forces the plain-fd fallback; a small one mixes fixed
+// and plain connections).
+var testHookFixedFiles func(n int) int
+
 // userdata layout: kind (8 bits) | generation (16) | index (24) | payload (16).
 const (
 	udKindShift = 56

@@ -133,6 +133,9 @@ func newURingBackend(cfg backendConfig) (_ *uringBackend, err error) {
 	if lim := nofileHard(); lim > 0 && lim < n {
 		n = lim
 	}
+	if testHookFixedFiles != nil {
+		n = testHookFixedFiles(n)
+	}
 	if !cfg.plainFDs {
 		b.nCgo++
 		if rc := C.rl_files_sparse(ring, C.uint(n)); rc == 0 {

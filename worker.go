@@ -106,6 +106,10 @@ func newWorker(id int, cfg *Config, lfd int) *worker {
 // backend and can make the setup fail.
 var testHookWorkerSetup func(worker int, kind Backend) error
 
+// testHookBackend, when set by a test, wraps each worker's new backend
+// (tests count the operations the core stages and the completions it gets).
+var testHookBackend func(worker int, be backend) backend
+
 // setup runs on the worker's locked thread: the ring is created by the
 // thread that will submit to it (SINGLE_ISSUER).
 func (w *worker) setup(kind Backend) error {
@@ -117,6 +121,9 @@ func (w *worker) setup(kind Backend) error {
 	be, err := newBackend(kind, w.cfg)
 	if err != nil {
 		return err
+	}
+	if testHookBackend != nil {
+		be = testHookBackend(w.id, be)
 	}
 	w.be = be
 	w.det = be.(detacher)

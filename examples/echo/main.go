@@ -65,14 +65,17 @@ func main() {
 	default:
 		log.Fatalf("unknown -backend %q", *backend)
 	}
+	// Signals are caught from before the listening line is printed: a
+	// supervisor that signals as soon as it sees the line gets a clean
+	// shutdown, not the default action.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	rt, err := ringline.New(cfg).Bind(*addr).Launch(func(int) ringline.AsyncEventHandler { return echo{} })
 	if err != nil {
 		log.Fatal(err)
 	}
 	fmt.Printf("echo: listening on %s with %d workers; backend %s: %s\n", rt.Addr(), rt.Workers(), rt.Backend(), rt.Features())
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	select {
 	case s := <-sig:
 		fmt.Printf("echo: %v, shutting down (again to exit at once)\n", s)
