@@ -569,13 +569,9 @@ func benchGnetBinary() (string, error) {
 	return g.path, g.err
 }
 
-// benchGoTool is the go command that runs these benchmarks.
-func benchGoTool() string {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p
-	}
-	return filepath.Join(runtime.GOROOT(), "bin", "go")
-}
+// benchGoTool is the go command: `go test` puts the go that runs it first
+// on the test's PATH.
+func benchGoTool() string { return "go" }
 
 // benchStartGnet starts the gnet echo server and returns it once it
 // listens; it stops in b.Cleanup.
