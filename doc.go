@@ -102,6 +102,19 @@
 // three. A liburing older than 2.8 lacks what Config.BatchWait needs; Probe
 // then lists it in ProbeResult.CompiledOut.
 //
+// # Examples
+//
+// The runnable examples in example_test.go (go test -run Example runs
+// them; go doc -http and pkg.go.dev show them beside the API they use):
+//
+//   - Example: an echo server, its handler and a client round trip.
+//   - ExampleConnCtx_WithData: a line protocol parsed with NeedMore across
+//     writes split mid-line.
+//   - ExampleNeedAtLeast: length-prefixed frames.
+//   - ExampleConnCtx_Send: streaming a large reply with Send and
+//     SendFuture.Await (backpressure).
+//   - ExampleProbe: choosing a backend; Probe, Auto and IOUring's refusal.
+//
 // # Errors
 //
 // Errors wrap syscall.Errno where the kernel refused, so
