@@ -357,6 +357,7 @@ func benchSettledStats(rt *Runtime) WorkerStats {
 // client=subproc: gnet/v2 with one event loop (issue 3's yardstick) and Go's
 // net with a goroutine per connection.
 func BenchmarkPipelinedEcho(b *testing.B) {
+	_, _ = benchGnetBinary() // built before any CPU pinning; gnet rows report an error
 	for _, perMsg := range []bool{false, true} {
 		writes := "writes=batched"
 		if perMsg {
@@ -981,6 +982,7 @@ const benchPingSize = 64
 // the same for every server; an in-process client would share CPU 0, or
 // the Go scheduler, with the server and measure that contention instead.
 func BenchmarkPingPongLatency(b *testing.B) {
+	_, _ = benchGnetBinary() // built before any CPU pinning; gnet rows report an error
 	for _, conns := range []int{1, 8} {
 		cs := fmt.Sprintf("conns=%d", conns)
 		for _, be := range availableBackends() {
