@@ -583,19 +583,8 @@ func benchStartGnet(b *testing.B) *benchGnet {
 	}
 	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	g := &benchGnet{cmd: cmd, stdin: stdin, lines: bufio.NewScanner(stdout)}
+	stdin, lines := benchSpawn(b, cmd)
+	g := &benchGnet{cmd: cmd, stdin: stdin, lines: lines}
 	b.Cleanup(func() {
 		g.stdin.Close() // gnetecho stops at the end of its stdin
 		done := make(chan error, 1)
@@ -698,6 +687,16 @@ type benchChild struct {
 func benchStartChild(b *testing.B, role, args string, limit time.Duration) *benchChild {
 	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
 	cmd.Env = append(os.Environ(), benchRoleEnv+"="+role, benchArgsEnv+"="+args)
+	stdin, lines := benchSpawn(b, cmd)
+	ch := &benchChild{cmd: cmd, stdin: stdin, lines: lines}
+	// Never hang: the child is killed if the run takes unreasonably long.
+	ch.watchdog = time.AfterFunc(limit, func() { _ = cmd.Process.Kill() })
+	return ch
+}
+
+// benchSpawn starts cmd talking over stdin and stdout (line by line); its
+// stderr is this process's.
+func benchSpawn(b *testing.B, cmd *exec.Cmd) (io.WriteCloser, *bufio.Scanner) {
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -710,10 +709,7 @@ func benchStartChild(b *testing.B, role, args string, limit time.Duration) *benc
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	ch := &benchChild{cmd: cmd, stdin: stdin, lines: bufio.NewScanner(stdout)}
-	// Never hang: the child is killed if the run takes unreasonably long.
-	ch.watchdog = time.AfterFunc(limit, func() { _ = cmd.Process.Kill() })
-	return ch
+	return stdin, bufio.NewScanner(stdout)
 }
 
 func (ch *benchChild) next() string {

@@ -18,25 +18,16 @@ import (
 	"github.com/ringline-go/ringline"
 )
 
+// echo sends back whatever arrives until the peer closes.
 type echo struct{}
 
 func (echo) OnAccept(c ringline.ConnCtx) {
-	for {
-		var fut ringline.SendFuture
-		var err error
-		n := c.WithData(func(b []byte) ringline.ParseResult {
-			fut, err = c.Send(b)
-			if err != nil {
-				return ringline.Consumed(0)
-			}
-			return ringline.Consumed(len(b))
-		})
-		if n == 0 || err != nil {
-			return
+	for c.WithData(func(b []byte) ringline.ParseResult {
+		if c.SendNowait(b) != nil {
+			c.Close()
 		}
-		if _, err := fut.Await(); err != nil {
-			return
-		}
+		return ringline.Consumed(len(b))
+	}) > 0 {
 	}
 }
 
