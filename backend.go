@@ -67,7 +67,7 @@ const (
 type sqOp struct {
 	code     uint8
 	flags    uint8
-	bufGroup uint16
+	bufGroup uint16 //lint:ignore U1000 read by C (struct rl_op.buf_group); unused in builds without io_uring
 	fd       int32
 	ud       uint64
 	addr     uint64

@@ -77,7 +77,8 @@ type Config struct {
 	// ListenBacklog is the listen(2) backlog. Default 1024.
 	ListenBacklog int
 	// BatchWait (io_uring only; kernels with IORING_FEAT_MIN_TIMEOUT,
-	// 6.12+) lets a worker with nothing to run wait up to this long for a
+	// 6.12+, and a build against liburing 2.8 or later: Probe().CompiledOut
+	// says when the build lacks it) lets a worker with nothing to run wait up to this long for a
 	// batch of completions before it handles the ones that came. Under
 	// load that means fewer ring enters and bigger batches per message;
 	// the price is up to BatchWait of added latency while the loop is

@@ -3,8 +3,13 @@
 package ringline
 
 /*
+// Which liburing: go puts CGO_CFLAGS/CGO_LDFLAGS before these flags, so
+// the first -I and -L that has liburing wins: the caller's (the pinned
+// build from cmd/ringline-liburing), then this checkout's pinned build
+// (make), then the system's (liburing-dev). A directory that does not
+// exist is skipped. csrc/compat.h adapts rl.c to liburing 2.3 to 2.9.
 #cgo CFLAGS: -O2 -Wall -I${SRCDIR}/csrc -I${SRCDIR}/third_party/liburing/install/include
-#cgo LDFLAGS: ${SRCDIR}/third_party/liburing/install/lib/liburing.a
+#cgo LDFLAGS: -L${SRCDIR}/third_party/liburing/install/lib -luring
 #include "rl.h"
 */
 import "C"

@@ -4,6 +4,7 @@ package ringline
 
 /*
 #include "rl.h"
+#include "buildinfo.h"
 */
 import "C"
 
@@ -24,6 +25,8 @@ var (
 	_ [C.RL_SETUP_CQSIZE - setupCQSize]struct{}
 	_ [setupTaskrunFlag - C.RL_SETUP_TASKRUN_FLAG]struct{}
 	_ [C.RL_SETUP_TASKRUN_FLAG - setupTaskrunFlag]struct{}
+	_ [outMinTimeout - C.RL_OUT_MIN_TIMEOUT]struct{}
+	_ [C.RL_OUT_MIN_TIMEOUT - outMinTimeout]struct{}
 )
 
 func newURing(bc backendConfig) (backend, error) {
@@ -39,7 +42,7 @@ func newURing(bc backendConfig) (backend, error) {
 func probeKernel(entries, mask uint32) kernelProbe {
 	var info C.struct_rl_probe_info
 	C.rl_probe(&info, C.uint(entries), C.uint(mask))
-	kp := kernelProbe{compiled: true}
+	kp := kernelProbe{compiled: true, liburing: int(C.rl_liburing_version()), compiledOut: uint32(C.rl_compiled_out())}
 	if info.setup_err < 0 {
 		kp.setupErr = syscall.Errno(-info.setup_err)
 		return kp

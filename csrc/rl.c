@@ -10,6 +10,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 #include <liburing.h>
+#include "compat.h" /* what an older liburing lacks */
 
 struct rl_ring {
 	struct io_uring ring;
