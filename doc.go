@@ -48,19 +48,44 @@
 //
 // # Which goroutine may call what
 //
-//   - [ConnCtx] methods: only on the connection's worker, from a task
-//     running there. The receiving ones (WithData, WithBytes, RecvReady)
-//     belong to the connection's own task and return 0 or false anywhere
-//     else; [SendFuture.Await] may be called by any task of the worker (a
-//     proxy task awaits its upstream's sends) and returns [ErrNotInTask]
-//     outside one. Other goroutines must not use a ConnCtx.
+//   - [ConnCtx] methods: only on the connection's worker goroutine, from a
+//     task running there (or its parse closure). Called from any other
+//     goroutine, every method except Index, Token and WorkerID does
+//     nothing and returns [ErrNotInWorker] (or its zero value); the misuse
+//     is logged at most once a second, naming the caller, and counted in
+//     WorkerStats.ForeignCalls. The check is exact (the caller's goroutine
+//     identity, about 4 ns), never a racy read. The receiving methods
+//     (WithData, WithBytes, TryWithData, SetRecvSink, TakeRecvSink,
+//     RecvReady) belong to the task that owns the connection and return 0
+//     or false in any other task; any task of the worker may send on a
+//     connection, close it, or await its sends ([SendFuture.Await] returns
+//     [ErrNotInTask] on the worker outside any task).
 //   - The parse closure: runs synchronously inside WithData, WithBytes or
 //     TryWithData, on the worker; the []byte it is shown is valid only
-//     until it returns (a [Bytes] from WithBytes may be kept).
+//     until it returns (a [Bytes] from WithBytes may be kept). Build with
+//     -tags ringline_debug while testing handlers: memory ringline takes
+//     back is then poisoned (0xDB), so a slice kept too long shows it.
 //   - [Runtime] methods (Addr, Backend, Features, Workers, Stats, Shutdown,
-//     Wait, Done), [Builder.Launch] and [Probe]: any goroutine.
+//     ShutdownContext, Wait, Done), [Builder.Launch] and [Probe]: any
+//     goroutine.
 //   - The handler factory given to Launch: once per worker, on that worker's
 //     goroutine, before it serves.
+//
+// # When things go wrong
+//
+// A task that panics or calls runtime.Goexit (t.FailNow, require.* in
+// tests) closes its own connection only; the worker serves on. A task that
+// blocks stalls its worker: a watchdog reports loop iterations longer than
+// Config.StallThreshold. [ConnCtx.Err] says why a connection ended. No
+// connection can take a worker's shared resources from the others: its
+// unparsed bytes are bounded (Config.MaxRecvAccumulator), its queued sends
+// are bounded (Config.MaxSendQueue, [ErrSendQueueFull]), a closed
+// connection's unsent bytes have Config.CloseDrainTimeout to drain, and
+// provided receive buffers are shared fairly when they run out. Accept
+// errors are counted and rate-limited in the log; out of descriptors, the
+// waiting clients are refused at once. [Runtime.ShutdownContext] bounds a
+// shutdown that a stuck task would otherwise hold up. By default [Bind]
+// refuses a port another socket holds (Config.ReusePort shares it).
 //
 // # Backends and how to choose
 //
@@ -120,6 +145,8 @@
 // Errors wrap syscall.Errno where the kernel refused, so
 // errors.Is(err, syscall.ECONNRESET) works. Operations on a closed
 // connection return [ErrClosed]; on a stale handle [ErrStale] (which is also
-// ErrClosed); a send that finds the send pool full returns
-// [ErrSendPoolExhausted], queues nothing and leaves the connection working.
+// ErrClosed); off the worker [ErrNotInWorker]. A send that finds the send
+// pool full returns [ErrSendPoolExhausted], one that would take its
+// connection's queue past Config.MaxSendQueue [ErrSendQueueFull]; both queue
+// nothing and leave the connection working.
 package ringline

@@ -63,6 +63,9 @@ func (echo) OnAccept(c ringline.ConnCtx) {
 			// into the send pool before the closure returns.
 			fut, err = c.Send(b)
 			if err != nil {
+				// Close makes WithData return 0 rather than wait for
+				// more bytes.
+				c.Close()
 				return ringline.Consumed(0)
 			}
 			return ringline.Consumed(len(b))
