@@ -279,7 +279,6 @@ func TestNonReadingTaskPausesReceive(t *testing.T) {
 		cfg.MaxRecvAccumulator = 64 << 10
 		cfg.SendPoolSlots = 1024
 		type report struct {
-			fd        int32
 			err       error
 			unread    int // unread bytes once the task stopped awaiting
 			paused    bool
@@ -494,7 +493,7 @@ func readmeDefault(typ reflect.Type, s string) (any, error) {
 func TestEchoExampleSignals(t *testing.T) {
 	goBin, err := exec.LookPath("go")
 	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		goBin = "/usr/local/go/bin/go"
 	}
 	bin := filepath.Join(t.TempDir(), "echo")
 	args := []string{"build", "-o", bin}
