@@ -217,13 +217,75 @@ func TestRingOneCrossingPerIteration(t *testing.T) {
 	echoLoad(t, rt, 64, 30, 2048)
 	stop(t, rt)
 	st := Total(rt.Stats())
-	t.Logf("RingEntries=8: %d cgo calls over %d loop iterations (%.3f per iteration), %d ring enters, most ops in one enter %d",
+	t.Logf("RingEntries=8: %d cgo calls over %d loop iterations (%.3f per iteration), %d ring enters, most ops staged in one iteration %d",
 		st.CgoCalls, st.LoopIterations, float64(st.CgoCalls)/float64(st.LoopIterations), st.RingEnters, be.maxStaged)
 	require.Greater(t, be.maxStaged, 8, "the load never staged more ops than the SQ holds")
 	require.Greater(t, st.LoopIterations, uint64(100))
 	// Setup (ring, status, buffer ring, file table) and teardown (last
 	// submit, ring release) are a constant; the rest is one per iteration.
 	assert.LessOrEqual(t, st.CgoCalls, st.LoopIterations+8)
+}
+
+// If the staging area cannot grow (no memory), a full area is submitted
+// early: an extra crossing, counted, and nothing lost or split (a staged
+// link waits for its partner).
+func TestRingStagingCannotGrow(t *testing.T) {
+	needRing(t)
+	testHookNoGrow = true
+	t.Cleanup(func() { testHookNoGrow = false })
+	cfg := testConfig(IOUring)
+	cfg.RingEntries = 8
+	rt := launch(t, cfg)
+	be := uringOf(t, rt)
+	echoLoad(t, rt, 200, 10, 512)
+	stop(t, rt)
+	st := Total(rt.Stats())
+	t.Logf("area of %d ops: %d cgo calls over %d loop iterations, most ops staged in one iteration %d",
+		len(be.ops), st.CgoCalls, st.LoopIterations, be.maxStaged)
+	require.Greater(t, be.maxStaged, len(be.ops), "the area never filled: the test did not test")
+	assert.Greater(t, st.CgoCalls, st.LoopIterations+6, "the early submits are counted")
+}
+
+// The early submit of a full area never splits a link: the
+// FILES_UPDATE that fills the area waits for its recv, so when the update
+// fails (a bad fd) the recv is cancelled with it instead of running on an
+// empty slot.
+func TestRingSubmitNowKeepsLinks(t *testing.T) {
+	needRing(t)
+	runtime.LockOSThread() // the ring is SINGLE_ISSUER: one thread
+	defer runtime.UnlockOSThread()
+	testHookNoGrow = true
+	t.Cleanup(func() { testHookNoGrow = false })
+	b, err := newURingBackend(backendConfig{ringEntries: 8, bufCount: 4, bufSize: 4096, maxConns: 16})
+	require.NoError(t, err)
+	defer b.close()
+	require.True(t, b.fixed)
+	for b.nops < len(b.ops)-1 {
+		b.stage(sqOp{code: opNop, ud: packUD(udCancel, 9, 0, 0)})
+	}
+	opFd, flags := b.attach(3, 1<<20, 0) // no such fd: the update fails
+	require.Equal(t, uint8(opFFixed), flags)
+	require.Equal(t, len(b.ops), b.nops, "the area is full")
+	recvUD := packUD(udRecv, 3, 0, 0)
+	b.stage(sqOp{code: opRecvMulti, fd: opFd, flags: flags, ud: recvUD})
+	require.Equal(t, uint64(1), b.nCgo-4, "one early submit") // 4: setup
+	var upd, recv []cqEntry // copies: a completion slice lives until the next enter
+	for deadline := time.Now().Add(10 * time.Second); (upd == nil || recv == nil) && time.Now().Before(deadline); {
+		cq, err := b.enter(true, 100*time.Millisecond)
+		require.NoError(t, err)
+		for _, e := range cq {
+			switch e.ud {
+			case packUD(udFilesUpdate, 3, 0, 0):
+				upd = append(upd, e)
+			case recvUD:
+				recv = append(recv, e)
+			}
+		}
+	}
+	require.Len(t, upd, 1)
+	require.Len(t, recv, 1)
+	assert.Equal(t, -int32(syscall.EBADF), upd[0].res, "the update of a bad fd")
+	assert.Equal(t, -int32(syscall.ECANCELED), recv[0].res, "the linked recv (EBADF: the link was split)")
 }
 
 // WorkerStats.CgoCalls counts every crossing: over a runtime's whole life

@@ -41,6 +41,10 @@ var (
 // as small as the SQ and force it to overflow.
 var testHookCQEntries uint32
 
+// testHookNoGrow, when set by a test, makes the staging area's growth fail
+// as if out of memory, to exercise the degraded mode (submitNow).
+var testHookNoGrow bool
+
 // probeCgoCalls counts the cgo calls made by feature probes (Probe, and the
 // check Launch runs before any worker exists), which belong to no worker.
 var probeCgoCalls atomic.Uint64
@@ -61,7 +65,8 @@ type uringBackend struct {
 	opsMem    region
 	ops       []sqOp
 	nops      int
-	maxStaged int // most ops one enter carried (tests)
+	iterOps   int // ops staged since the last enter
+	maxStaged int // most ops staged between two enters (tests)
 
 	cqMem region
 	cqes  []cqEntry
@@ -196,14 +201,20 @@ func (b *uringBackend) stage(op sqOp) {
 	}
 	b.ops[b.nops] = op
 	b.nops++
+	b.iterOps++
 }
 
 // submitNow pushes the staged ops without waiting or copying completions
 // out (they stay in the CQ for the next enter). A failure is reported by
-// the next enter, which meets the same condition.
+// the next enter, which meets the same condition. A trailing linked op
+// waits for the op it links to.
 func (b *uringBackend) submitNow() {
+	n := b.nops
+	if n > 0 && b.ops[n-1].flags&opFLink != 0 {
+		n--
+	}
 	b.nCgo++
-	C.rl_tick(b.ring, (*C.struct_rl_op)(b.opsMem.ptr(0)), C.uint(b.nops), nil, 0, 0, -1, 0, C.int32_t(b.brTail))
+	C.rl_tick(b.ring, (*C.struct_rl_op)(b.opsMem.ptr(0)), C.uint(n), nil, 0, 0, -1, 0, C.int32_t(b.brTail))
 	b.keepUntaken()
 }
 
@@ -221,6 +232,9 @@ func (b *uringBackend) keepUntaken() {
 // growOps moves the staging area to a region for at least n ops (keeping
 // the staged ones); it runs between enters, when C holds no pointer to it.
 func (b *uringBackend) growOps(n int) error {
+	if testHookNoGrow && b.ops != nil {
+		return syscall.ENOMEM
+	}
 	m, err := mapRegion(n * int(unsafe.Sizeof(sqOp{})))
 	if err != nil {
 		return err
@@ -239,7 +253,7 @@ func (b *uringBackend) enter(wait bool, timeout time.Duration) ([]cqEntry, error
 	}
 	// One crossing: the buffer-ring tail (entries written by recycle),
 	// every staged op and the wait.
-	b.maxStaged = max(b.maxStaged, b.nops)
+	b.maxStaged, b.iterOps = max(b.maxStaged, b.iterOps), 0
 	b.nCgo++
 	rc := C.rl_tick(b.ring, (*C.struct_rl_op)(b.opsMem.ptr(0)), C.uint(b.nops),
 		(*C.struct_rl_cqe)(b.cqMem.ptr(0)), cqBatch, waitNr, C.int64_t(timeout), C.uint(b.batchWaitUs),
