@@ -268,8 +268,9 @@ func TestRingSubmitNowKeepsLinks(t *testing.T) {
 	require.Equal(t, len(b.ops), b.nops, "the area is full")
 	recvUD := packUD(udRecv, 3, 0, 0)
 	b.stage(sqOp{code: opRecvMulti, fd: opFd, flags: flags, ud: recvUD})
-	require.Equal(t, uint64(1), b.nCgo-4, "one early submit") // 4: setup
-	var upd, recv []cqEntry // copies: a completion slice lives until the next enter
+	require.Equal(t, uint64(1), b.nCgo-4, "one early submit (after 4 setup calls)")
+	// Copies: a completion slice lives only until the next enter.
+	var upd, recv []cqEntry
 	for deadline := time.Now().Add(10 * time.Second); (upd == nil || recv == nil) && time.Now().Before(deadline); {
 		cq, err := b.enter(true, 100*time.Millisecond)
 		require.NoError(t, err)
