@@ -90,7 +90,7 @@ type cqEntry struct {
 type backend interface {
 	kind() Backend
 	// stage queues op for the next enter; it never fails (a full staging
-	// area is flushed to the kernel first).
+	// area grows).
 	stage(op sqOp)
 	// enter submits staged ops and, when wait is set, blocks until at
 	// least one completion or until timeout (negative: no limit) or a

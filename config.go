@@ -20,7 +20,10 @@ type Config struct {
 	// Backend chooses io_uring, epoll, or Auto (the default).
 	Backend Backend
 	// RingEntries is the submission queue size (a power of two, 8..32768);
-	// the completion queue is four times larger. Default 1024.
+	// the completion queue is four times larger, at most the kernel's
+	// limit of 65536 entries. A loop iteration may stage more operations
+	// than this: they go to the kernel in SQ-sized batches within the
+	// iteration's one call into C. Default 1024.
 	RingEntries int
 	// BufferCount is the number of provided receive buffers per worker (a
 	// power of two, 1..32768). Default 256.

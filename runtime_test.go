@@ -85,9 +85,12 @@ func TestCounters(t *testing.T) {
 		assert.GreaterOrEqual(t, oc.completions, uint64((len(msg)+conns*size)/4096))
 		if be == IOUring {
 			// Every loop iteration makes exactly one cgo call, and
-			// teardown one last enter.
-			assert.LessOrEqual(t, st.CgoCalls, setupCalls+st.LoopIterations+1, "one cgo call per loop iteration (setup made %d)", setupCalls)
-			assert.LessOrEqual(t, st.RingEnters, st.CgoCalls, "io_uring_enter only inside the loop's one call")
+			// teardown two: one last enter and the ring's release.
+			assert.LessOrEqual(t, st.CgoCalls, setupCalls+st.LoopIterations+2, "one cgo call per loop iteration (setup made %d)", setupCalls)
+			// One call may enter more than once (a staging area larger
+			// than the SQ goes in SQ-sized chunks; an overflowed CQ is
+			// drained), but not routinely.
+			assert.LessOrEqual(t, st.RingEnters, 2*st.CgoCalls, "io_uring_enter only inside the loop's calls")
 			// Measured here: about 35 operations per call, idle or loaded.
 			assert.Less(t, 8*st.CgoCalls, n, "far fewer cgo calls than operations")
 			assert.Less(t, 8*st.RingEnters, n, "far fewer ring enters than operations")

@@ -62,8 +62,15 @@ type WorkerStats struct {
 	// LoopIterations counts backend enters made by the loop; TaskResumes
 	// counts coroutine resumes.
 	LoopIterations, TaskResumes uint64
-	// CgoCalls counts calls into the C layer (0 on epoll); RingEnters
-	// counts io_uring_enter calls (on epoll: epoll_wait calls).
+	// CgoCalls counts every call this worker made into the C layer (0 on
+	// epoll): a few to set its ring up, one per loop iteration however
+	// many operations it carries (a second only if the staging area could
+	// not grow for lack of memory), and two at shutdown (the last submit
+	// and the ring's release). The feature probe that Launch and Probe
+	// run outside any worker is not counted here. RingEnters counts
+	// io_uring_enter calls (on epoll: epoll_wait calls); one call into C
+	// may enter more than once, e.g. to submit more operations than the
+	// SQ holds or to drain an overflowed CQ.
 	CgoCalls, RingEnters uint64
 	// ENOBUFS counts receives that found no provided buffer and parked.
 	ENOBUFS uint64

@@ -623,11 +623,11 @@ func (w *worker) teardown() {
 		// Submit what the last iteration staged (closes above all): a
 		// drain that hit its deadline must not leak those sockets.
 		_, _ = w.be.enter(false, 0)
-		w.publish()
 		w.wakeMu.Lock()
 		w.beClosed = true
 		w.be.close()
 		w.wakeMu.Unlock()
+		w.publish() // after close, so its C calls are counted too
 	}
 	if w.pool != nil {
 		w.pool.close()
