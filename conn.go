@@ -2,7 +2,9 @@ package ringline
 
 import (
 	"net"
+	"os"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -65,6 +67,13 @@ type conn struct {
 	flushPending bool
 	closeWanted  bool
 	draining     bool // a drain deadline is armed (Close with sends queued)
+
+	// Deadlines (worker clock, 0: none) and their timers. A receive that
+	// gave up at the read deadline sets rdTimedOut, which Err reports
+	// until the deadline moves or data is read.
+	rdDeadline, wrDeadline int64
+	rdTimedOut             bool
+	drainT, rdT, wrT       timerNode
 	// sendWaiters are tasks of other connections awaiting this one's
 	// SendFutures; the connection's own task is woken through task.
 	sendWaiters []*task
@@ -96,10 +105,13 @@ type ConnCtx struct {
 	gen uint32
 }
 
-// ConnToken identifies a connection (slot index and generation) without a
-// worker pointer; it is comparable and usable as a map key.
+// ConnToken identifies a connection (worker, slot index and generation)
+// without a pointer: it is comparable, usable as a map key, and may be
+// handed to other goroutines, which reach the connection with
+// Runtime.Send or Runtime.Post.
 type ConnToken struct {
-	Index uint32
+	Worker uint32
+	Index  uint32
 	// Generation counts the slot's reuses; with 32 bits a stale handle
 	// would need 4 billion reuses of its slot to look live again.
 	Generation uint32
@@ -179,7 +191,22 @@ func (c ConnCtx) Index() int { return int(c.idx) }
 
 // Token returns the connection's identity (index and generation). Safe
 // from any goroutine.
-func (c ConnCtx) Token() ConnToken { return ConnToken{Index: c.idx, Generation: c.gen} }
+func (c ConnCtx) Token() ConnToken {
+	if c.w == nil {
+		return ConnToken{Index: c.idx, Generation: c.gen}
+	}
+	return ConnToken{Worker: uint32(c.w.id), Index: c.idx, Generation: c.gen}
+}
+
+// Conn returns the handle for the connection tok names, for a task of its
+// worker; a stale token's handle, or one of another worker's connection,
+// is refused by every method (ErrStale).
+func (t TaskCtx) Conn(tok ConnToken) ConnCtx {
+	if t.w == nil || int(tok.Worker) != t.w.id {
+		return ConnCtx{}
+	}
+	return ConnCtx{w: t.w, idx: tok.Index, gen: tok.Generation}
+}
 
 // WorkerID returns the index of the worker that owns the connection, or -1
 // for the zero ConnCtx. Safe from any goroutine.
@@ -217,12 +244,21 @@ func (c ConnCtx) PeerAddr() (net.Addr, bool) {
 // wraps the kernel's errno (errors.Is(err, syscall.ECONNRESET)); a
 // connection the runtime closed reports why: ErrRecvLimit,
 // ErrDrainTimeout, ErrShutdown. Only the first cause is kept: a send that
-// fails with EPIPE after a reset does not replace the reset. It returns
-// ErrStale for a stale handle and ErrNotInWorker off the worker.
+// fails with EPIPE after a reset does not replace the reset.
+//
+// While the connection is healthy, after a receive (WithData, WithBytes,
+// RecvReady) returned early because the read deadline passed, Err returns
+// an error satisfying errors.Is(err, os.ErrDeadlineExceeded) until the
+// deadline is moved or a receive returns data; the connection stays
+// usable. It returns ErrStale for a stale handle and ErrNotInWorker off
+// the worker.
 func (c ConnCtx) Err() error {
 	cn, err := c.own("Err")
 	if err != nil {
 		return err
+	}
+	if cn.err == nil && cn.rdTimedOut {
+		return errReadDeadline
 	}
 	return cn.err
 }
@@ -323,15 +359,43 @@ func (f SendFuture) Await() (int, error) {
 		if cn.state == connClosing || cn.state == connClosed {
 			return 0, ErrClosed
 		}
+		if cn.wrDeadline != 0 && cn.w.now() >= cn.wrDeadline {
+			return 0, errWriteDeadline
+		}
 		t := cn.w.cur
 		if t == nil {
 			return 0, ErrNotInTask
 		}
-		if t != cn.task {
-			cn.sendWaiters = append(cn.sendWaiters, t)
-		}
-		t.suspend(waitSend)
+		_, mask := f.poll(t)
+		t.suspend(mask)
 	}
+}
+
+func (f SendFuture) owner() *worker { return f.c.w }
+
+func (f SendFuture) poll(t *task) (bool, uint8) {
+	cn := f.c.get()
+	if cn == nil || cn.sent >= f.mark || cn.err != nil || cn.state == connClosing || cn.state == connClosed {
+		return true, 0
+	}
+	if cn.wrDeadline != 0 && cn.w.now() >= cn.wrDeadline {
+		return true, 0 // Await reports the deadline
+	}
+	if t != cn.task {
+		cn.addSendWaiter(t)
+	}
+	return false, waitSend
+}
+
+// addSendWaiter registers another connection's task awaiting this one's
+// sends (once).
+func (cn *conn) addSendWaiter(t *task) {
+	for _, x := range cn.sendWaiters {
+		if x == t {
+			return
+		}
+	}
+	cn.sendWaiters = append(cn.sendWaiters, t)
 }
 
 func (cn *conn) sendable() error {
@@ -342,6 +406,111 @@ func (cn *conn) sendable() error {
 		return ErrClosed
 	}
 	return nil
+}
+
+// The errors a deadline produces: like net.Conn's, they satisfy
+// errors.Is(err, os.ErrDeadlineExceeded) and report Timeout() true.
+var (
+	errReadDeadline  error = &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}
+	errWriteDeadline error = &net.OpError{Op: "write", Net: "tcp", Err: os.ErrDeadlineExceeded}
+)
+
+// SetDeadline sets the read and write deadlines, with net.Conn's meaning.
+func (c ConnCtx) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.SetWriteDeadline(t)
+}
+
+// SetReadDeadline sets the time after which a receive that is waiting
+// (WithData, WithBytes, RecvReady) stops waiting: it returns 0 (or false),
+// and Err reports an error satisfying errors.Is(err,
+// os.ErrDeadlineExceeded). The connection stays usable and data that
+// arrives later is kept. A deadline in the past makes receives that would
+// wait return at once; the zero time removes the deadline. Setting a new
+// deadline re-arms; renewing it after every parse (an idle timeout) is
+// cheap: a later deadline costs a store, not a timer operation. Arming,
+// firing and moving deadlines cost no syscall.
+func (c ConnCtx) SetReadDeadline(t time.Time) error {
+	cn, err := c.own("SetReadDeadline")
+	if err != nil {
+		return err
+	}
+	cn.rdTimedOut = false
+	cn.setDeadline(&cn.rdDeadline, &cn.rdT, tmReadDeadline, t)
+	return nil
+}
+
+// SetWriteDeadline sets the time after which SendFuture.Await of this
+// connection stops waiting and returns an error satisfying errors.Is(err,
+// os.ErrDeadlineExceeded). The bytes stay queued and the connection
+// usable: the deadline bounds the wait, not the send. The zero time
+// removes it.
+func (c ConnCtx) SetWriteDeadline(t time.Time) error {
+	cn, err := c.own("SetWriteDeadline")
+	if err != nil {
+		return err
+	}
+	cn.setDeadline(&cn.wrDeadline, &cn.wrT, tmWriteDeadline, t)
+	return nil
+}
+
+func (cn *conn) setDeadline(dl *int64, n *timerNode, kind uint8, t time.Time) {
+	w := cn.w
+	if t.IsZero() {
+		*dl = 0
+		w.timers.remove(n)
+		return
+	}
+	at := max(w.clockAt(t), 1)
+	*dl = at
+	n.kind, n.conn = kind, cn
+	// A later deadline leaves an armed timer where it is: it fires, sees
+	// the deadline moved and re-arms once (deadlineFired).
+	if !n.armed() || at < n.at {
+		w.timers.set(n, at)
+	}
+	// Waiters re-check: a deadline already past ends their wait now.
+	if at <= w.now() {
+		ev := waitRecv
+		if kind == tmWriteDeadline {
+			ev = waitSend
+		}
+		cn.deadlineFired(n, at, ev)
+	}
+}
+
+// deadlineFired runs when a deadline timer goes off: if the deadline has
+// moved later it re-arms, otherwise it wakes who waits on that side.
+func (cn *conn) deadlineFired(n *timerNode, deadline int64, ev uint8) {
+	if deadline == 0 || cn.state == connFree {
+		return
+	}
+	w := cn.w
+	if deadline > w.now() {
+		w.timers.set(n, deadline)
+		return
+	}
+	w.timers.remove(n)
+	if cn.task != nil {
+		cn.task.wake(ev)
+	}
+	if ev == waitSend {
+		for _, t := range cn.sendWaiters {
+			t.wake(waitSend)
+		}
+	}
+}
+
+// readExpired reports whether the read deadline has passed, and notes it
+// for Err.
+func (cn *conn) readExpired() bool {
+	if cn.rdDeadline == 0 || cn.w.now() < cn.rdDeadline {
+		return false
+	}
+	cn.rdTimedOut = true
+	return true
 }
 
 // fail records why the connection failed; the first cause wins.
@@ -363,7 +532,7 @@ func (cn *conn) requestClose() {
 		cn.startClose()
 	} else if !cn.draining && cn.state == connOpen {
 		cn.draining = true
-		cn.w.arm(tmDrain, cn.w.cfg.CloseDrainTimeout, cn.idx, cn.gen)
+		cn.w.timers.set(&cn.drainT, cn.w.now()+int64(cn.w.cfg.CloseDrainTimeout))
 	}
 }
 
@@ -455,6 +624,9 @@ func (cn *conn) maybeFree() {
 	}
 	cn.wakeSendWaiters()
 	cn.dropQueue()
+	w.timers.remove(&cn.drainT)
+	w.timers.remove(&cn.rdT)
+	w.timers.remove(&cn.wrT)
 	w.st.closed++
 	w.live--
 	cn.state = connFree

@@ -163,8 +163,11 @@ func (cn *conn) park() {
 // f consumed. When nothing is buffered, or f returned NeedMore, Consumed(0)
 // or NeedAtLeast, the task suspends until more bytes arrive and f runs again
 // over all unread bytes. It returns 0 when the peer closed (FIN or reset)
-// with nothing more to read, when the connection is closed, or when the
-// handle is stale; Err then tells a clean close from a failure.
+// with nothing more to read, when the connection is closed, when the
+// handle is stale, or when the read deadline passed; Err then tells which
+// (nil for a clean close, the failure, or an error satisfying
+// errors.Is(err, os.ErrDeadlineExceeded), after which the connection is
+// still usable).
 //
 // The slice f sees is valid only during the call: it may be the kernel's
 // receive buffer itself. Use WithBytes to keep received bytes. f runs
@@ -204,6 +207,7 @@ func (c ConnCtx) withData(f func([]byte) ParseResult, fb func(Bytes) ParseResult
 		if avail := cn.buffered(); avail >= want {
 			r, n := cn.runParse(f, fb)
 			if n > 0 {
+				cn.rdTimedOut = false
 				return n
 			}
 			want = avail + 1
@@ -219,6 +223,9 @@ func (c ConnCtx) withData(f func([]byte) ParseResult, fb func(Bytes) ParseResult
 		}
 		if cn.eof {
 			return cn.stopped()
+		}
+		if cn.readExpired() {
+			return 0 // Err reports the deadline; the connection stays usable
 		}
 		cn.resumeRecv()
 		cn.task.suspend(waitRecv)
@@ -378,8 +385,9 @@ func (c ConnCtx) TakeRecvSink() int {
 }
 
 // RecvReady suspends the task until the sink holds at least one byte (or,
-// with no sink, until unread bytes are buffered), or the peer closed. It
-// reports whether data is available.
+// with no sink, until unread bytes are buffered), the peer closed, or the
+// read deadline passed (Err then says so). It reports whether data is
+// available.
 func (c ConnCtx) RecvReady() bool {
 	cn := c.owned("RecvReady")
 	if cn == nil {
@@ -390,10 +398,14 @@ func (c ConnCtx) RecvReady() bool {
 			return false
 		}
 		if (cn.sink != nil && cn.sinkN > 0) || (cn.sink == nil && cn.buffered() > 0) {
+			cn.rdTimedOut = false
 			return true
 		}
 		if cn.eof {
 			return cn.buffered() > 0
+		}
+		if cn.readExpired() {
+			return false // Err reports the deadline
 		}
 		cn.resumeRecv()
 		cn.task.suspend(waitRecv)

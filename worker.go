@@ -31,6 +31,13 @@ type worker struct {
 	iovMem region
 
 	cur *task
+	// tasks counts live tasks; allTasks holds them (intrusive list through
+	// task.prevT/nextT), so shutdown can stop those without a connection.
+	tasks    int
+	allTasks *task
+	// aborts are tasks Abort asked to stop; the loop stops them between
+	// resumes.
+	aborts []*task
 	// g is the loop goroutine's identity and curG the task coroutine the
 	// loop is running (0 between resumes): a ConnCtx method proceeds only
 	// on one of the two (onWorker). curG is atomic because foreign
@@ -50,10 +57,12 @@ type worker struct {
 
 	epoch     time.Time
 	timers    timerHeap
+	timerPool []*timerNode // idle Timer future nodes
 	lastYield time.Time
 
 	acceptArmed  bool
-	acceptPaused bool // an accept error pause is running (tmAcceptRetry)
+	acceptPaused bool      // an accept error pause is running (acceptT)
+	acceptT      timerNode // the pause
 	// spareFd is held in reserve so that at EMFILE the backlog can still
 	// be accepted and refused at once instead of left hanging.
 	spareFd   int
@@ -174,17 +183,19 @@ func (w *worker) pin() {
 // connection and operation has wound down.
 func (w *worker) run() {
 	defer w.busySince.Store(0) // a stopped worker is not a stalled one
+	w.startTask()
 	w.armAccept()
 	var drainDeadline time.Time
 	for {
 		// Tasks run to their next suspension; what they queue is flushed
 		// below, so one enter carries every send of this iteration.
-		for len(w.runq) > 0 {
+		for len(w.runq) > 0 || len(w.aborts) > 0 {
 			w.runq, w.runq2 = w.runq2[:0], w.runq
 			for _, t := range w.runq2 {
 				w.resume(t)
 			}
 			clear(w.runq2)
+			w.runAborts()
 		}
 		w.flushSends()
 		w.rearmParked()
@@ -441,9 +452,54 @@ func (w *worker) onAccept(e *cqEntry) {
 	w.st.accepted++
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	w.openConn(cn, fd, false)
-	cn.task = w.newTask(cn, func() { w.handler.OnAccept(ConnCtx{w: w, idx: cn.idx, gen: cn.gen}) })
-	cn.task.waiting = waitRecv
-	cn.task.wake(waitRecv)
+	c := ConnCtx{w: w, idx: cn.idx, gen: cn.gen}
+	t := w.newTask(cn, func() { w.handler.OnAccept(c) })
+	w.addTask(t)
+	t.start()
+}
+
+// addTask registers a live task (taskDone unregisters it).
+func (w *worker) addTask(t *task) {
+	w.tasks++
+	t.nextT = w.allTasks
+	if w.allTasks != nil {
+		w.allTasks.prevT = t
+	}
+	w.allTasks = t
+}
+
+// dropTask unregisters an ended task.
+func (w *worker) dropTask(t *task) {
+	if t.prevT != nil {
+		t.prevT.nextT = t.nextT
+	} else if w.allTasks == t {
+		w.allTasks = t.nextT
+	}
+	if t.nextT != nil {
+		t.nextT.prevT = t.prevT
+	}
+	t.prevT, t.nextT = nil, nil
+	w.tasks--
+}
+
+// runAborts stops the tasks Abort asked to stop (between resumes: a task
+// is never stopped from inside another).
+func (w *worker) runAborts() {
+	for i := 0; i < len(w.aborts); i++ {
+		if t := w.aborts[i]; !t.done {
+			w.kill(t)
+		}
+		w.aborts[i] = nil
+	}
+	w.aborts = w.aborts[:0]
+}
+
+// startTask runs the handler's OnStart, when it has one, as the worker's
+// start task.
+func (w *worker) startTask() {
+	if s, ok := w.handler.(Starter); ok {
+		w.spawn(s.OnStart)
+	}
 }
 
 // acceptRest is how long accepting rests after an error that the next
@@ -471,7 +527,8 @@ func (w *worker) acceptError(errno syscall.Errno) {
 		w.refuseBacklog()
 	}
 	w.acceptPaused = true
-	w.arm(tmAcceptRetry, acceptRest, 0, 0)
+	w.acceptT.kind = tmAcceptRetry
+	w.timers.set(&w.acceptT, w.now()+int64(acceptRest))
 }
 
 // What the loop does after a failed accept.
@@ -544,6 +601,9 @@ func (w *worker) openConn(cn *conn, fd int, outbound bool) {
 		q = make([]sendSeg, 0, 4)
 	}
 	*cn = conn{w: w, idx: cn.idx, gen: gen, state: connOpen, fd: int32(fd), lent: -1, outbound: outbound, q: q}
+	cn.drainT = timerNode{kind: tmDrain, conn: cn}
+	cn.rdT = timerNode{kind: tmReadDeadline, conn: cn}
+	cn.wrT = timerNode{kind: tmWriteDeadline, conn: cn}
 	w.live++
 	cn.opFd, cn.opFlags = w.det.attach(cn.idx, int32(fd), cn.gen)
 	if cn.opFlags&opFFixed != 0 {
@@ -582,25 +642,37 @@ func (w *worker) beginStop() {
 		if cn.state == connOpen && !cn.sending {
 			cn.startClose()
 		}
-		if t := cn.task; t != nil && !t.done {
-			// One last resume to see EOF and return; then stop it.
-			t.waiting = waitRecv | waitSend
+	}
+	// Every task gets one last resume to see its connections closed (and
+	// spawned ones, whatever they wait for, a wake-up) and return; those
+	// that do not are stopped.
+	var live []*task
+	for t := w.allTasks; t != nil; t = t.nextT {
+		live = append(live, t)
+	}
+	for _, t := range live {
+		if t.done {
+			continue
+		}
+		if len(t.owned) > 0 {
+			t.waiting |= waitRecv | waitSend
 			w.resume(t)
-			if !t.done {
-				w.kill(t)
-			}
+		}
+		if !t.done {
+			w.kill(t)
 		}
 	}
+	w.closePosts()
 }
 
 // teardown releases everything the worker owns. Runs on the worker thread.
 func (w *worker) teardown() {
+	for t := w.allTasks; t != nil; t = w.allTasks {
+		w.kill(t)
+	}
 	for _, cn := range w.conns {
 		if cn == nil {
 			continue
-		}
-		if t := cn.task; t != nil && !t.done {
-			w.kill(t)
 		}
 		// Only sockets whose close was never staged: a staged close has
 		// been submitted by the last enter, and closing its number again
