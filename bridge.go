@@ -93,7 +93,7 @@ func (rt *Runtime) Send(tok ConnToken, b []byte) error {
 			reply <- err
 			return
 		}
-		reply <- cn.enqueue(cp)
+		reply <- cn.queueSend(cp)
 	})
 	if err != nil {
 		return err

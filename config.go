@@ -1,6 +1,7 @@
 package ringline
 
 import (
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"runtime"
@@ -93,6 +94,30 @@ type Config struct {
 	// backend selection notes. Default slog.Default().
 	Logger *slog.Logger
 
+	// TLS, when set, makes the listener serve TLS (crypto/tls): every
+	// accepted connection completes its handshake inside its task before
+	// OnAccept runs, and the handler then sees plaintext through the same
+	// ConnCtx methods. It needs a certificate (Certificates, GetCertificate
+	// or GetConfigForClient). Launch keeps its own copy (Clone); callbacks
+	// in it (GetCertificate, VerifyPeerCertificate, ...) run on the worker
+	// inside the handshake and must not block. Default nil: plaintext.
+	TLS *tls.Config
+	// TLSClient is the template ConnectTLS clones for each outbound TLS
+	// connection (roots, ALPN protocols, client certificates, session
+	// cache); ConnectTLS sets ServerName. Default nil: crypto/tls's
+	// defaults (the system roots).
+	TLSClient *tls.Config
+	// TLSHandshakeTimeout bounds a TLS handshake, from accept (or from
+	// the established connect) to the handshake's end, so a client that
+	// never finishes cannot hold a connection. Default 10s.
+	TLSHandshakeTimeout time.Duration
+	// TLSCloseTimeout is how long a TLS connection closed by its side
+	// waits, after sending close_notify, for the peer's close_notify or
+	// FIN before the socket is closed (closing while the peer still sends
+	// makes the kernel reset the connection, which can destroy the last
+	// bytes in flight). Negative: do not wait. Default 1s.
+	TLSCloseTimeout time.Duration
+
 	// ringFlagMask restricts the ring setup flags tried (tests).
 	ringFlagMask uint32
 	// plainFDs skips the fixed-file table (benchmarks compare the two).
@@ -158,13 +183,25 @@ func (c *Config) fill() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.TLS != nil {
+		c.TLS = c.TLS.Clone() // later changes by the caller cannot race the workers
+	}
+	if c.TLSClient != nil {
+		c.TLSClient = c.TLSClient.Clone()
+	}
+	if c.TLSHandshakeTimeout == 0 {
+		c.TLSHandshakeTimeout = 10 * time.Second
+	}
+	if c.TLSCloseTimeout == 0 {
+		c.TLSCloseTimeout = time.Second
+	}
 }
 
 // ConfigError reports an invalid Config field.
 type ConfigError struct {
 	Field string
-	// Value is the rejected value (an int, or a time.Duration for the
-	// duration fields).
+	// Value is the rejected value (an int, a time.Duration for the
+	// duration fields, a description for TLS).
 	Value  any
 	Reason string
 }
@@ -207,6 +244,10 @@ func (c *Config) validate() error {
 		return bad("CloseDrainTimeout", c.CloseDrainTimeout, "must not be negative")
 	case c.ShutdownTimeout < 0:
 		return bad("ShutdownTimeout", c.ShutdownTimeout, "must not be negative")
+	case c.TLSHandshakeTimeout < 0:
+		return bad("TLSHandshakeTimeout", c.TLSHandshakeTimeout, "must not be negative")
+	case c.TLS != nil && len(c.TLS.Certificates) == 0 && c.TLS.GetCertificate == nil && c.TLS.GetConfigForClient == nil:
+		return &ConfigError{Field: "TLS", Value: "a *tls.Config without a certificate", Reason: "set Certificates, GetCertificate or GetConfigForClient"}
 	}
 	return nil
 }

@@ -77,6 +77,9 @@ type conn struct {
 	// sendWaiters are tasks of other connections awaiting this one's
 	// SendFutures; the connection's own task is woken through task.
 	sendWaiters []*task
+
+	// tls is the connection's TLS session, nil for plaintext (tls.go).
+	tls *tlsConn
 }
 
 // ConnCtx is a connection handle: a small value (worker, slot index,
@@ -260,6 +263,9 @@ func (c ConnCtx) Err() error {
 	if cn.err == nil && cn.rdTimedOut {
 		return errReadDeadline
 	}
+	if cn.err == nil && cn.tls != nil && cn.tls.truncated {
+		return ErrTLSTruncated
+	}
 	return cn.err
 }
 
@@ -302,7 +308,7 @@ func (c ConnCtx) SendNowait(b []byte) error {
 	if len(b) == 0 {
 		return nil
 	}
-	return cn.enqueue(b)
+	return cn.queueSend(b)
 }
 
 // Send queues a copy of b like SendNowait and returns a future that
@@ -319,7 +325,7 @@ func (c ConnCtx) Send(b []byte) (SendFuture, error) {
 		return SendFuture{}, err
 	}
 	if len(b) > 0 {
-		if err := cn.enqueue(b); err != nil {
+		if err := cn.queueSend(b); err != nil {
 			return SendFuture{}, err
 		}
 	}
@@ -527,9 +533,12 @@ func (cn *conn) requestClose() {
 	if cn.closeWanted {
 		return
 	}
+	if cn.tls != nil {
+		cn.tls.closing() // close_notify behind the queued bytes
+	}
 	cn.closeWanted = true
 	cn.eof = true
-	if cn.sendIdle() {
+	if cn.sendIdle() && !cn.tlsAwaitsPeer() {
 		cn.startClose()
 	} else if !cn.draining && cn.state == connOpen {
 		cn.draining = true
@@ -628,6 +637,10 @@ func (cn *conn) maybeFree() {
 	w.timers.remove(&cn.drainT)
 	w.timers.remove(&cn.rdT)
 	w.timers.remove(&cn.wrT)
+	if cn.tls != nil {
+		cn.tls.release()
+		cn.tls = nil
+	}
 	w.st.closed++
 	w.live--
 	cn.state = connFree

@@ -36,13 +36,28 @@ func (cn *conn) spillLent() {
 // front only when no retained Bytes can point at them; otherwise a fresh
 // array is allocated so retained slices stay intact.
 func (cn *conn) appendAcc(b []byte) {
+	cn.growAcc(len(b))
+	cn.acc = append(cn.acc, b...)
+}
+
+// accSpace returns the accumulator's free tail, at least n bytes, for a
+// producer that writes in place (TLS decrypts into it) and then extends
+// acc by what it wrote. Bytes past len(acc) are never visible to a
+// retained Bytes, whose capacity is clipped.
+func (cn *conn) accSpace(n int) []byte {
+	cn.growAcc(n)
+	return cn.acc[len(cn.acc):cap(cn.acc)]
+}
+
+// growAcc makes room for n more bytes behind the unread ones.
+func (cn *conn) growAcc(n int) {
 	if cn.accOff > 0 && cn.accOff == len(cn.acc) && !cn.accShared {
 		cn.acc = cn.acc[:0]
 		cn.accOff = 0
 	}
-	if len(cn.acc)+len(b) > cap(cn.acc) {
+	if len(cn.acc)+n > cap(cn.acc) {
 		unread := len(cn.acc) - cn.accOff
-		need := unread + len(b)
+		need := unread + n
 		if !cn.accShared && cn.accOff > 0 && need <= cap(cn.acc) {
 			copy(cn.acc, cn.acc[cn.accOff:])
 			cn.acc = cn.acc[:unread]
@@ -66,7 +81,6 @@ func (cn *conn) appendAcc(b []byte) {
 		}
 		cn.accOff = 0
 	}
-	cn.acc = append(cn.acc, b...)
 }
 
 // consumeAcc drops n read bytes from the accumulator.
@@ -86,6 +100,13 @@ func (cn *conn) onRecv(bid uint16, n int) {
 	w := cn.w
 	w.st.bytesIn += uint64(n)
 	data := w.be.buffer(bid)[:n]
+	if cn.tls != nil {
+		// Ciphertext: decrypted into the accumulator (or the sink), never
+		// lent (tls.go).
+		cn.tls.recv(data)
+		w.recycle(bid)
+		return
+	}
 	// Sink first: the task asked for the bytes to land in its buffer.
 	if cn.sink != nil && cn.sinkN < len(cn.sink) && cn.buffered() == 0 {
 		k := copy(cn.sink[cn.sinkN:], data)

@@ -88,29 +88,48 @@ type iovec struct {
 // MaxSendQueue or the pool cannot hold b, nothing is queued and
 // ErrSendQueueFull or ErrSendPoolExhausted is returned.
 func (c *conn) enqueue(b []byte) error {
-	w := c.w
-	p := w.pool
-	room := 0
-	if n := len(c.q); n > c.qHead {
-		room = int(p.slotSize - c.q[n-1].end)
+	if !c.poolRoom(len(b)) {
+		c.w.st.poolExhausted++
+		return ErrSendPoolExhausted
 	}
-	if rest := len(b) - room; rest > 0 {
-		need := (rest + int(p.slotSize) - 1) / int(p.slotSize)
-		if need > len(p.free) {
-			w.st.poolExhausted++
-			return ErrSendPoolExhausted
-		}
-	}
-	if out := int(c.queued - c.sent); out > 0 && out+len(b) > w.cfg.MaxSendQueue {
-		w.st.sendQueueFull++
+	if !c.queueRoom(len(b)) {
+		c.w.st.sendQueueFull++
 		return ErrSendQueueFull
 	}
+	c.appendQueue(b)
+	return nil
+}
+
+// poolRoom reports whether n more bytes fit in the tail slot and the
+// pool's free slots.
+func (c *conn) poolRoom(n int) bool {
+	p := c.w.pool
+	room := 0
+	if k := len(c.q); k > c.qHead {
+		room = int(p.slotSize - c.q[k-1].end)
+	}
+	rest := n - room
+	return rest <= 0 || (rest+int(p.slotSize)-1)/int(p.slotSize) <= len(p.free)
+}
+
+// queueRoom reports whether n more bytes stay within MaxSendQueue (a send
+// made with nothing queued is taken whatever its size).
+func (c *conn) queueRoom(n int) bool {
+	out := int(c.queued - c.sent)
+	return out == 0 || out+n <= c.w.cfg.MaxSendQueue
+}
+
+// appendQueue copies b behind the queued bytes; the caller has checked
+// poolRoom (a TLS connection checks once for all the records of a write).
+func (c *conn) appendQueue(b []byte) {
+	w := c.w
+	p := w.pool
 	c.queued += uint64(len(b))
-	if room > 0 {
-		t := &c.q[len(c.q)-1]
-		n := copy(p.slot(t.slot)[t.end:], b)
-		t.end += uint32(n)
-		b = b[n:]
+	if n := len(c.q); n > c.qHead && len(b) > 0 {
+		t := &c.q[n-1]
+		k := copy(p.slot(t.slot)[t.end:], b)
+		t.end += uint32(k)
+		b = b[k:]
 	}
 	for len(b) > 0 {
 		s := p.get()
@@ -122,7 +141,6 @@ func (c *conn) enqueue(b []byte) error {
 		c.flushPending = true
 		w.flushq = append(w.flushq, c)
 	}
-	return nil
 }
 
 // startSend stages one send covering up to maxIov queued segments. At most

@@ -12,6 +12,8 @@ type counters struct {
 	taskGoexits                  uint64
 	acceptErrors, acceptRefused  uint64
 	drainTimeouts, sendQueueFull uint64
+	// TLS (tls.go)
+	tlsHandshakes, tlsHandshakeErrors, tlsHandshakeTimeouts uint64
 }
 
 // publishedCounters are the same, copied once per loop iteration so other
@@ -21,6 +23,7 @@ type publishedCounters struct {
 	enobufs, poolExhausted, taskPanics, limitCloses               atomic.Uint64
 	taskGoexits, acceptErrors, acceptRefused                      atomic.Uint64
 	drainTimeouts, sendQueueFull                                  atomic.Uint64
+	tlsHandshakes, tlsHandshakeErrors, tlsHandshakeTimeouts       atomic.Uint64
 	cgoCalls, enters                                              atomic.Uint64
 	poolInUse                                                     atomic.Uint64
 	// stalls is written by the watchdog goroutine, not by publish.
@@ -45,6 +48,9 @@ func (w *worker) publish() {
 	p.acceptRefused.Store(s.acceptRefused)
 	p.drainTimeouts.Store(s.drainTimeouts)
 	p.sendQueueFull.Store(s.sendQueueFull)
+	p.tlsHandshakes.Store(s.tlsHandshakes)
+	p.tlsHandshakeErrors.Store(s.tlsHandshakeErrors)
+	p.tlsHandshakeTimeouts.Store(s.tlsHandshakeTimeouts)
 	p.poolInUse.Store(uint64(w.pool.inUse()))
 	p.cgoCalls.Store(w.be.cgoCalls())
 	p.enters.Store(w.be.enters())
@@ -102,6 +108,12 @@ type WorkerStats struct {
 	// Stalls counts loop iterations the watchdog saw run longer than
 	// Config.StallThreshold (a task that blocks instead of yielding).
 	Stalls uint64
+	// TLSHandshakes counts TLS handshakes completed (server and client);
+	// TLSHandshakeErrors counts those that failed (a plaintext or broken
+	// client, a refused certificate, a timeout: each closed only its
+	// connection and is logged at debug level only), of which
+	// TLSHandshakeTimeouts ran past Config.TLSHandshakeTimeout.
+	TLSHandshakes, TLSHandshakeErrors, TLSHandshakeTimeouts uint64
 }
 
 // Stats returns a snapshot of every worker's counters.
@@ -118,7 +130,8 @@ func (rt *Runtime) Stats() []WorkerStats {
 			SendSlotsInUse: p.poolInUse.Load(), SendQueueFull: p.sendQueueFull.Load(),
 			TaskPanics: p.taskPanics.Load(), TaskGoexits: p.taskGoexits.Load(), LimitCloses: p.limitCloses.Load(),
 			AcceptErrors: p.acceptErrors.Load(), AcceptRefused: p.acceptRefused.Load(),
-			DrainTimeouts: p.drainTimeouts.Load(), ForeignCalls: w.foreign.calls.Load(), Wakeups: w.wakeups.Load(), Stalls: p.stalls.Load()}
+			DrainTimeouts: p.drainTimeouts.Load(), ForeignCalls: w.foreign.calls.Load(), Wakeups: w.wakeups.Load(), Stalls: p.stalls.Load(),
+			TLSHandshakes: p.tlsHandshakes.Load(), TLSHandshakeErrors: p.tlsHandshakeErrors.Load(), TLSHandshakeTimeouts: p.tlsHandshakeTimeouts.Load()}
 	}
 	return out
 }
@@ -149,6 +162,9 @@ func Total(stats []WorkerStats) WorkerStats {
 		t.ForeignCalls += s.ForeignCalls
 		t.Wakeups += s.Wakeups
 		t.Stalls += s.Stalls
+		t.TLSHandshakes += s.TLSHandshakes
+		t.TLSHandshakeErrors += s.TLSHandshakeErrors
+		t.TLSHandshakeTimeouts += s.TLSHandshakeTimeouts
 	}
 	return t
 }

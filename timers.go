@@ -27,6 +27,7 @@ const (
 	tmReadDeadline                   // a connection's read deadline
 	tmWriteDeadline                  // a connection's write deadline
 	tmTask                           // wake node.task (Sleep, Timer futures)
+	tmTLSClose                       // a closing TLS connection stops waiting for the peer's close_notify
 )
 
 // timerNode is one armed (or idle) timer.
@@ -168,6 +169,8 @@ func (w *worker) fireTimers() {
 			n.conn.deadlineFired(n, n.conn.rdDeadline, waitRecv)
 		case tmWriteDeadline:
 			n.conn.deadlineFired(n, n.conn.wrDeadline, waitSend)
+		case tmTLSClose:
+			n.conn.tlsCloseExpired()
 		case tmTask:
 			n.fired = true
 			if n.task != nil {

@@ -376,7 +376,7 @@ func (w *worker) onRecvCQE(cn *conn, e *cqEntry) {
 	}
 	if e.flags&cqeFBuffer != 0 {
 		bid := uint16(e.flags >> cqeBufferShift)
-		if e.res > 0 && cn.state == connOpen && !cn.closeWanted {
+		if e.res > 0 && cn.state == connOpen && (!cn.closeWanted || cn.tlsAwaitsPeer()) {
 			cn.onRecv(bid, int(e.res))
 		} else {
 			w.recycle(bid)
@@ -386,6 +386,7 @@ func (w *worker) onRecvCQE(cn *conn, e *cqEntry) {
 	case e.res > 0:
 	case e.res == 0:
 		cn.eof = true
+		cn.tlsEOF()
 		cn.task.wake(waitRecv)
 	case e.res == -int32(syscall.ENOBUFS):
 		w.st.enobufs++
@@ -395,6 +396,7 @@ func (w *worker) onRecvCQE(cn *conn, e *cqEntry) {
 	default:
 		cn.eof = true
 		cn.fail(errnoErr("recv", e.res))
+		cn.tlsEOF()
 		cn.task.wake(waitRecv)
 	}
 	if !more && !cn.recvArmed {
@@ -420,7 +422,7 @@ func (w *worker) onSendCQE(cn *conn, e *cqEntry) {
 	}
 	if !cn.sendIdle() && cn.state == connOpen {
 		cn.startSend()
-	} else if cn.closeWanted && cn.sendIdle() {
+	} else if cn.closeWanted && cn.sendIdle() && !cn.tlsAwaitsPeer() {
 		cn.startClose()
 	}
 	cn.task.wake(waitSend)
@@ -453,7 +455,15 @@ func (w *worker) onAccept(e *cqEntry) {
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	w.openConn(cn, fd, false)
 	c := ConnCtx{w: w, idx: cn.idx, gen: cn.gen}
-	t := w.newTask(cn, func() { w.handler.OnAccept(c) })
+	secure := w.cfg.TLS != nil
+	if secure {
+		w.newTLSServer(cn) // its handshake runs first in the task (tls.go)
+	}
+	t := w.newTask(cn, func() {
+		if !secure || cn.tls.handshake(time.Time{}) == nil {
+			w.handler.OnAccept(c)
+		}
+	})
 	w.addTask(t)
 	t.start()
 }
