@@ -310,4 +310,3 @@ func TestNetConnOwnership(t *testing.T) {
 		}
 	})
 }
-
