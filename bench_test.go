@@ -22,6 +22,7 @@ package ringline
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -64,6 +65,8 @@ func init() {
 		err = benchNetEchoMain()
 	case "pingclient":
 		err = benchPingClientMain()
+	case "hsclient":
+		err = benchHandshakeClientMain()
 	default:
 		err = fmt.Errorf("unknown role %q", role)
 	}
@@ -87,13 +90,15 @@ type benchPipeLoad struct {
 	// false it writes every free slot's message in one write(2), as a
 	// pipelining client does (redis-benchmark -P).
 	PerMsgWrites bool
+	// TLS runs the connections over TLS 1.3 (bench_tls_test.go).
+	TLS bool
 }
 
 var benchLoad = benchPipeLoad{Conns: 64, Depth: 16, Size: 64}
 
 type benchPipeClient struct {
 	load  benchPipeLoad
-	conns []*net.TCPConn
+	conns []net.Conn
 }
 
 // benchDialPipe connects the load's connections and does one round trip on
@@ -106,7 +111,10 @@ func benchDialPipe(addr string, l benchPipeLoad) (*benchPipeClient, error) {
 			pc.close()
 			return nil, err
 		}
-		pc.conns = append(pc.conns, c.(*net.TCPConn))
+		if l.TLS {
+			c = benchTLSClient(c)
+		}
+		pc.conns = append(pc.conns, c)
 	}
 	msg := make([]byte, l.Size)
 	got := make([]byte, l.Size)
@@ -199,7 +207,7 @@ func (d *benchDeadline) touch() {
 
 // Message i of a run is Size bytes of byte(i), so the reader can check the
 // echoed stream position by position.
-func benchPipeWriter(c *net.TCPConn, l benchPipeLoad, quota int, credits chan struct{}, abort chan struct{}) error {
+func benchPipeWriter(c net.Conn, l benchPipeLoad, quota int, credits chan struct{}, abort chan struct{}) error {
 	buf := make([]byte, l.Depth*l.Size)
 	dl := benchDeadline{set: c.SetWriteDeadline}
 	for sent := 0; sent < quota; {
@@ -236,7 +244,7 @@ func benchPipeWriter(c *net.TCPConn, l benchPipeLoad, quota int, credits chan st
 	return nil
 }
 
-func benchPipeReader(c *net.TCPConn, l benchPipeLoad, quota int, credits chan struct{}) error {
+func benchPipeReader(c net.Conn, l benchPipeLoad, quota int, credits chan struct{}) error {
 	buf := make([]byte, 16<<10)
 	dl := benchDeadline{set: c.SetReadDeadline}
 	want := quota * l.Size
@@ -266,7 +274,7 @@ func benchPipeClientMain() error {
 	var addr string
 	var l benchPipeLoad
 	var msgs, cpu int
-	if _, err := fmt.Sscan(os.Getenv(benchArgsEnv), &addr, &l.Conns, &l.Depth, &l.Size, &l.PerMsgWrites, &msgs, &cpu); err != nil {
+	if _, err := fmt.Sscan(os.Getenv(benchArgsEnv), &addr, &l.Conns, &l.Depth, &l.Size, &l.PerMsgWrites, &msgs, &cpu, &l.TLS); err != nil {
 		return fmt.Errorf("bad %s: %w", benchArgsEnv, err)
 	}
 	if cpu >= 0 {
@@ -305,12 +313,17 @@ func echoNowaitTask(c ConnCtx) {
 }
 
 func benchLaunchEcho(b *testing.B, be Backend, h func(ConnCtx)) *Runtime {
+	return benchLaunchEchoTLS(b, be, h, nil)
+}
+
+// benchLaunchEchoTLS is benchLaunchEcho serving TLS when tc is set.
+func benchLaunchEchoTLS(b *testing.B, be Backend, h func(ConnCtx), tc *tls.Config) *Runtime {
 	b.Helper()
 	// One worker; every other field at its default, as in examples/echo.
 	// RINGLINE_BENCH_BATCHWAIT (a duration) sets Config.BatchWait.
 	bw, _ := time.ParseDuration(os.Getenv("RINGLINE_BENCH_BATCHWAIT"))
 	// RINGLINE_BENCH_PLAINFDS=1 skips the fixed-file table (to measure it).
-	cfg := Config{Workers: 1, Backend: be, BatchWait: bw, plainFDs: os.Getenv("RINGLINE_BENCH_PLAINFDS") == "1"}
+	cfg := Config{Workers: 1, Backend: be, BatchWait: bw, plainFDs: os.Getenv("RINGLINE_BENCH_PLAINFDS") == "1", TLS: tc}
 	rt, err := New(cfg).Bind("127.0.0.1:0").
 		Launch(func(int) AsyncEventHandler { return handlerFunc(h) })
 	if err != nil {
@@ -396,6 +409,14 @@ func benchStatsDelta(a, z WorkerStats) WorkerStats {
 }
 
 func benchCheckBytes(b *testing.B, d WorkerStats, l benchPipeLoad, msgs int) {
+	if l.TLS {
+		// Bytes are counted on the wire: records cost more than their
+		// plaintext.
+		if want := uint64(msgs * l.Size); d.BytesIn < want || d.BytesOut < want {
+			b.Fatalf("server counted %d bytes in, %d out; want at least %d each", d.BytesIn, d.BytesOut, want)
+		}
+		return
+	}
 	if want := uint64(msgs * l.Size); d.BytesIn != want || d.BytesOut != want {
 		b.Fatalf("server counted %d bytes in, %d out; want %d each", d.BytesIn, d.BytesOut, want)
 	}
@@ -435,10 +456,13 @@ type benchGoNetServer struct {
 	wg    sync.WaitGroup
 }
 
-func benchStartGoNet(b *testing.B) *benchGoNetServer {
+func benchStartGoNet(b *testing.B, tc *tls.Config) *benchGoNetServer {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
+	}
+	if tc != nil {
+		ln = tls.NewListener(ln, tc)
 	}
 	s := &benchGoNetServer{ln: ln}
 	s.wg.Add(1)
@@ -499,6 +523,7 @@ type benchServerSpec struct {
 	peer benchPeer
 	be   Backend
 	h    func(ConnCtx)
+	tls  bool // serve TLS 1.3 (ringline and Go net only)
 }
 
 // benchServer is a started server and the process it runs in.
@@ -519,12 +544,12 @@ func benchStartServer(b *testing.B, s benchServerSpec) (srv benchServer, undo fu
 	case peerGoNet:
 		prev := runtime.GOMAXPROCS(1)
 		undo = func() { runtime.GOMAXPROCS(prev) }
-		srv.addr = benchStartGoNet(b).ln.Addr().String()
+		srv.addr = benchStartGoNet(b, benchTLSServer(s.tls)).ln.Addr().String()
 	case peerGnet:
 		g := benchStartGnet(b)
 		srv.addr, srv.pid, srv.usage = g.addr, g.cmd.Process.Pid, g.usage
 	default:
-		srv.rt = benchLaunchEcho(b, s.be, s.h)
+		srv.rt = benchLaunchEchoTLS(b, s.be, s.h, benchTLSServer(s.tls))
 		srv.addr = srv.rt.Addr().String()
 	}
 	return srv, undo
@@ -736,7 +761,7 @@ func benchPipelinedSubproc(b *testing.B, s benchServerSpec, l benchPipeLoad) {
 	defer undo()
 
 	ch := benchStartChild(b, "pipeclient",
-		fmt.Sprintf("%s %d %d %d %t %d %d", srv.addr, l.Conns, l.Depth, l.Size, l.PerMsgWrites, b.N, clientCPU),
+		fmt.Sprintf("%s %d %d %d %t %d %d %t", srv.addr, l.Conns, l.Depth, l.Size, l.PerMsgWrites, b.N, clientCPU, l.TLS),
 		60*time.Second+time.Duration(b.N)*20*time.Microsecond)
 	defer ch.wait()
 	if s := ch.next(); s != "ready" {

@@ -144,6 +144,16 @@ type tlsConn struct {
 	inOff int
 	feed  []byte
 
+	// Record framing of the received stream, to know without asking
+	// crypto/tls whether it holds a complete record (see decrypt):
+	// complete counts records whose last byte has arrived, consumed is a
+	// lower bound of those crypto/tls has taken (exact once synced).
+	hdr                [5]byte
+	hdrN, recLeft      int
+	complete, consumed uint64
+	synced             bool
+	inputLeft          bool // the last Read filled dst: crypto/tls may hold more plaintext
+
 	readDone   bool // no more plaintext: close_notify, a TLS error or EOF
 	peerClosed bool // the peer's close_notify came
 	rawEOF     bool // the TCP stream ended (FIN or error)
@@ -253,6 +263,7 @@ func (w *worker) tlsHandshakeFailed(cn *conn, err error) {
 // goes back to the ring when recv returns).
 func (t *tlsConn) recv(data []byte) {
 	cn := t.cn
+	t.frame(data)
 	switch {
 	case t.hsDone:
 		t.feed = data
@@ -275,11 +286,48 @@ func (t *tlsConn) recv(data []byte) {
 // plaintext beyond it stays in crypto/tls's buffer for the next call.
 const tlsReadChunk = 4096
 
+// frame follows the record framing (5-byte headers carrying the length)
+// over newly received ciphertext.
+func (t *tlsConn) frame(b []byte) {
+	for len(b) > 0 {
+		if t.recLeft > 0 {
+			k := min(t.recLeft, len(b))
+			t.recLeft -= k
+			b = b[k:]
+			if t.recLeft == 0 {
+				t.complete++
+			}
+			continue
+		}
+		k := copy(t.hdr[t.hdrN:], b)
+		t.hdrN += k
+		b = b[k:]
+		if t.hdrN == len(t.hdr) {
+			t.hdrN = 0
+			if t.recLeft = int(t.hdr[3])<<8 | int(t.hdr[4]); t.recLeft == 0 {
+				t.complete++
+			}
+		}
+	}
+}
+
 // decrypt runs tls.Conn.Read over the ciphertext in feed (and any partial
 // record crypto/tls kept) until no complete record is left, putting the
 // plaintext in the sink or the accumulator, and wakes the task. On the
 // worker loop (or the task that just finished the handshake); the raw
 // view's Read does not suspend here.
+//
+// Each time crypto/tls has to read from the raw view it allocates (a
+// small reader, &atLeastReader, escapes), so decrypt avoids asking for a
+// record that is not there: it stops once every complete record received
+// has been taken (complete == consumed), the last Read drained
+// crypto/tls's plaintext and the receive is absorbed. consumed counts one
+// record per Read that started with no plaintext pending (such a Read
+// takes at least one record), a lower bound, so stopping is never early;
+// a Read that finds nothing (tlsWouldBlock) makes it exact again. That
+// leaves about one allocation per receive completion (crypto/tls taking
+// in the new ciphertext), as many as Go's net + crypto/tls makes per
+// read(2).
 func (t *tlsConn) decrypt() {
 	cn := t.cn
 	if t.readDone {
@@ -288,6 +336,9 @@ func (t *tlsConn) decrypt() {
 	}
 	woke := false
 	for {
+		if t.synced && !t.inputLeft && len(t.feed) == 0 && t.consumed == t.complete {
+			break
+		}
 		var dst []byte
 		toSink := false
 		switch {
@@ -301,18 +352,26 @@ func (t *tlsConn) decrypt() {
 			dst = cn.accSpace(tlsReadChunk)
 		}
 		n, err := t.tc.Read(dst)
-		if n > 0 && !cn.closeWanted {
-			if toSink {
-				cn.sinkN += n
-			} else {
-				cn.acc = cn.acc[:len(cn.acc)+n]
+		if n > 0 {
+			if !t.inputLeft {
+				t.consumed++
 			}
-			woke = true
+			t.inputLeft = n == len(dst)
+			if !cn.closeWanted {
+				if toSink {
+					cn.sinkN += n
+				} else {
+					cn.acc = cn.acc[:len(cn.acc)+n]
+				}
+				woke = true
+			}
 		}
 		if err == nil {
 			continue
 		}
 		if err == errTLSWouldBlock {
+			// Nothing complete is left anywhere: the count is exact.
+			t.consumed, t.synced, t.inputLeft = t.complete, true, false
 			break
 		}
 		t.readDone = true

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -451,6 +452,181 @@ func TestTLSSegmentedHandshake(t *testing.T) {
 				msg := pattern(5000, 9)
 				assert.Equal(t, msg, roundTrip(t, c, msg))
 			})
+		}
+	})
+}
+
+// choppingConn splits every write into random pieces of 1..max bytes,
+// pausing now and then so they arrive as separate receives.
+type choppingConn struct {
+	net.Conn
+	rnd *rand.Rand
+	max int
+}
+
+func (c *choppingConn) Write(p []byte) (int, error) {
+	done := 0
+	for done < len(p) {
+		k := min(1+c.rnd.IntN(c.max), len(p)-done)
+		if _, err := c.Conn.Write(p[done : done+k]); err != nil {
+			return done, err
+		}
+		done += k
+		if c.rnd.IntN(4) == 0 {
+			time.Sleep(100 * time.Microsecond)
+		}
+	}
+	return done, nil
+}
+
+// TestTLSRecordFraming: records of many sizes (1 byte to 20 KiB, so one
+// to two full records per write), each cut into random pieces on the
+// wire (record headers split across receives), are all decrypted and
+// echoed in order, with the plaintext going to the accumulator and to a
+// recv sink in turn.
+func TestTLSRecordFraming(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		rt := serve(t, tlsTestConfig(be), func(c ConnCtx) {
+			sink := make([]byte, 777)
+			for round := 0; ; round++ {
+				if round%3 == 2 {
+					// Through the sink: whatever lands in it is echoed.
+					c.SetRecvSink(sink)
+					if !c.RecvReady() {
+						return
+					}
+					n := c.TakeRecvSink()
+					if _, err := c.Send(sink[:n]); err != nil {
+						return
+					}
+					continue
+				}
+				var fut SendFuture
+				var err error
+				if c.WithData(func(b []byte) ParseResult {
+					fut, err = c.Send(b)
+					return Consumed(len(b))
+				}) == 0 || err != nil {
+					return
+				}
+				if _, err := fut.Await(); err != nil {
+					return
+				}
+			}
+		})
+		raw := dial(t, rt)
+		cc := &choppingConn{Conn: raw, rnd: rand.New(rand.NewPCG(1, 2)), max: 700}
+		c := tls.Client(cc, getPKI().clientConfig())
+		require.NoError(t, c.Handshake())
+		var want bytes.Buffer
+		rnd := rand.New(rand.NewPCG(3, 4))
+		errc := make(chan error, 1)
+		go func() {
+			for i := 0; i < 300; i++ {
+				n := 1 + rnd.IntN(3000)
+				if i%50 == 0 {
+					n = 20 << 10
+				}
+				msg := pattern(n, byte(i))
+				want.Write(msg)
+				if _, err := c.Write(msg); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+		got := make([]byte, 0, 1<<20)
+		buf := make([]byte, 32<<10)
+		for {
+			select {
+			case err := <-errc:
+				require.NoError(t, err)
+				errc = nil
+			default:
+			}
+			if errc == nil && len(got) == want.Len() {
+				break
+			}
+			n, err := c.Read(buf)
+			require.NoError(t, err)
+			got = append(got, buf[:n]...)
+		}
+		assert.True(t, bytes.Equal(want.Bytes(), got), "echo of %d bytes differs", want.Len())
+	})
+}
+
+// corkConn holds what is written until flush, which sends it in one
+// write(2): several TLS records in one segment.
+type corkConn struct {
+	net.Conn
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (c *corkConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.buf = append(c.buf, p...)
+	return len(p), nil
+}
+
+func (c *corkConn) flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, err := c.Conn.Write(c.buf)
+	c.buf = c.buf[:0]
+	return err
+}
+
+// TestTLSRecordsInOneReceive: two records arrive in one receive; the first
+// one's plaintext is larger than the recv sink, so it is taken in two
+// reads (the sink, then the accumulator) and the second record must still
+// be decrypted right away, not left inside crypto/tls until more bytes
+// come (the client waits for the echo of both).
+func TestTLSRecordsInOneReceive(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		rt := serve(t, tlsTestConfig(be), func(c ConnCtx) {
+			sink := make([]byte, 777)
+			for {
+				c.SetRecvSink(sink)
+				if !c.RecvReady() {
+					return
+				}
+				n := c.TakeRecvSink()
+				out := append([]byte(nil), sink[:n]...)
+				c.TryWithData(func(b []byte) ParseResult { out = append(out, b...); return Consumed(len(b)) })
+				if _, err := c.Send(out); err != nil {
+					return
+				}
+			}
+		})
+		raw := dial(t, rt)
+		cork := &corkConn{Conn: raw}
+		c := tls.Client(cork, getPKI().clientConfig())
+		hs := make(chan error, 1)
+		go func() { hs <- c.Handshake() }()
+		// Flush the handshake's flights as crypto/tls writes them.
+		for done := false; !done; {
+			select {
+			case err := <-hs:
+				require.NoError(t, err)
+				done = true
+			case <-time.After(time.Millisecond):
+			}
+			require.NoError(t, cork.flush())
+		}
+		for i := 0; i < 20; i++ {
+			a, b := pattern(1000, byte(i)), pattern(500, byte(i+100))
+			_, err := c.Write(a)
+			require.NoError(t, err)
+			_, err = c.Write(b)
+			require.NoError(t, err)
+			require.NoError(t, cork.flush())
+			got := make([]byte, 1500)
+			_, err = io.ReadFull(c, got)
+			require.NoError(t, err, "round %d", i)
+			require.Equal(t, append(a, b...), got)
 		}
 	})
 }
