@@ -324,6 +324,15 @@ func TestStaleHandleEveryMethod(t *testing.T) {
 			r["SetWriteDeadline"] = errors.Is(old.SetWriteDeadline(time.Now()), ErrStale) && c.get().wrDeadline == 0
 			i, err := Select(old.Readable())
 			r["Readable"] = i == 0 && err == nil
+			_, ok = old.TLSInfo()
+			r["TLSInfo"] = !ok
+			v := old.NetConn()
+			_, err = v.Read(make([]byte, 4))
+			r["NetConn.Read"] = errors.Is(err, net.ErrClosed)
+			_, err = v.Write([]byte("LEAK"))
+			r["NetConn.Write"] = errors.Is(err, net.ErrClosed)
+			r["NetConn.SetDeadline"] = errors.Is(v.SetDeadline(time.Now()), net.ErrClosed) && c.get().rdDeadline == 0
+			r["NetConn.Close"] = errors.Is(v.Close(), net.ErrClosed) && c.get().state == connOpen && !c.get().closeWanted
 			old.Close()
 			r["Close"] = c.get().state == connOpen && !c.get().closeWanted
 			var got string
@@ -350,7 +359,7 @@ func TestStaleHandleEveryMethod(t *testing.T) {
 		for name, ok := range r {
 			assert.True(t, ok, "%s on a stale handle", name)
 		}
-		assert.Len(t, r, 20, "every method checked")
+		assert.Len(t, r, 25, "every method checked")
 		got, err := readWithin(c2, 3, 5*time.Second)
 		require.NoError(t, err)
 		require.Equal(t, "new", string(got), "the stale handle wrote nothing")

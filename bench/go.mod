@@ -6,6 +6,8 @@ replace github.com/ringline-go/ringline => ../
 
 require (
 	github.com/panjf2000/gnet/v2 v2.9.7
+	github.com/ringline-go/ringline v0.0.0-00010101000000-000000000000
+	golang.org/x/net v0.62.0
 	golang.org/x/sys v0.50.0
 )
 
