@@ -20,7 +20,7 @@ export CGO_CPPFLAGS := $(strip $(CGO_CPPFLAGS) -DRINGLINE_CSRC=$(CSRC_HASH))
 TEST_LDFLAGS := -ldflags='-s=false -w=false'
 
 .PHONY: all build run test test-c test-go test-race test-epoll test-nocgo test-debug test-consumer \
-	vet vet-arm64 lint bench clean distro-liburing
+	test-nettest vet vet-arm64 lint bench bench-tls clean distro-liburing openssl
 
 all: build
 
@@ -39,7 +39,7 @@ run: build
 # once per backend), the race detector, the epoll-only build
 # (-tags ringline_epoll) and a build without cgo; then the three ways a
 # service builds ringline as a dependency (.ci/consumer_build.sh).
-test: $(LIBURING) vet vet-arm64 lint test-c test-go test-race test-epoll test-nocgo test-debug test-consumer
+test: $(LIBURING) vet vet-arm64 lint test-c test-go test-race test-epoll test-nocgo test-debug test-nettest test-consumer
 
 vet: $(LIBURING)
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || ls *.go)); \
@@ -71,6 +71,19 @@ distro-liburing:
 	  fi; \
 	fi
 
+# openssl s_client is a TLS test's client (TestTLSOpenSSLClient): installed
+# with apt-get when missing, like liburing-dev.
+openssl:
+	@if ! command -v openssl >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing the distribution's openssl"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; \
+	  else \
+	    echo "make: openssl is missing (the TLS tests run openssl s_client): install it"; exit 1; \
+	  fi; \
+	fi
+
 csrc/rl_test: csrc/rl_test.c csrc/*.c csrc/*.h $(LIBURING)
 	$(CC) -O2 -Wall -Icsrc -Ithird_party/liburing/install/include -o $@ csrc/rl_test.c csrc/rl.c $(LIBURING)
 
@@ -99,20 +112,26 @@ vet-arm64:
 	  GOARCH=arm64 CGO_ENABLED=1 CC=$(AARCH64_CC) $(GO) build . ; \
 	else echo "SKIP arm64 cgo vet/build: no $(AARCH64_CC) (apt-get install gcc-aarch64-linux-gnu)"; fi
 
-test-go: $(LIBURING)
+test-go: $(LIBURING) | openssl
 	$(GO) test $(TEST_LDFLAGS) -count=1 -timeout 10m ./...
 
-test-race: $(LIBURING)
+test-race: $(LIBURING) | openssl
 	$(GO) test $(TEST_LDFLAGS) -race -count=1 -timeout 10m ./...
 
 # io_uring and all cgo compiled out: Auto runs on epoll, IOUring is refused.
-test-epoll:
+test-epoll: | openssl
 	$(GO) build -tags ringline_epoll ./...
 	$(GO) test -tags ringline_epoll -count=1 -timeout 10m ./...
 
-test-nocgo:
+test-nocgo: | openssl
 	CGO_ENABLED=0 $(GO) build ./...
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m ./...
+
+# golang.org/x/net/nettest.TestConn against the net.Conn view, from the
+# bench/ module (which keeps x/net out of ringline's module graph), under
+# the race detector as nettest recommends.
+test-nettest: $(LIBURING)
+	cd bench && $(GO) test -race -count=1 -timeout 5m ./nettestconn/
 
 # The debug build (-tags ringline_debug) poisons memory ringline takes back;
 # its own tests check the poisoning.
@@ -136,6 +155,13 @@ bench: $(LIBURING)
 	RINGLINE_BENCH_GNET=$(CURDIR)/bin/gnetecho $(GO) test -run '^$$' -bench PipelinedEcho -benchtime 200000x .
 	RINGLINE_BENCH_GNET=$(CURDIR)/bin/gnetecho $(GO) test -run '^$$' -bench PingPongLatency -benchtime 20000x .
 	$(GO) test -run '^$$' -bench IdleConnRSS -benchtime 1x .
+
+# The TLS figures (docs/BENCHMARKS.md, TLS): echo at 64 B pipelined and at
+# 16 KiB, and full handshakes, against Go's net + crypto/tls.
+bench-tls: $(LIBURING)
+	$(GO) test -run '^$$' -bench 'TLSEcho/.*size=64/' -benchtime 200000x -count 5 .
+	$(GO) test -run '^$$' -bench 'TLSEcho/.*size=16384/' -benchtime 20000x -count 5 .
+	$(GO) test -run '^$$' -bench TLSHandshake -benchtime 5000x -count 5 .
 
 clean:
 	rm -rf bin csrc/rl_test csrc/rl_test_distro

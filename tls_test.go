@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +14,8 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -1054,5 +1058,98 @@ func TestTLSClientHandshake(t *testing.T) {
 			assert.Contains(t, r.err.Error(), "certificate signed by unknown authority")
 			assert.Error(t, <-hs)
 		})
+	})
+}
+
+// buildEchoExample builds examples/echo into a temporary directory, as
+// this test binary was built (io_uring compiled in or not).
+func buildEchoExample(t *testing.T) string {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = "/usr/local/go/bin/go"
+	}
+	bin := filepath.Join(t.TempDir(), "echo")
+	args := []string{"build", "-o", bin}
+	if !uringCompiled {
+		args = append(args, "-tags", "ringline_epoll")
+	}
+	out, err := exec.Command(goBin, append(args, "./examples/echo")...).CombinedOutput()
+	require.NoError(t, err, "build examples/echo: %s", out)
+	return bin
+}
+
+// TestEchoExampleTLS: the echo example serves TLS with -tls-self-signed
+// (a client pinning the printed fingerprint gets its echo) and with
+// -tls-cert/-tls-key (a client verifying against the CA), then reports
+// its handshakes when stopped.
+func TestEchoExampleTLS(t *testing.T) {
+	bin := buildEchoExample(t)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key")
+	srv := getPKI().server
+	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate[0]}), 0o600))
+	der, err := x509.MarshalPKCS8PrivateKey(srv.PrivateKey)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600))
+
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		for _, mode := range []string{"self-signed", "cert-key"} {
+			t.Run(mode, func(t *testing.T) {
+				args := []string{"-addr", "127.0.0.1:0", "-workers", "1", "-backend", be.String()}
+				if mode == "self-signed" {
+					args = append(args, "-tls-self-signed")
+				} else {
+					args = append(args, "-tls-cert", certFile, "-tls-key", keyFile)
+				}
+				cmd := exec.Command(bin, args...)
+				stdout, err := cmd.StdoutPipe()
+				require.NoError(t, err)
+				var stderr logSink
+				cmd.Stderr = &stderr
+				require.NoError(t, cmd.Start())
+				t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+				lines := make(chan string, 16)
+				go func() {
+					sc := bufio.NewScanner(stdout)
+					for sc.Scan() {
+						lines <- sc.Text()
+					}
+					close(lines)
+				}()
+				next := func() string {
+					select {
+					case l, ok := <-lines:
+						require.True(t, ok, "echo ended early; stderr: %s", stderr.String())
+						return l
+					case <-time.After(10 * time.Second):
+						t.Fatalf("no output from echo; stderr: %s", stderr.String())
+					}
+					return ""
+				}
+				cfg := getPKI().clientConfig()
+				line := next()
+				if mode == "self-signed" {
+					m := regexp.MustCompile(`SHA-256 fingerprint ([0-9A-F]{64})$`).FindStringSubmatch(line)
+					require.NotNil(t, m, "line: %q", line)
+					cfg = &tls.Config{InsecureSkipVerify: true, VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+						if sum := sha256.Sum256(raw[0]); fmt.Sprintf("%X", sum) != m[1] {
+							return errors.New("not the certificate echo printed")
+						}
+						return nil
+					}}
+					line = next()
+				}
+				m := regexp.MustCompile(`^echo: listening on (\S+) with 1 workers; backend (\w+)`).FindStringSubmatch(line)
+				require.NotNil(t, m, "line: %q", line)
+				require.NoError(t, tlsEchoCheck(m[1], cfg, pattern(5000, 2)))
+				require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+				var rest []string
+				for l := range lines {
+					rest = append(rest, l)
+				}
+				require.NotEmpty(t, rest)
+				assert.Equal(t, "echo: TLS handshakes 1, failed 0 (timed out 0)", rest[len(rest)-1])
+			})
+		}
 	})
 }
