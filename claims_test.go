@@ -3,6 +3,7 @@ package ringline
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"go/ast"
@@ -461,6 +462,10 @@ func readmeDefault(typ reflect.Type, s string) (any, error) {
 	case reflect.TypeOf((*slog.Logger)(nil)):
 		if s == "slog.Default()" {
 			return slog.Default(), nil
+		}
+	case reflect.TypeOf((*tls.Config)(nil)):
+		if s == "nil" {
+			return (*tls.Config)(nil), nil
 		}
 	case reflect.TypeOf(0):
 		if s == "one per CPU" {

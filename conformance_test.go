@@ -2,6 +2,7 @@ package ringline
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -701,16 +702,18 @@ func TestPeerAddr(t *testing.T) {
 // Invalid Config values are refused with an error naming the field.
 func TestConfigValidation(t *testing.T) {
 	cases := map[string]Config{
-		"Workers":            {Workers: -1},
-		"RingEntries":        {RingEntries: 1000},
-		"BufferCount":        {BufferCount: 3},
-		"BufferSize":         {BufferSize: 10},
-		"MaxConnections":     {MaxConnections: -5},
-		"SendPoolSlots":      {SendPoolSlots: -1},
-		"SendSlotSize":       {SendSlotSize: 1},
-		"MaxRecvAccumulator": {BufferSize: 8192, MaxRecvAccumulator: 4096},
-		"ListenBacklog":      {ListenBacklog: -1},
-		"Backend":            {Backend: Backend(9)},
+		"Workers":             {Workers: -1},
+		"RingEntries":         {RingEntries: 1000},
+		"BufferCount":         {BufferCount: 3},
+		"BufferSize":          {BufferSize: 10},
+		"MaxConnections":      {MaxConnections: -5},
+		"SendPoolSlots":       {SendPoolSlots: -1},
+		"SendSlotSize":        {SendSlotSize: 1},
+		"MaxRecvAccumulator":  {BufferSize: 8192, MaxRecvAccumulator: 4096},
+		"ListenBacklog":       {ListenBacklog: -1},
+		"Backend":             {Backend: Backend(9)},
+		"TLS":                 {TLS: &tls.Config{NextProtos: []string{"h2"}}}, // no certificate
+		"TLSHandshakeTimeout": {TLSHandshakeTimeout: -time.Second},
 	}
 	for field, cfg := range cases {
 		_, err := New(cfg).Bind("127.0.0.1:0").Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })

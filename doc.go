@@ -142,6 +142,33 @@
 //     Never wait on a channel or a sync.WaitGroup in a task; use a Mailbox
 //     or Select.
 //
+// # TLS
+//
+// [Config].TLS makes the listener serve TLS with crypto/tls, on both
+// backends and without a goroutine per connection: each accepted
+// connection completes its handshake inside its own task before OnAccept
+// runs (bounded by Config.TLSHandshakeTimeout), and the handler reads and
+// sends plaintext through the same methods, unchanged. A failed handshake
+// closes that connection only; it is counted in
+// WorkerStats.TLSHandshakeErrors and logged at debug level only.
+// [ConnCtx.TLSInfo] describes the session (version, cipher suite, ALPN,
+// SNI, peer certificates). Closing sends close_notify behind the queued
+// bytes and waits for the peer's (Config.TLSCloseTimeout); a peer that
+// closes without one is reported by Err as [ErrTLSTruncated].
+// [TaskCtx.ConnectTLS] makes outbound TLS connections with the
+// Config.TLSClient template. Handshake callbacks (GetCertificate,
+// VerifyPeerCertificate...) run on the worker and must not block.
+//
+// # The net.Conn view
+//
+// [ConnCtx.NetConn] is a net.Conn over the connection for code written
+// against net.Conn or io.Reader and io.Writer (bufio, net/textproto,
+// net/http.ReadRequest, encoding/binary), used inside the connection's
+// task: Read suspends the task until bytes arrive, Write queues and waits
+// only when the connection has more than 64 KiB queued, deadlines have
+// net.Conn's meaning. It costs a copy per byte read that WithData can
+// avoid. Like every ConnCtx method it works only on the worker.
+//
 // # Backends and how to choose
 //
 // [Config].Backend picks the backend: [Auto] (the default) probes io_uring
@@ -199,6 +226,10 @@
 //     whichever comes first.
 //   - ExampleRuntime_Post: per-worker state reached with Post.
 //   - ExampleMailbox: values from a goroutine to a connection's task.
+//   - Example_tls: a TLS server (the plaintext echo handler, unchanged)
+//     and TLSInfo.
+//   - ExampleConnCtx_NetConn: a line protocol with bufio on the net.Conn
+//     view.
 //
 // # Errors
 //
@@ -208,5 +239,6 @@
 // ErrClosed); off the worker [ErrNotInWorker]. A send that finds the send
 // pool full returns [ErrSendPoolExhausted], one that would take its
 // connection's queue past Config.MaxSendQueue [ErrSendQueueFull]; both queue
-// nothing and leave the connection working.
+// nothing and leave the connection working (on TLS connections too: room
+// for every record is checked before any is sealed).
 package ringline
