@@ -753,6 +753,9 @@ func TestTLSTruncation(t *testing.T) {
 		}
 		ends := make(chan end, 2)
 		rt := serve(t, tlsTestConfig(be), func(c ConnCtx) {
+			// The handshake is over on this side before the client sends
+			// anything: what follows comes through the loop's decrypt.
+			_ = c.SendNowait([]byte("k"))
 			var got []byte
 			for c.WithData(func(b []byte) ParseResult { got = append(got, b...); return Consumed(len(b)) }) > 0 {
 			}
@@ -760,6 +763,8 @@ func TestTLSTruncation(t *testing.T) {
 		})
 		t.Run("close_notify", func(t *testing.T) {
 			c, err := dialTLS(rt.Addr().String(), getPKI().clientConfig())
+			require.NoError(t, err)
+			_, err = io.ReadFull(c, make([]byte, 1))
 			require.NoError(t, err)
 			_, err = c.Write([]byte("all of it"))
 			require.NoError(t, err)
@@ -772,13 +777,47 @@ func TestTLSTruncation(t *testing.T) {
 			raw := dial(t, rt)
 			c := tls.Client(raw, getPKI().clientConfig())
 			require.NoError(t, c.Handshake())
-			_, err := c.Write([]byte("cut short"))
+			_, err := io.ReadFull(c, make([]byte, 1))
+			require.NoError(t, err)
+			_, err = c.Write([]byte("cut short"))
 			require.NoError(t, err)
 			require.NoError(t, raw.Close()) // FIN, no close_notify
 			e := <-ends
 			assert.Equal(t, "cut short", string(e.got))
 			assert.ErrorIs(t, e.err, ErrTLSTruncated)
 			assert.ErrorIs(t, e.err, io.ErrUnexpectedEOF)
+		})
+		t.Run("FIN-during-handshake", func(t *testing.T) {
+			// The client's data and FIN can reach the server with its
+			// Finished, before the server's handshake is over.
+			rt := serve(t, tlsTestConfig(be), func(c ConnCtx) {
+				var got []byte
+				for c.WithData(func(b []byte) ParseResult { got = append(got, b...); return Consumed(len(b)) }) > 0 {
+				}
+				ends <- end{got, c.Err()}
+			})
+			raw := dial(t, rt)
+			cork := &corkConn{Conn: raw}
+			c := tls.Client(cork, getPKI().clientConfig())
+			hs := make(chan error, 1)
+			go func() { hs <- c.Handshake() }()
+			for done := false; !done; {
+				select {
+				case err := <-hs:
+					require.NoError(t, err)
+					done = true
+				case <-time.After(time.Millisecond):
+					require.NoError(t, cork.flush())
+				}
+			}
+			// The client Finished, the data, then FIN, in one go.
+			_, err := c.Write([]byte("early"))
+			require.NoError(t, err)
+			require.NoError(t, cork.flush())
+			require.NoError(t, raw.Close())
+			e := <-ends
+			assert.Equal(t, "early", string(e.got))
+			assert.ErrorIs(t, e.err, ErrTLSTruncated)
 		})
 	})
 }
@@ -812,16 +851,18 @@ func (c *recordingConn) sawEOF() bool {
 // Config.TLSCloseTimeout.
 func TestTLSCloseNotify(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		cfg := tlsTestConfig(be)
-		cfg.TLSCloseTimeout = 400 * time.Millisecond
 		data := pattern(100<<10, 4)
-		rt := serve(t, cfg, func(c ConnCtx) {
-			if c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) }) == 0 {
-				return
-			}
-			_ = c.SendNowait(data)
-		})
-		open := func(t *testing.T) (*tls.Conn, *recordingConn) {
+		server := func(t *testing.T, closeTimeout time.Duration) *Runtime {
+			cfg := tlsTestConfig(be)
+			cfg.TLSCloseTimeout = closeTimeout
+			return serve(t, cfg, func(c ConnCtx) {
+				if c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) }) == 0 {
+					return
+				}
+				_ = c.SendNowait(data)
+			})
+		}
+		open := func(t *testing.T, rt *Runtime) (*tls.Conn, *recordingConn) {
 			raw := &recordingConn{Conn: dial(t, rt)}
 			c := tls.Client(raw, getPKI().clientConfig())
 			_, err := c.Write([]byte("go"))
@@ -839,7 +880,9 @@ func TestTLSCloseNotify(t *testing.T) {
 			return c, raw
 		}
 		t.Run("answered", func(t *testing.T) {
-			c, raw := open(t)
+			// A bound far longer than the test: only our answer ends
+			// the wait.
+			c, raw := open(t, server(t, time.Minute))
 			// The server waits for us: no FIN for a while...
 			require.NoError(t, raw.SetReadDeadline(time.Now().Add(150*time.Millisecond)))
 			_, err := raw.Conn.Read(make([]byte, 1))
@@ -852,7 +895,7 @@ func TestTLSCloseNotify(t *testing.T) {
 			assert.ErrorIs(t, err, io.EOF)
 		})
 		t.Run("unanswered", func(t *testing.T) {
-			_, raw := open(t)
+			_, raw := open(t, server(t, 400*time.Millisecond))
 			start := time.Now()
 			require.NoError(t, raw.SetReadDeadline(time.Now().Add(10*time.Second)))
 			n, err := raw.Conn.Read(make([]byte, 1))
@@ -940,9 +983,10 @@ func TestTLSSendByToken(t *testing.T) {
 func TestTLSReceiveMethods(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
 		rt := serve(t, tlsTestConfig(be), func(c ConnCtx) {
-			// 1000 bytes into a sink, echoed.
+			// 1000 bytes into a sink, set before they arrive, echoed.
 			sink := make([]byte, 1000)
 			c.SetRecvSink(sink)
+			_ = c.SendNowait([]byte("k"))
 			for c.RecvReady() {
 				if c.TakeRecvSink() == len(sink) {
 					break
@@ -978,6 +1022,8 @@ func TestTLSReceiveMethods(t *testing.T) {
 		c, err := dialTLS(rt.Addr().String(), getPKI().clientConfig())
 		require.NoError(t, err)
 		defer c.Close()
+		_, err = io.ReadFull(c, make([]byte, 1))
+		require.NoError(t, err)
 		msg := pattern(1000, 2)
 		assert.Equal(t, msg, roundTrip(t, c, msg))
 		_, err = c.Write([]byte("firstsecnd"))
@@ -1152,4 +1198,40 @@ func TestEchoExampleTLS(t *testing.T) {
 			})
 		}
 	})
+}
+
+// TestTLSRecordFramingCount: the record framer that tells decrypt whether
+// a complete record is buffered counts exactly the records whose last byte
+// has arrived, however the stream is cut (headers split across receives,
+// empty records, records up to the maximum length). A pure function over
+// bytes: no I/O.
+func TestTLSRecordFramingCount(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(5, 6))
+	var stream []byte
+	var ends []int // stream offset just past each record
+	for i := 0; i < 400; i++ {
+		n := rnd.IntN(300)
+		switch i % 50 {
+		case 0:
+			n = 0
+		case 1:
+			n = 16384 + 256
+		}
+		stream = append(stream, 0x17, 0x03, 0x03, byte(n>>8), byte(n))
+		stream = append(stream, pattern(n, byte(i))...)
+		ends = append(ends, len(stream))
+	}
+	for _, maxPiece := range []int{1, 2, 3, 7, 700, 20000} {
+		var f tlsConn
+		off, done := 0, 0
+		for off < len(stream) {
+			k := min(1+rnd.IntN(maxPiece), len(stream)-off)
+			f.frame(stream[off : off+k])
+			off += k
+			for done < len(ends) && ends[done] <= off {
+				done++
+			}
+			require.Equal(t, uint64(done), f.complete, "pieces of at most %d bytes, at offset %d", maxPiece, off)
+		}
+	}
 }
