@@ -121,4 +121,3 @@ func ExampleConnCtx_NetConn() {
 	// 5 HELLO
 	// 13 NET.CONN VIEW
 }
-

@@ -1,0 +1,177 @@
+//go:build ringline_connect_tls
+
+// These tests need outbound Connect (issue 8). They are ready for it, and
+// built only with -tags ringline_connect_tls until it is merged: then the
+// seam at the end of tls_connect.go is replaced as its comment says and
+// this build constraint goes.
+
+package ringline
+
+import (
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ringline-go/ringline/internal/assert"
+	"github.com/ringline-go/ringline/internal/require"
+)
+
+// inTask runs f as a task on worker 0 of rt and returns what it returns.
+func inTask(t *testing.T, rt *Runtime, f func(tc TaskCtx) error) error {
+	t.Helper()
+	done := make(chan error, 1)
+	require.NoError(t, rt.Post(0, func(tc TaskCtx) { done <- f(tc) }))
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(30 * time.Second):
+		t.Fatal("the client task did not finish within 30s")
+	}
+	return nil
+}
+
+// tlsEchoOver sends msg on c and reads its echo (in a task that owns c).
+func tlsEchoOver(c ConnCtx, msg []byte) error {
+	f, err := c.Send(msg)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Await(); err != nil {
+		return err
+	}
+	var got []byte
+	for len(got) < len(msg) {
+		if c.WithData(func(b []byte) ParseResult { got = append(got, b...); return Consumed(len(b)) }) == 0 {
+			return errors.Join(io.ErrUnexpectedEOF, c.Err())
+		}
+	}
+	if string(got) != string(msg) {
+		return errors.New("echo differs")
+	}
+	return nil
+}
+
+// TestConnectTLS: ConnectTLS against a crypto/tls server and against a
+// ringline TLS listener (its own), with ALPN and the server's certificate
+// in TLSInfo; a certificate the client does not trust fails with an error
+// that says so; ConnectTLSWithTimeout bounds a server that never answers
+// the handshake; a refused connect is Connect's error.
+func TestConnectTLS(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := tlsTestConfig(be)
+		cfg.TLS.NextProtos = []string{"echo/1"}
+		cfg.TLSClient = getPKI().clientConfig()
+		cfg.TLSClient.NextProtos = []string{"echo/1"}
+		rt := serve(t, cfg, echoTask)
+
+		t.Run("crypto-tls-server", func(t *testing.T) {
+			ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg.TLS)
+			require.NoError(t, err)
+			defer ln.Close()
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+			ap := netip.MustParseAddrPort(ln.Addr().String())
+			require.NoError(t, inTask(t, rt, func(tc TaskCtx) error {
+				f, err := tc.ConnectTLS(ap, "localhost")
+				if err != nil {
+					return err
+				}
+				c, err := f.Await()
+				if err != nil {
+					return err
+				}
+				info, ok := c.TLSInfo()
+				if !ok || info.NegotiatedProtocol != "echo/1" || info.PeerCertificates[0].Subject.CommonName != "localhost" {
+					return errors.New("unexpected TLSInfo")
+				}
+				return tlsEchoOver(c, pattern(50000, 1))
+			}))
+		})
+		t.Run("own-listener", func(t *testing.T) {
+			ap := netip.MustParseAddrPort(rt.Addr().String())
+			require.NoError(t, inTask(t, rt, func(tc TaskCtx) error {
+				f, err := tc.ConnectTLSWithTimeout(ap, "localhost", 10*time.Second)
+				if err != nil {
+					return err
+				}
+				c, err := f.Await()
+				if err != nil {
+					return err
+				}
+				return tlsEchoOver(c, []byte("to myself"))
+			}))
+		})
+		t.Run("bad-certificate", func(t *testing.T) {
+			bad := serve(t, func() Config {
+				c := tlsTestConfig(be)
+				c.TLSClient = &tls.Config{} // the system roots: the test CA is unknown
+				return c
+			}(), echoTask)
+			ap := netip.MustParseAddrPort(bad.Addr().String())
+			err := inTask(t, bad, func(tc TaskCtx) error {
+				f, err := tc.ConnectTLS(ap, "localhost")
+				if err != nil {
+					return err
+				}
+				_, err = f.Await()
+				return err
+			})
+			var he *TLSHandshakeError
+			require.ErrorAs(t, err, &he)
+			var ve *tls.CertificateVerificationError
+			require.ErrorAs(t, err, &ve)
+			assert.Contains(t, err.Error(), "certificate signed by unknown authority")
+		})
+		t.Run("handshake-timeout", func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			defer ln.Close()
+			go func() {
+				c, err := ln.Accept()
+				if err == nil {
+					defer c.Close()
+					_, _ = io.Copy(io.Discard, c) // reads the ClientHello, never answers
+				}
+			}()
+			ap := netip.MustParseAddrPort(ln.Addr().String())
+			start := time.Now()
+			err = inTask(t, rt, func(tc TaskCtx) error {
+				f, err := tc.ConnectTLSWithTimeout(ap, "localhost", 300*time.Millisecond)
+				if err != nil {
+					return err
+				}
+				_, err = f.Await()
+				return err
+			})
+			require.ErrorIs(t, err, os.ErrDeadlineExceeded)
+			assert.GreaterOrEqual(t, time.Since(start), 250*time.Millisecond)
+		})
+		t.Run("refused", func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			ap := netip.MustParseAddrPort(ln.Addr().String())
+			ln.Close()
+			err = inTask(t, rt, func(tc TaskCtx) error {
+				f, err := tc.ConnectTLS(ap, "localhost")
+				if err != nil {
+					return err
+				}
+				_, err = f.Await()
+				return err
+			})
+			require.ErrorIs(t, err, syscall.ECONNREFUSED)
+		})
+	})
+}
