@@ -101,7 +101,7 @@ func (c *conn) enqueue(b []byte) error {
 			return ErrSendPoolExhausted
 		}
 	}
-	if out := int(c.queued - c.sent); out > 0 && out+len(b) > w.cfg.MaxSendQueue {
+	if int(c.queued-c.sent)+len(b) > w.cfg.MaxSendQueue {
 		w.st.sendQueueFull++
 		return ErrSendQueueFull
 	}
