@@ -1,0 +1,19 @@
+module github.com/ringline-go/ringline/bench
+
+go 1.26.0
+
+replace github.com/ringline-go/ringline => ../
+
+require (
+	github.com/redis/go-redis/v9 v9.23.0
+	github.com/ringline-go/ringline v0.0.0-00010101000000-000000000000
+	github.com/tidwall/redcon v1.6.4
+)
+
+require (
+	github.com/cespare/xxhash/v2 v2.3.0 // indirect
+	github.com/tidwall/btree v1.1.0 // indirect
+	github.com/tidwall/match v1.1.1 // indirect
+	go.uber.org/atomic v1.12.0 // indirect
+	golang.org/x/sys v0.50.0 // indirect
+)
