@@ -10,6 +10,7 @@ import (
 	"log"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -46,6 +47,7 @@ func main() {
 	backend := flag.String("backend", "auto", "backend: auto, iouring or epoll")
 	maxMemory := flag.String("maxmemory", "0", "memory bound for keys and values, e.g. 100mb; 0 is unbounded (keys are evicted approximately LRU)")
 	maxValue := flag.String("max-value", strconv.Itoa(resp.DefaultMaxBulk), "largest bulk argument accepted (redis's proto-max-bulk-len), e.g. 1mb")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
 	flag.Parse()
 
 	o := server.Options{Addr: *addr, Workers: *workers}
@@ -72,6 +74,16 @@ func main() {
 			log.Fatalf("%v\ncache: %s is taken (is redis-server or another cache running there?); pick another -addr", err, *addr)
 		}
 		log.Fatal(err)
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Fatal(err)
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 	rt := srv.Runtime()
 	fmt.Printf("cache: listening on %s with %d workers; backend %s: %s\n", srv.Addr(), rt.Workers(), rt.Backend(), rt.Features())

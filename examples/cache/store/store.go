@@ -29,28 +29,29 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/ringline-go/ringline/examples/cache/resp"
 )
 
-// EntryOverhead is what an entry costs beyond its key and value bytes, in
-// the memory estimate: the entry record, its map slot and slice headers.
-// It is an estimate, close to what Go spends on a small entry.
-const EntryOverhead = 96
+// EntryOverhead is what a key costs beyond its item allocation (header,
+// key and small value) in the memory estimate: its map slot and its place
+// in the sampling arrays. It is an estimate.
+const EntryOverhead = 48
 
 // Options configures a Store. Zero fields take defaults.
 type Options struct {
 	// Shards is the number of shards, a power of two. Default 256.
 	Shards int
-	// MaxMemory bounds the estimated memory (keys, values and
-	// EntryOverhead per entry); 0 means no bound. Writes evict keys
+	// MaxMemory bounds the estimated memory (item allocations, big
+	// values, EntryOverhead per key); 0 means no bound. Writes evict keys
 	// (approximate LRU) to stay under it; see Reserve.
 	MaxMemory int64
 	// RefMin is the size from which values are immutable once stored and
 	// handed to readers by reference instead of copied. Default 16 KiB.
 	RefMin int
-	// Samples is how many random entries eviction looks at to pick the
-	// least recently used (redis's maxmemory-samples). Default 5.
+	// Samples is how many random keys eviction looks at to pick the least
+	// recently used (redis's maxmemory-samples). Default 5.
 	Samples int
 }
 
@@ -77,23 +78,70 @@ type Store struct {
 	cursor  atomic.Uint32 // next shard for active expiry
 }
 
+// A shard's keys. The map's key strings alias the key bytes inside the
+// items, so a lookup's key comparison, the deadline check, the LRU clock
+// and a small value are all in one allocation: a GET touches the map and
+// one item, not a key string, an entry record and a value buffer apart.
 type shard struct {
 	mu    sync.Mutex
-	index map[string]int32 // key -> position in ents
-	ents  []entry
-	free  []int32 // unused positions in ents
-	vol   []int32 // positions of entries with a deadline (for active expiry)
-	_     [40]byte
+	index map[string]*item
+	items []*item          // every item, densely: random samples for eviction
+	vol   []*item          // items with a deadline: samples for active expiry
+	big   map[*item][]byte // values of RefMin bytes or more, immutable
+	// n is len(items), readable without the lock (eviction picks big
+	// shards by it).
+	n atomic.Int32
+	_ [36]byte
 }
 
-type entry struct {
-	key    string
-	val    []byte
+// item is the header of one allocation that holds a key and, unless it is
+// big, its value:
+//
+//	[item header][key bytes][value bytes][room to grow the value]
+//
+// The allocation is a []byte (no pointers, so the garbage collector never
+// scans it); the header is read through an *item that points at its
+// start. Key bytes never change (the map's key string aliases them); the
+// value is overwritten in place when it fits.
+type item struct {
 	exp    int64  // deadline on the store clock (ms); 0: none
 	clock  uint32 // last access, low bits of the ms clock (LRU)
-	volPos int32  // position in shard.vol, -1 when no deadline
-	live   bool
+	pos    int32  // index in shard.items
+	volPos int32  // index in shard.vol, -1 when no deadline
+	klen   uint32
+	vlen   uint32 // length of the small value (0 when big)
+	size   uint32 // bytes of the allocation
+	big    bool   // the value is in shard.big
 }
+
+const hdrSize = int(unsafe.Sizeof(item{}))
+
+// newItem allocates an item for key with room for a value of vroom bytes.
+func newItem(key []byte, vroom int) *item {
+	buf := make([]byte, hdrSize+len(key)+vroom)
+	p := unsafe.Pointer(unsafe.SliceData(buf))
+	if uintptr(p)%unsafe.Alignof(item{}) != 0 {
+		panic("store: misaligned item allocation")
+	}
+	it := (*item)(p)
+	it.klen, it.size, it.volPos, it.pos = uint32(len(key)), uint32(len(buf)), -1, -1
+	copy(buf[hdrSize:], key)
+	return it
+}
+
+func (it *item) bytes() []byte { return unsafe.Slice((*byte)(unsafe.Pointer(it)), it.size) }
+
+func (it *item) key() string {
+	return unsafe.String((*byte)(unsafe.Add(unsafe.Pointer(it), hdrSize)), it.klen)
+}
+
+// val is the small value, writable in place up to room.
+func (it *item) val() []byte {
+	o := hdrSize + int(it.klen)
+	return it.bytes()[o : o+int(it.vlen)]
+}
+
+func (it *item) room() int { return int(it.size) - hdrSize - int(it.klen) }
 
 // New returns an empty store.
 func New(o Options) *Store {
@@ -112,7 +160,8 @@ func New(o Options) *Store {
 	s := &Store{shards: make([]shard, o.Shards), mask: uint64(o.Shards - 1), seed: maphash.MakeSeed(),
 		refMin: o.RefMin, max: o.MaxMemory, sample: o.Samples}
 	for i := range s.shards {
-		s.shards[i].index = make(map[string]int32)
+		s.shards[i].index = make(map[string]*item)
+		s.shards[i].big = make(map[*item][]byte)
 	}
 	return s
 }
@@ -131,56 +180,65 @@ func (s *Store) shardOf(key []byte) *shard {
 	return &s.shards[maphash.Bytes(s.seed, key)&s.mask]
 }
 
-func entrySize(keyLen, valCap int) int64 { return int64(keyLen + valCap + EntryOverhead) }
-
-// find returns the live entry position for key, deleting it first when it
-// has expired. Caller holds sh.mu.
-func (s *Store) find(sh *shard, key []byte, now int64) (int32, bool) {
-	i, ok := sh.index[string(key)]
-	if !ok {
-		return 0, false
+// cost is an item's share of the memory estimate.
+func (sh *shard) cost(it *item) int64 {
+	n := int64(it.size) + EntryOverhead
+	if it.big {
+		n += int64(cap(sh.big[it]))
 	}
-	e := &sh.ents[i]
-	if e.exp != 0 && e.exp <= now {
-		s.remove(sh, i)
+	return n
+}
+
+// find returns key's item, deleting it first when it has expired. Caller
+// holds sh.mu.
+func (s *Store) find(sh *shard, key []byte, now int64) *item {
+	it := sh.index[string(key)]
+	if it != nil && it.exp != 0 && it.exp <= now {
+		s.remove(sh, it)
 		s.expired.Add(1)
-		return 0, false
+		return nil
 	}
-	return i, true
+	return it
 }
 
-// remove deletes entry i. Caller holds sh.mu.
-func (s *Store) remove(sh *shard, i int32) {
-	e := &sh.ents[i]
-	delete(sh.index, e.key)
-	s.setNoDeadline(sh, e)
-	s.used.Add(-entrySize(len(e.key), cap(e.val)))
+// remove deletes it. Caller holds sh.mu.
+func (s *Store) remove(sh *shard, it *item) {
+	s.used.Add(-sh.cost(it))
 	s.keys.Add(-1)
-	*e = entry{volPos: -1}
-	sh.free = append(sh.free, i)
+	delete(sh.index, it.key())
+	if it.big {
+		delete(sh.big, it)
+	}
+	s.setNoDeadline(sh, it)
+	last := sh.items[len(sh.items)-1]
+	sh.items[it.pos] = last
+	last.pos = it.pos
+	sh.items[len(sh.items)-1] = nil
+	sh.items = sh.items[:len(sh.items)-1]
+	sh.n.Store(int32(len(sh.items)))
 }
 
-func (s *Store) setDeadline(sh *shard, i int32, at int64) {
-	e := &sh.ents[i]
+func (s *Store) setDeadline(sh *shard, it *item, at int64) {
 	if at == 0 {
-		s.setNoDeadline(sh, e)
+		s.setNoDeadline(sh, it)
 		return
 	}
-	e.exp = at
-	if e.volPos < 0 {
-		e.volPos = int32(len(sh.vol))
-		sh.vol = append(sh.vol, i)
+	it.exp = at
+	if it.volPos < 0 {
+		it.volPos = int32(len(sh.vol))
+		sh.vol = append(sh.vol, it)
 	}
 }
 
-func (s *Store) setNoDeadline(sh *shard, e *entry) {
-	e.exp = 0
-	if p := e.volPos; p >= 0 {
+func (s *Store) setNoDeadline(sh *shard, it *item) {
+	it.exp = 0
+	if p := it.volPos; p >= 0 {
 		last := sh.vol[len(sh.vol)-1]
 		sh.vol[p] = last
-		sh.ents[last].volPos = p
+		last.volPos = p
+		sh.vol[len(sh.vol)-1] = nil
 		sh.vol = sh.vol[:len(sh.vol)-1]
-		e.volPos = -1
+		it.volPos = -1
 	}
 }
 
@@ -190,17 +248,16 @@ func (s *Store) setNoDeadline(sh *shard, e *entry) {
 func (s *Store) Get(dst []byte, key []byte, now int64, enc func(dst, val []byte) []byte) (out []byte, ref []byte, found bool) {
 	sh := s.shardOf(key)
 	sh.mu.Lock()
-	i, ok := s.find(sh, key, now)
-	if !ok {
+	it := s.find(sh, key, now)
+	if it == nil {
 		sh.mu.Unlock()
 		return dst, nil, false
 	}
-	e := &sh.ents[i]
-	e.clock = uint32(now)
-	if len(e.val) >= s.refMin {
-		ref = e.val
+	it.clock = uint32(now)
+	if it.big {
+		ref = sh.big[it]
 	} else {
-		dst = enc(dst, e.val)
+		dst = enc(dst, it.val())
 	}
 	sh.mu.Unlock()
 	return dst, ref, true
@@ -229,80 +286,109 @@ func (s *Store) Set(key, val []byte, at, now int64, mode SetMode) bool {
 	}
 	sh := s.shardOf(key)
 	sh.mu.Lock()
-	i, exists := s.find(sh, key, now)
+	it := s.find(sh, key, now)
+	exists := it != nil
 	if (mode&SetNX != 0 && exists) || (mode&SetXX != 0 && !exists) {
 		sh.mu.Unlock()
 		return false
 	}
 	if !exists {
-		i = s.insert(sh, key)
+		room := len(val)
+		if fresh != nil {
+			room = 0
+		}
+		it = s.insert(sh, key, room)
 	}
-	e := &sh.ents[i]
-	s.store(e, val, fresh)
-	e.clock = uint32(now)
+	it = s.store(sh, it, val, fresh)
+	it.clock = uint32(now)
 	if mode&SetKeepTTL == 0 || !exists {
-		s.setDeadline(sh, i, at)
+		s.setDeadline(sh, it, at)
 	}
 	sh.mu.Unlock()
 	return true
 }
 
-// insert adds an empty entry for key. Caller holds sh.mu.
-func (s *Store) insert(sh *shard, key []byte) int32 {
-	var i int32
-	if n := len(sh.free); n > 0 {
-		i = sh.free[n-1]
-		sh.free = sh.free[:n-1]
-	} else {
-		i = int32(len(sh.ents))
-		sh.ents = append(sh.ents, entry{})
-	}
-	k := string(key)
-	sh.ents[i] = entry{key: k, volPos: -1, live: true}
-	sh.index[k] = i
-	s.used.Add(entrySize(len(k), 0))
+// insert adds an item for key with room for a value of vroom bytes.
+// Caller holds sh.mu.
+func (s *Store) insert(sh *shard, key []byte, vroom int) *item {
+	it := newItem(key, vroom)
+	it.pos = int32(len(sh.items))
+	sh.items = append(sh.items, it)
+	sh.n.Store(int32(len(sh.items)))
+	sh.index[it.key()] = it
+	s.used.Add(sh.cost(it))
 	s.keys.Add(1)
-	return i
+	return it
 }
 
-// store puts val into e: in place when the old buffer fits (small values
-// only: big ones are immutable), else in fresh (already a copy) or a new
-// buffer. Caller holds the shard lock.
-func (s *Store) store(e *entry, val, fresh []byte) {
-	old := cap(e.val)
-	switch {
+// store puts val into it and returns the item that now holds the key: it
+// itself when the value fits in place (small values only: big ones are
+// immutable) or is big (fresh, already a copy), else a bigger or smaller
+// copy of it that replaces it everywhere. Caller holds sh.mu.
+func (s *Store) store(sh *shard, it *item, val, fresh []byte) *item {
+	before := sh.cost(it)
+	if it.big && fresh == nil {
+		delete(sh.big, it)
+		it.big = false
+	}
+	switch room := it.room(); {
 	case fresh != nil:
-		e.val = fresh
-	case old >= len(val) && old < s.refMin && old <= 2*len(val)+32:
-		e.val = e.val[:len(val)]
-		copy(e.val, val)
+		sh.big[it] = fresh
+		it.big, it.vlen = true, 0
+	case room >= len(val) && room <= 2*len(val)+32:
+		it.vlen = uint32(len(val))
+		copy(it.val(), val)
 	default:
-		e.val = append(make([]byte, 0, len(val)), val...)
+		it = s.realloc(sh, it, len(val))
+		it.vlen = uint32(len(val))
+		copy(it.val(), val)
 	}
-	if d := cap(e.val) - old; d != 0 {
-		s.used.Add(int64(d))
+	if d := sh.cost(it) - before; d != 0 {
+		s.used.Add(d)
 	}
+	return it
+}
+
+// realloc moves it into a new item with room for vroom value bytes (the
+// value itself is not copied) and puts the new item in its places.
+// Caller holds sh.mu.
+func (s *Store) realloc(sh *shard, it *item, vroom int) *item {
+	key := it.bytes()[hdrSize : hdrSize+int(it.klen)]
+	nw := newItem(key, vroom)
+	nw.exp, nw.clock, nw.pos, nw.volPos = it.exp, it.clock, it.pos, it.volPos
+	delete(sh.index, it.key())
+	sh.index[nw.key()] = nw
+	sh.items[nw.pos] = nw
+	if nw.volPos >= 0 {
+		sh.vol[nw.volPos] = nw
+	}
+	if it.big {
+		nw.big = true
+		sh.big[nw] = sh.big[it]
+		delete(sh.big, it)
+	}
+	return nw
 }
 
 // Del deletes key and reports whether it existed.
 func (s *Store) Del(key []byte, now int64) bool {
 	sh := s.shardOf(key)
 	sh.mu.Lock()
-	i, ok := s.find(sh, key, now)
-	if ok {
-		s.remove(sh, i)
+	it := s.find(sh, key, now)
+	if it != nil {
+		s.remove(sh, it)
 	}
 	sh.mu.Unlock()
-	return ok
+	return it != nil
 }
 
 // Exists reports whether key is present (and not expired).
 func (s *Store) Exists(key []byte, now int64) bool {
 	sh := s.shardOf(key)
 	sh.mu.Lock()
-	_, ok := s.find(sh, key, now)
+	it := s.find(sh, key, now)
 	sh.mu.Unlock()
-	return ok
+	return it != nil
 }
 
 // IncrBy adds delta to the decimal integer stored at key (a missing key
@@ -312,10 +398,13 @@ func (s *Store) IncrBy(key []byte, delta, now int64) (int64, error) {
 	sh := s.shardOf(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	i, exists := s.find(sh, key, now)
+	it := s.find(sh, key, now)
 	var cur int64
-	if exists {
-		v, ok := resp.ParseInt(sh.ents[i].val)
+	if it != nil {
+		if it.big {
+			return 0, ErrNotInteger
+		}
+		v, ok := resp.ParseInt(it.val())
 		if !ok {
 			return 0, ErrNotInteger
 		}
@@ -325,23 +414,19 @@ func (s *Store) IncrBy(key []byte, delta, now int64) (int64, error) {
 		return 0, ErrOverflow
 	}
 	cur += delta
-	if !exists {
-		i = s.insert(sh, key)
-	}
-	e := &sh.ents[i]
 	var buf [20]byte
 	num := appendInt(buf[:0], cur)
-	if cap(e.val) < 20 && cap(e.val) < s.refMin {
-		// Room for any int64 once, so later increments stay in place.
-		s.used.Add(int64(24 - cap(e.val)))
-		e.val = make([]byte, 0, 24)
+	if it == nil {
+		// Room for any int64, so later increments stay in place.
+		it = s.insert(sh, key, 20)
+	} else if it.room() < 20 {
+		before := sh.cost(it)
+		it = s.realloc(sh, it, 20)
+		s.used.Add(sh.cost(it) - before)
 	}
-	if cap(e.val) >= s.refMin {
-		s.store(e, num, nil) // never write into an immutable buffer
-	} else {
-		e.val = append(e.val[:0], num...)
-	}
-	e.clock = uint32(now)
+	it.vlen = uint32(len(num))
+	copy(it.val(), num)
+	it.clock = uint32(now)
 	return cur, nil
 }
 
@@ -384,20 +469,20 @@ func (s *Store) Expire(key []byte, at, now int64, cond ExpireCond) bool {
 	sh := s.shardOf(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	i, ok := s.find(sh, key, now)
-	if !ok {
+	it := s.find(sh, key, now)
+	if it == nil {
 		return false
 	}
-	cur := sh.ents[i].exp
+	cur := it.exp
 	if (cond&ExpireNX != 0 && cur != 0) || (cond&ExpireXX != 0 && cur == 0) ||
 		(cond&ExpireGT != 0 && (cur == 0 || at <= cur)) || (cond&ExpireLT != 0 && cur != 0 && at >= cur) {
 		return false
 	}
 	if at <= now {
-		s.remove(sh, i)
+		s.remove(sh, it)
 		return true
 	}
-	s.setDeadline(sh, i, at)
+	s.setDeadline(sh, it, at)
 	return true
 }
 
@@ -407,11 +492,11 @@ func (s *Store) TTL(key []byte, now int64) int64 {
 	sh := s.shardOf(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	i, ok := s.find(sh, key, now)
-	if !ok {
+	it := s.find(sh, key, now)
+	if it == nil {
 		return -2
 	}
-	if exp := sh.ents[i].exp; exp != 0 {
+	if exp := it.exp; exp != 0 {
 		return exp - now
 	}
 	return -1
@@ -423,15 +508,15 @@ func (s *Store) Flush() {
 		sh := &s.shards[i]
 		sh.mu.Lock()
 		var freed int64
-		for j := range sh.ents {
-			if e := &sh.ents[j]; e.live {
-				freed += entrySize(len(e.key), cap(e.val))
-				s.keys.Add(-1)
-			}
+		for _, it := range sh.items {
+			freed += sh.cost(it)
 		}
 		s.used.Add(-freed)
-		sh.index = make(map[string]int32)
-		sh.ents, sh.free, sh.vol = nil, nil, nil
+		s.keys.Add(-int64(len(sh.items)))
+		sh.index = make(map[string]*item)
+		sh.big = make(map[*item][]byte)
+		sh.items, sh.vol = nil, nil
+		sh.n.Store(0)
 		sh.mu.Unlock()
 	}
 }
@@ -467,67 +552,60 @@ func (s *Store) Evicted() uint64 { return s.evicted.Load() }
 func (s *Store) Expired() uint64 { return s.expired.Load() }
 
 // Reserve makes room before a write: while the estimate is over
-// MaxMemory it evicts, shard by shard, the least recently used of a few
-// random entries (approximate LRU, like redis's allkeys-lru). It reports
-// false when nothing more can be evicted and the store is still over the
-// bound; redis then refuses the write with an OOM error. A write may take
-// the store over the bound by its own size; the next write's Reserve
-// brings it back.
+// MaxMemory it evicts the least recently used of a few random keys
+// (approximate LRU, like redis's allkeys-lru), taken from the largest of a
+// few random shards: evicting from shards picked uniformly would let a
+// small shard drain empty (its size would be a random walk), and then its
+// most recently used keys would go. It reports false when nothing is left
+// to evict and the store is still over the bound; redis then refuses the
+// write with an OOM error. A write may take the store over the bound by
+// its own size; the next write's Reserve brings it back.
 func (s *Store) Reserve(now int64) bool {
-	if s.max <= 0 || s.used.Load() <= s.max {
-		return true
-	}
-	start := rand.Uint64()
-	empty := 0
-	for n := uint64(0); s.used.Load() > s.max; n++ {
-		sh := &s.shards[(start+n)&s.mask]
-		sh.mu.Lock()
-		ok := s.evictOne(sh, now)
-		sh.mu.Unlock()
-		if ok {
-			empty = 0
-		} else if empty++; empty > len(s.shards) {
-			return false
+	for s.max > 0 && s.used.Load() > s.max {
+		var sh *shard
+		for j := 0; j < 3; j++ {
+			c := &s.shards[rand.Uint64()&s.mask]
+			if sh == nil || c.n.Load() > sh.n.Load() {
+				sh = c
+			}
 		}
+		if sh.n.Load() == 0 {
+			// The samples missed: look for any key at all.
+			sh = nil
+			for i := range s.shards {
+				if s.shards[i].n.Load() > 0 {
+					sh = &s.shards[i]
+					break
+				}
+			}
+			if sh == nil {
+				return false
+			}
+		}
+		sh.mu.Lock()
+		s.evictOne(sh, now)
+		sh.mu.Unlock()
 	}
 	return true
 }
 
-// evictOne removes the least recently used of s.sample random entries of
-// sh (expired ones first). Caller holds sh.mu.
+// evictOne removes the least recently used of s.sample random items of
+// sh (an expired one at once). Caller holds sh.mu.
 func (s *Store) evictOne(sh *shard, now int64) bool {
-	live := len(sh.ents) - len(sh.free)
-	if live == 0 {
+	if len(sh.items) == 0 {
 		return false
 	}
-	best := int32(-1)
+	var best *item
 	var bestAge uint32
-	// Free slots do not count as samples: a sample of one live entry and
-	// four holes would make that entry the victim, however recently used.
-	seen := 0
-	for tries := 0; tries < 8*s.sample && seen < s.sample; tries++ {
-		i := int32(rand.IntN(len(sh.ents)))
-		e := &sh.ents[i]
-		if !e.live {
-			continue
-		}
-		seen++
-		if e.exp != 0 && e.exp <= now {
-			s.remove(sh, i)
+	for j := 0; j < s.sample; j++ {
+		it := sh.items[rand.IntN(len(sh.items))]
+		if it.exp != 0 && it.exp <= now {
+			s.remove(sh, it)
 			s.expired.Add(1)
 			return true
 		}
-		if age := uint32(now) - e.clock; best < 0 || age > bestAge {
-			best, bestAge = i, age
-		}
-	}
-	if best < 0 {
-		// A sparse slab: fall back to any live entry.
-		for i := range sh.ents {
-			if sh.ents[i].live {
-				best = int32(i)
-				break
-			}
+		if age := uint32(now) - it.clock; best == nil || age > bestAge {
+			best, bestAge = it, age
 		}
 	}
 	s.remove(sh, best)
@@ -550,9 +628,9 @@ func (s *Store) ActiveExpire(now int64, shards int) int {
 			n := min(20, len(sh.vol))
 			got := 0
 			for j := 0; j < n && len(sh.vol) > 0; j++ {
-				i := sh.vol[rand.IntN(len(sh.vol))]
-				if sh.ents[i].exp <= now {
-					s.remove(sh, i)
+				it := sh.vol[rand.IntN(len(sh.vol))]
+				if it.exp <= now {
+					s.remove(sh, it)
 					got++
 				}
 			}

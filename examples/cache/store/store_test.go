@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"math"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 
@@ -129,9 +131,15 @@ func TestEviction(t *testing.T) {
 		require.True(t, ok, "hot key evicted at write %d", i)
 		require.True(t, s.Reserve(now))
 		s.Set([]byte(fmt.Sprintf("key:%d", i)), val, 0, now, 0)
-		require.LessOrEqual(t, s.MemUsed(), int64(max+EntryOverhead+200))
+		require.LessOrEqual(t, s.MemUsed(), int64(max+EntryOverhead+hdrSize+200))
 	}
 	require.Greater(t, s.Evicted(), uint64(15000))
+	// Eviction keeps the shards balanced (none drains).
+	avg := float64(s.Len()) / float64(len(s.shards))
+	for i := range s.shards {
+		require.Greater(t, float64(len(s.shards[i].items)), avg/2, "shard %d", i)
+	}
+	checkStore(t, s)
 	require.Less(t, s.Len(), int64(2000))
 	// Recent keys survive more often than old ones.
 	old, recent := 0, 0
@@ -214,7 +222,7 @@ func TestSteadyStateNoAllocs(t *testing.T) {
 		s.Exists(key, 1)
 	})
 	require.Equal(t, 0.0, allocs)
-	require.Equal(t, int64(len("key:__rand_int__")+64+EntryOverhead+len("counter")+24+EntryOverhead), s.MemUsed())
+	require.Equal(t, int64(2*hdrSize+len("key:__rand_int__")+64+len("counter")+20+2*EntryOverhead), s.MemUsed())
 }
 
 // TestConcurrent exercises every operation from several goroutines (run
@@ -254,17 +262,81 @@ func TestConcurrent(t *testing.T) {
 	if err == nil {
 		require.LessOrEqual(t, n, int64(G*N/7+G))
 	}
+	checkStore(t, s)
+}
+
+func countBig(sh *shard) int {
+	n := 0
+	for _, it := range sh.items {
+		if it.big {
+			n++
+		}
+	}
+	return n
+}
+
+// checkStore verifies the store's internal invariants: every item is in
+// the index under its own key, at its position in items, in vol exactly
+// when it has a deadline, in big exactly when flagged; counters add up.
+func checkStore(t *testing.T, s *Store) {
+	t.Helper()
 	var keys, mem int64
 	for i := range s.shards {
 		sh := &s.shards[i]
-		for j := range sh.ents {
-			if e := &sh.ents[j]; e.live {
-				keys++
-				mem += entrySize(len(e.key), cap(e.val))
+		require.Equal(t, len(sh.index), len(sh.items))
+		for j, it := range sh.items {
+			keys++
+			mem += sh.cost(it)
+			require.Equal(t, int32(j), it.pos)
+			require.True(t, sh.index[it.key()] == it)
+			require.Equal(t, it.big, sh.big[it] != nil)
+			if it.volPos >= 0 {
+				require.True(t, sh.vol[it.volPos] == it)
+			} else {
+				require.Zero(t, it.exp)
 			}
 		}
-		require.Equal(t, len(sh.index), len(sh.ents)-len(sh.free))
+		require.Equal(t, len(sh.big), countBig(sh))
 	}
 	require.Equal(t, keys, s.Len())
 	require.Equal(t, mem, s.MemUsed())
+}
+
+// TestValueTransitions walks one key through every storage change — grow
+// in place, grow into a new item, shrink, become big, become small again,
+// turn into a counter — with the garbage collector running in between,
+// checking the value and the store's invariants at each step.
+func TestValueTransitions(t *testing.T) {
+	s := New(Options{Shards: 2, RefMin: 1000})
+	k := []byte("key")
+	vals := []string{"a", "ab", strings.Repeat("c", 40), "d", strings.Repeat("e", 999),
+		strings.Repeat("f", 1000), strings.Repeat("g", 5000), "h", strings.Repeat("i", 2000), "12"}
+	s.Set([]byte("other"), []byte("o"), 900, 1, 0)
+	for i, v := range vals {
+		require.True(t, s.Set(k, []byte(v), int64(1000+i), 1, 0))
+		runtime.GC()
+		got, ok := get(s, "key", 1)
+		require.True(t, ok)
+		require.Equal(t, v, got, "step %d", i)
+		require.Equal(t, int64(999+i), s.TTL(k, 1))
+		checkStore(t, s)
+	}
+	for i := 0; i < 3; i++ {
+		n, err := s.IncrBy(k, 1_000_000_000_000, 1)
+		require.NoError(t, err)
+		require.Equal(t, 12+int64(i+1)*1_000_000_000_000, n)
+		runtime.GC()
+		checkStore(t, s)
+	}
+	s.Set(k, []byte(strings.Repeat("j", 3000)), 0, 1, 0)
+	_, err := s.IncrBy(k, 1, 1)
+	require.ErrorIs(t, err, ErrNotInteger)
+	require.True(t, s.Del(k, 1))
+	v, ok := get(s, "other", 1)
+	require.True(t, ok)
+	require.Equal(t, "o", v)
+	checkStore(t, s)
+	s.Flush()
+	checkStore(t, s)
+	require.Equal(t, int64(0), s.MemUsed())
 }
