@@ -2,14 +2,29 @@
 # whole suite. Both vendor liburing first when it is not built yet.
 GO ?= go
 LIBURING := third_party/liburing/install/lib/liburing.a
+LIBURING_TARBALL_CACHED := third_party/liburing/dl/liburing_2.9.orig.tar.gz
 export CGO_ENABLED ?= 1
+# The tests fail, rather than skip io_uring, when it is compiled in but
+# cannot run here. On a host without io_uring: make test RINGLINE_REQUIRE_IOURING=0
+export RINGLINE_REQUIRE_IOURING ?= 1
+STATICCHECK := $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build run test test-c test-go test-race test-epoll test-nocgo vet bench clean \
-	run-cache test-cache bench-cache redis-tools
+# go does not see changes to files under csrc/ (cgo hashes only the
+# package directory's own files), so a cached ringline package could keep
+# stale C code: their hash, as a define nothing reads, makes it rebuild.
+CSRC_HASH := $(shell cat csrc/*.c csrc/*.h 2>/dev/null | sha256sum | cut -c1-16)
+export CGO_CPPFLAGS := $(strip $(CGO_CPPFLAGS) -DRINGLINE_CSRC=$(CSRC_HASH))
+
+# `go test` links without DWARF; with it, a crash inside C in a test binary
+# prints C functions, files and lines (cgosymbolizer, symbolizer_test.go).
+TEST_LDFLAGS := -ldflags='-s=false -w=false'
+
+.PHONY: all build run test test-c test-go test-race test-epoll test-nocgo test-debug test-consumer \
+	vet vet-arm64 lint bench clean distro-liburing run-cache test-cache bench-cache redis-tools
 
 all: build
 
-$(LIBURING): vendor_liburing.sh
+$(LIBURING): vendor_liburing.sh cmd/ringline-liburing/vendor_liburing.sh
 	./vendor_liburing.sh
 
 build: $(LIBURING)
@@ -19,10 +34,13 @@ build: $(LIBURING)
 run: build
 	./bin/echo
 
-# The C layer on its own, then the Go suite: the default build (both
-# backends, every scenario once per backend), the race detector, the
-# epoll-only build (-tags ringline_epoll) and a build without cgo.
-test: $(LIBURING) vet test-c test-go test-race test-epoll test-nocgo test-cache
+# gofmt/vet/staticcheck, the C layer on its own (pinned and distribution
+# liburing), the Go suite: the default build (both backends, every scenario
+# once per backend), the race detector, the epoll-only build
+# (-tags ringline_epoll) and a build without cgo; then the three ways a
+# service builds ringline as a dependency (.ci/consumer_build.sh); then the
+# cache example with redis's own programs and go-redis.
+test: $(LIBURING) vet vet-arm64 lint test-c test-go test-race test-epoll test-nocgo test-debug test-consumer test-cache
 
 vet: $(LIBURING)
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || ls *.go)); \
@@ -30,18 +48,63 @@ vet: $(LIBURING)
 	$(GO) vet ./...
 	$(GO) vet -tags ringline_epoll ./...
 	CGO_ENABLED=0 $(GO) vet ./...
+	$(GO) vet -tags ringline_debug ./...
+	cd bench && $(GO) vet ./...
 
-csrc/rl_test: csrc/rl_test.c csrc/rl.c csrc/rl.h $(LIBURING)
+# staticcheck on every build flavour, and on the bench/ module.
+lint: $(LIBURING)
+	$(STATICCHECK) ./...
+	$(STATICCHECK) -tags ringline_epoll ./...
+	CGO_ENABLED=0 $(STATICCHECK) ./...
+	cd bench && $(STATICCHECK) ./...
+
+# The distribution's liburing headers and library, for the C test and the
+# consumer build: installed with apt-get when missing (CI runs as root on a
+# fresh Debian machine).
+distro-liburing:
+	@if [ ! -e /usr/include/liburing.h ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing the distribution's liburing-dev"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq liburing-dev >/dev/null; \
+	  else \
+	    echo "make: the distribution's liburing headers are missing: install liburing-dev (or liburing-devel)"; exit 1; \
+	  fi; \
+	fi
+
+csrc/rl_test: csrc/rl_test.c csrc/*.c csrc/*.h $(LIBURING)
 	$(CC) -O2 -Wall -Icsrc -Ithird_party/liburing/install/include -o $@ csrc/rl_test.c csrc/rl.c $(LIBURING)
 
-test-c: csrc/rl_test
+# The same test against the distribution's liburing (2.3 on Debian 12),
+# where csrc/compat.h fills in or compiles out what it lacks.
+csrc/rl_test_distro: csrc/rl_test.c csrc/*.c csrc/*.h | distro-liburing
+	$(CC) -O2 -Wall -Icsrc -o $@ csrc/rl_test.c csrc/rl.c -luring
+
+# RINGLINE_REQUIRE_IOURING=1 (the default here): a kernel feature a C test
+# needs must be there; set it to 0 on a host that lacks one to see SKIP lines.
+test-c: csrc/rl_test csrc/rl_test_distro
 	./csrc/rl_test
+	./csrc/rl_test_distro
+
+# arm64 (weak memory order): vet and build the pure-Go flavours, and the
+# cgo one when an aarch64 C cross compiler is installed (.ci/run installs
+# gcc-aarch64-linux-gnu). Linking a cgo binary would need an arm64 liburing.a.
+AARCH64_CC ?= aarch64-linux-gnu-gcc
+vet-arm64:
+	GOARCH=arm64 CGO_ENABLED=0 $(GO) vet ./...
+	GOARCH=arm64 CGO_ENABLED=0 $(GO) vet -tags ringline_epoll ./...
+	GOARCH=arm64 CGO_ENABLED=0 $(GO) build ./...
+	@if command -v $(AARCH64_CC) >/dev/null; then \
+	  echo "GOARCH=arm64 CGO_ENABLED=1 CC=$(AARCH64_CC) $(GO) vet ./... && $(GO) build ."; \
+	  GOARCH=arm64 CGO_ENABLED=1 CC=$(AARCH64_CC) $(GO) vet ./... && \
+	  GOARCH=arm64 CGO_ENABLED=1 CC=$(AARCH64_CC) $(GO) build . ; \
+	else echo "SKIP arm64 cgo vet/build: no $(AARCH64_CC) (apt-get install gcc-aarch64-linux-gnu)"; fi
 
 test-go: $(LIBURING)
-	$(GO) test -count=1 -timeout 10m ./...
+	$(GO) test $(TEST_LDFLAGS) -count=1 -timeout 10m ./...
 
 test-race: $(LIBURING)
-	$(GO) test -race -count=1 -timeout 10m ./...
+	$(GO) test $(TEST_LDFLAGS) -race -count=1 -timeout 10m ./...
 
 # io_uring and all cgo compiled out: Auto runs on epoll, IOUring is refused.
 test-epoll:
@@ -52,10 +115,27 @@ test-nocgo:
 	CGO_ENABLED=0 $(GO) build ./...
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m ./...
 
+# The debug build (-tags ringline_debug) poisons memory ringline takes back;
+# its own tests check the poisoning.
+test-debug: $(LIBURING)
+	$(GO) test -tags ringline_debug -count=1 -run Debug -timeout 5m .
+
+# A module outside the repository builds ringline from a read-only copy and
+# echoes through it: distribution liburing, the pinned 2.9 through
+# cmd/ringline-liburing (built once into third_party/consumer-liburing), no
+# cgo, and the build error without liburing.
+test-consumer: $(LIBURING) | distro-liburing
+	LIBURING_CACHE=$(CURDIR)/third_party/consumer-liburing \
+	  LIBURING_TARBALL=$(if $(wildcard $(LIBURING_TARBALL_CACHED)),$(CURDIR)/$(LIBURING_TARBALL_CACHED)) \
+	  GO=$(GO) ./.ci/consumer_build.sh
+
 # The figures in docs/BENCHMARKS.md (a few minutes; not part of make test).
+# The gnet peer is built from the bench/ module, which keeps gnet out of
+# ringline's own module graph.
 bench: $(LIBURING)
-	$(GO) test -run '^$$' -bench PipelinedEcho -benchtime 200000x .
-	$(GO) test -run '^$$' -bench PingPongLatency -benchtime 20000x .
+	cd bench && $(GO) build -o ../bin/gnetecho ./gnetecho
+	RINGLINE_BENCH_GNET=$(CURDIR)/bin/gnetecho $(GO) test -run '^$$' -bench PipelinedEcho -benchtime 200000x .
+	RINGLINE_BENCH_GNET=$(CURDIR)/bin/gnetecho $(GO) test -run '^$$' -bench PingPongLatency -benchtime 20000x .
 	$(GO) test -run '^$$' -bench IdleConnRSS -benchtime 1x .
 
 # The cache example (examples/cache). `make run-cache` serves RESP on
@@ -92,4 +172,4 @@ bench-cache: $(LIBURING) redis-tools
 	./bin/benchcache $(BENCH_CACHE_FLAGS)
 
 clean:
-	rm -rf bin csrc/rl_test
+	rm -rf bin csrc/rl_test csrc/rl_test_distro

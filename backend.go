@@ -67,7 +67,7 @@ const (
 type sqOp struct {
 	code     uint8
 	flags    uint8
-	bufGroup uint16
+	bufGroup uint16 //lint:ignore U1000 read by C (struct rl_op.buf_group); unused in builds without io_uring
 	fd       int32
 	ud       uint64
 	addr     uint64
@@ -90,7 +90,7 @@ type cqEntry struct {
 type backend interface {
 	kind() Backend
 	// stage queues op for the next enter; it never fails (a full staging
-	// area is flushed to the kernel first).
+	// area grows).
 	stage(op sqOp)
 	// enter submits staged ops and, when wait is set, blocks until at
 	// least one completion or until timeout (negative: no limit) or a
@@ -128,6 +128,14 @@ type backendConfig struct {
 	// batchWait: Config.BatchWait.
 	batchWait time.Duration
 }
+
+// testHookFixedFiles, when set by a test, replaces the size of the
+// fixed-file table the io_uring backend asks the kernel for (a size the
+// kernel refuses forces the plain-fd fallback; a small one mixes fixed
+// and plain connections).
+//
+//lint:ignore U1000 read by the io_uring backend, which some builds leave out
+var testHookFixedFiles func(n int) int
 
 // userdata layout: kind (8 bits) | generation (16) | index (24) | payload (16).
 const (

@@ -12,14 +12,18 @@ import (
 // field.
 type Config struct {
 	// Workers is the number of worker loops, each a locked OS thread with
-	// its own ring, listener, buffers and connections. Default: one per CPU.
+	// its own ring, listener, buffers and connections. Default (0): one
+	// per CPU.
 	Workers int
 	// PinCPUs pins worker i to CPU i modulo the CPUs this process may use.
 	PinCPUs bool
 	// Backend chooses io_uring, epoll, or Auto (the default).
 	Backend Backend
 	// RingEntries is the submission queue size (a power of two, 8..32768);
-	// the completion queue is four times larger. Default 1024.
+	// the completion queue is four times larger, at most the kernel's
+	// limit of 65536 entries. A loop iteration may stage more operations
+	// than this: they go to the kernel in SQ-sized batches within the
+	// iteration's one call into C. Default 1024.
 	RingEntries int
 	// BufferCount is the number of provided receive buffers per worker (a
 	// power of two, 1..32768). Default 256.
@@ -37,6 +41,38 @@ type Config struct {
 	// lazily). SendSlotSize is 256 B..1 MiB.
 	SendPoolSlots int
 	SendSlotSize  int
+	// MaxSendQueue bounds the bytes one connection may have queued for
+	// the kernel (sent with SendNowait/Send and not yet taken by the
+	// kernel), so a peer that never reads cannot take the worker's whole
+	// send pool from the other connections. A send that would take the
+	// queue past it fails with ErrSendQueueFull and nothing is queued; a
+	// send made while nothing is queued is taken whatever its size (the
+	// pool permitting), so a task that awaits each send always makes
+	// progress. SendSlotSize..pool size. Default: a
+	// quarter of the pool (SendPoolSlots*SendSlotSize/4), 8 MiB with the
+	// default pool.
+	MaxSendQueue int
+	// CloseDrainTimeout bounds how long a closed connection (Close, or
+	// its task returned) may take to hand its queued bytes to a peer that
+	// is not reading them; after it the connection is reset, its pool
+	// slots freed and Err reports ErrDrainTimeout. Default 10s.
+	CloseDrainTimeout time.Duration
+	// ShutdownTimeout bounds how long Shutdown lets connections drain
+	// and tasks return before it stops them. Default 2s.
+	ShutdownTimeout time.Duration
+	// StallThreshold is how long one loop iteration (in practice, one
+	// task running without yielding: a handler that blocks) may take
+	// before the watchdog logs that the worker is stalled and counts it
+	// in WorkerStats.Stalls. Default 250ms; negative disables the
+	// watchdog.
+	StallThreshold time.Duration
+	// ReusePort lets other sockets (another process's, for a hot restart
+	// or a multi-process server) share the bound port. Off by default:
+	// Bind then fails with an error wrapping EADDRINUSE when any socket
+	// already holds the address, instead of silently splitting the
+	// connections with it. The workers of one runtime share the port
+	// either way.
+	ReusePort bool
 	// MaxRecvAccumulator bounds the bytes a connection may buffer without
 	// a parse making progress; past it the connection is closed. It must
 	// be at least BufferSize. Default 4 MiB.
@@ -44,7 +80,8 @@ type Config struct {
 	// ListenBacklog is the listen(2) backlog. Default 1024.
 	ListenBacklog int
 	// BatchWait (io_uring only; kernels with IORING_FEAT_MIN_TIMEOUT,
-	// 6.12+) lets a worker with nothing to run wait up to this long for a
+	// 6.12+, and a build against liburing 2.8 or later: Probe().CompiledOut
+	// says when the build lacks it) lets a worker with nothing to run wait up to this long for a
 	// batch of completions before it handles the ones that came. Under
 	// load that means fewer ring enters and bigger batches per message;
 	// the price is up to BatchWait of added latency while the loop is
@@ -103,6 +140,21 @@ func (c *Config) fill() {
 	if c.ListenBacklog == 0 {
 		c.ListenBacklog = 1024
 	}
+	if c.MaxSendQueue == 0 {
+		c.MaxSendQueue = c.SendPoolSlots * c.SendSlotSize / 4
+		if c.MaxSendQueue < c.SendSlotSize {
+			c.MaxSendQueue = c.SendSlotSize
+		}
+	}
+	if c.CloseDrainTimeout == 0 {
+		c.CloseDrainTimeout = 10 * time.Second
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = 2 * time.Second
+	}
+	if c.StallThreshold == 0 {
+		c.StallThreshold = 250 * time.Millisecond
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -110,24 +162,27 @@ func (c *Config) fill() {
 
 // ConfigError reports an invalid Config field.
 type ConfigError struct {
-	Field  string
-	Value  int
+	Field string
+	// Value is the rejected value (an int, or a time.Duration for the
+	// duration fields).
+	Value  any
 	Reason string
 }
 
 func (e *ConfigError) Error() string {
-	return fmt.Sprintf("ringline: invalid Config.%s = %d: %s", e.Field, e.Value, e.Reason)
+	return fmt.Sprintf("ringline: invalid Config.%s = %v: %s", e.Field, e.Value, e.Reason)
 }
 
 func isPow2(n int) bool { return n > 0 && n&(n-1) == 0 }
 
 func (c *Config) validate() error {
-	bad := func(f string, v int, why string) error { return &ConfigError{Field: f, Value: v, Reason: why} }
+	bad := func(f string, v any, why string) error { return &ConfigError{Field: f, Value: v, Reason: why} }
+	pool := c.SendPoolSlots * c.SendSlotSize
 	switch {
 	case c.Workers < 1 || c.Workers > 1024:
-		return bad("Workers", c.Workers, "must be 1..1024")
+		return bad("Workers", c.Workers, "must be 0 (one per CPU) or 1..1024")
 	case c.Backend < Auto || c.Backend > Epoll:
-		return bad("Backend", int(c.Backend), "must be Auto, IOUring or Epoll")
+		return bad("Backend", c.Backend, "must be Auto, IOUring or Epoll")
 	case !isPow2(c.RingEntries) || c.RingEntries < 8 || c.RingEntries > 32768:
 		return bad("RingEntries", c.RingEntries, "must be a power of two in 8..32768")
 	case !isPow2(c.BufferCount) || c.BufferCount > 32768:
@@ -140,12 +195,18 @@ func (c *Config) validate() error {
 		return bad("SendPoolSlots", c.SendPoolSlots, "must be 1..1048576")
 	case c.SendSlotSize < 256 || c.SendSlotSize > 1<<20:
 		return bad("SendSlotSize", c.SendSlotSize, "must be 256..1048576")
+	case c.MaxSendQueue < c.SendSlotSize || c.MaxSendQueue > pool:
+		return bad("MaxSendQueue", c.MaxSendQueue, fmt.Sprintf("must be SendSlotSize..SendPoolSlots*SendSlotSize (%d..%d)", c.SendSlotSize, pool))
 	case c.MaxRecvAccumulator < c.BufferSize:
 		return bad("MaxRecvAccumulator", c.MaxRecvAccumulator, "must be at least BufferSize")
 	case c.ListenBacklog < 1:
 		return bad("ListenBacklog", c.ListenBacklog, "must be positive")
 	case c.BatchWait < 0 || c.BatchWait > 10*time.Millisecond:
-		return bad("BatchWait", int(c.BatchWait), "must be 0..10ms")
+		return bad("BatchWait", c.BatchWait, "must be 0..10ms")
+	case c.CloseDrainTimeout < 0:
+		return bad("CloseDrainTimeout", c.CloseDrainTimeout, "must not be negative")
+	case c.ShutdownTimeout < 0:
+		return bad("ShutdownTimeout", c.ShutdownTimeout, "must not be negative")
 	}
 	return nil
 }

@@ -259,6 +259,7 @@ func TestSendPoolExhaustionRecovers(t *testing.T) {
 		cfg := testConfig(be)
 		cfg.SendPoolSlots = 16
 		cfg.SendSlotSize = 4096
+		cfg.MaxSendQueue = 16 * 4096 // one connection may fill the pool here
 		type res struct {
 			queued   int
 			firstErr error
@@ -328,41 +329,12 @@ func TestTinyBufferRingRecovers(t *testing.T) {
 		cfg.BufferSize = 1024
 		cfg.MaxRecvAccumulator = 1 << 20
 		rt := serve(t, cfg, echoTask)
-		var wg sync.WaitGroup
-		errs := make(chan error, 32)
-		for i := 0; i < 32; i++ {
-			wg.Add(1)
-			go func(i int) {
-				defer wg.Done()
-				c, err := net.Dial("tcp", rt.Addr().String())
-				if err != nil {
-					errs <- err
-					return
-				}
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(20 * time.Second))
-				msg := pattern(64<<10, byte(i))
-				go c.Write(msg)
-				got := make([]byte, len(msg))
-				if _, err := io.ReadFull(c, got); err != nil {
-					errs <- fmt.Errorf("conn %d: %w", i, err)
-					return
-				}
-				if !bytes.Equal(got, msg) {
-					errs <- fmt.Errorf("conn %d: corrupted echo", i)
-				}
-			}(i)
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Error(err)
-		}
+		runClients(t, 32, func(i int) error {
+			return echoCheck(rt.Addr().String(), pattern(64<<10, byte(i)))
+		})
 		st := Total(rt.Stats())
 		t.Logf("ENOBUFS events: %d", st.ENOBUFS)
-		if be == IOUring {
-			assert.Greater(t, st.ENOBUFS, uint64(0), "2 buffers for 32 connections should run out")
-		}
+		assert.Greater(t, st.ENOBUFS, uint64(0), "2 buffers for 32 connections should run out")
 		// Idle: the loop must block, not spin.
 		time.Sleep(50 * time.Millisecond)
 		before := Total(rt.Stats()).LoopIterations
@@ -402,12 +374,17 @@ func TestPeerHalfCloseEchoesAll(t *testing.T) {
 		rt := serve(t, testConfig(be), echoTask)
 		cl := dial(t, rt)
 		msg := pattern(512<<10, 4)
+		werr := make(chan error, 1)
 		go func() {
-			cl.Write(msg)
-			cl.CloseWrite()
+			_, err := cl.Write(msg)
+			if err == nil {
+				err = cl.CloseWrite()
+			}
+			werr <- err
 		}()
 		got, err := io.ReadAll(cl)
 		require.NoError(t, err)
+		require.NoError(t, <-werr)
 		require.True(t, bytes.Equal(msg, got), "got %d of %d bytes", len(got), len(msg))
 	})
 }
@@ -466,11 +443,13 @@ func TestPeerResetMidStream(t *testing.T) {
 }
 
 // A peer sending more than MaxRecvAccumulator without the parser making
-// progress is closed; other connections are unaffected.
+// progress is closed with a logged reason; other connections are
+// unaffected.
 func TestAccumulatorLimitCloses(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
 		cfg := testConfig(be)
 		cfg.MaxRecvAccumulator = 64 << 10
+		logs := captureLog(&cfg)
 		rt := serve(t, cfg, func(c ConnCtx) {
 			// A parser waiting for a newline that never comes.
 			c.WithData(func(b []byte) ParseResult {
@@ -484,21 +463,30 @@ func TestAccumulatorLimitCloses(t *testing.T) {
 		})
 		good := dial(t, rt)
 		bad := dial(t, rt)
-		go bad.Write(bytes.Repeat([]byte("x"), 1<<20))
+		werr := writeAsync(bad, bytes.Repeat([]byte("x"), 1<<20))
 		_, err := io.ReadAll(bad)
 		// The server closed: EOF (nil) or a reset.
 		if err != nil {
 			require.True(t, errors.Is(err, syscall.ECONNRESET), "unexpected error %v", err)
 		}
+		// The write either fitted in the socket buffers before the close
+		// or was cut off by it; nothing else.
+		if err := <-werr; err != nil {
+			require.True(t, errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE), "unexpected write error %v", err)
+		}
 		require.Equal(t, uint64(1), Total(rt.Stats()).LimitCloses)
+		require.Contains(t, logs.String(), "receive accumulator limit", "the close is logged with its reason")
 		require.Equal(t, []byte("ok\n"), roundTrip(t, good, []byte("ok\n")))
 	})
 }
 
-// A panicking task closes only its own connection.
+// A panicking task closes only its own connection, and the panic is
+// logged with its value.
 func TestTaskPanicIsolation(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		rt := serve(t, testConfig(be), func(c ConnCtx) {
+		cfg := testConfig(be)
+		logs := captureLog(&cfg)
+		rt := serve(t, cfg, func(c ConnCtx) {
 			c.WithData(func(b []byte) ParseResult {
 				if string(b) == "boom" {
 					panic("handler bug")
@@ -517,6 +505,10 @@ func TestTaskPanicIsolation(t *testing.T) {
 		require.NoError(t, err, "panicking connection should be closed cleanly")
 		require.Equal(t, []byte("still"), roundTrip(t, good, []byte("still")))
 		require.Equal(t, uint64(1), Total(rt.Stats()).TaskPanics)
+		log := logs.String()
+		require.Contains(t, log, "level=ERROR")
+		require.Contains(t, log, "panic")
+		require.Contains(t, log, "handler bug", "the log names the panic value")
 	})
 }
 
@@ -549,7 +541,8 @@ func TestStaleHandleRefused(t *testing.T) {
 			echoTask(c)
 		})
 		c1 := dial(t, rt)
-		c1.Write([]byte("a"))
+		_, err := c1.Write([]byte("a"))
+		require.NoError(t, err)
 		c1.Close()
 		time.Sleep(100 * time.Millisecond)
 		c2 := dial(t, rt)
@@ -565,7 +558,7 @@ func TestStaleHandleRefused(t *testing.T) {
 		require.Zero(t, r.n)
 		require.False(t, r.peerOK)
 		buf := make([]byte, 3)
-		_, err := io.ReadFull(c2, buf)
+		_, err = io.ReadFull(c2, buf)
 		require.NoError(t, err)
 		require.Equal(t, "new", string(buf), "stale handle must not write to the new connection")
 		require.Equal(t, []byte("alive"), roundTrip(t, c2, []byte("alive")))
@@ -584,7 +577,7 @@ func TestShutdownNoLeaks(t *testing.T) {
 		require.NoError(t, err)
 		var clients []net.Conn
 		for i := 0; i < 10; i++ {
-			c, err := net.Dial("tcp", rt.Addr().String())
+			c, err := dialTCP(rt.Addr().String())
 			require.NoError(t, err)
 			clients = append(clients, c)
 			p := pattern(100, byte(i))
@@ -627,10 +620,15 @@ func TestShutdownStopsBlockedTasks(t *testing.T) {
 			})
 		})
 		require.NoError(t, err)
-		c, err := net.Dial("tcp", rt.Addr().String())
+		c, err := dialTCP(rt.Addr().String())
 		require.NoError(t, err)
 		defer c.Close()
-		<-started
+		select {
+		case <-started:
+		case <-time.After(10 * time.Second):
+			rt.Shutdown()
+			t.Fatal("the connection's task never started")
+		}
 		rt.Shutdown()
 		select {
 		case <-rt.Done():
@@ -730,7 +728,9 @@ func TestConfigValidation(t *testing.T) {
 func TestCloseAfterQueuedSendsDelivers(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
 		msg := pattern(1<<20, 8)
-		rt := serve(t, testConfig(be), func(c ConnCtx) {
+		cfg := testConfig(be)
+		cfg.MaxSendQueue = cfg.SendPoolSlots * cfg.SendSlotSize
+		rt := serve(t, cfg, func(c ConnCtx) {
 			for off := 0; off < len(msg); off += 64 << 10 {
 				if err := c.SendNowait(msg[off : off+64<<10]); err != nil {
 					panic(err)

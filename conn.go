@@ -2,9 +2,13 @@ package ringline
 
 import (
 	"net"
+	"os"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ringline-go/ringline/internal/gid"
 )
 
 // Connection states. A slot is reused only once its connection is closed,
@@ -35,11 +39,14 @@ type conn struct {
 	closesLeft int
 
 	// Receive side.
-	recvArmed   bool // a multishot recv is in the kernel
-	recvPaused  bool // flow control: the accumulator is full, recv cancelled
-	parked      bool // ENOBUFS: waiting on the worker's parked list
-	eof         bool // peer sent FIN, reset, or the connection closed
-	rerr        error
+	recvArmed  bool // a multishot recv is in the kernel
+	recvPaused bool // flow control: the accumulator is full, recv cancelled
+	parked     bool // ENOBUFS: waiting on the worker's parked list
+	eof        bool // peer sent FIN, reset, or the connection closed
+	// err is why the connection failed, first cause only: a receive or
+	// send errno, a runtime limit, a drain timeout, shutdown. nil after a
+	// clean FIN or a Close.
+	err         error
 	lent        int32 // provided buffer lent to WithData, or -1
 	lentOff     uint32
 	lentEnd     uint32
@@ -58,29 +65,53 @@ type conn struct {
 	queued, sent uint64 // byte totals: accepted by SendNowait/Send, taken by the kernel
 	sending      bool
 	flushPending bool
-	serr         error
 	closeWanted  bool
+	draining     bool // a drain deadline is armed (Close with sends queued)
+
+	// Deadlines (worker clock, 0: none) and their timers. A receive that
+	// gave up at the read deadline sets rdTimedOut, which Err reports
+	// until the deadline moves or data is read.
+	rdDeadline, wrDeadline int64
+	rdTimedOut             bool
+	drainT, rdT, wrT       timerNode
 	// sendWaiters are tasks of other connections awaiting this one's
 	// SendFutures; the connection's own task is woken through task.
 	sendWaiters []*task
 }
 
 // ConnCtx is a connection handle: a small value (worker, slot index,
-// generation) that can be copied freely. Methods that wait (WithData,
-// SendFuture.Await, RecvReady) must be called from a task running on the
-// connection's worker. Once the connection's slot is reused, every method
-// refuses the stale handle: it returns 0, false or ErrStale and never
-// touches the new connection.
+// generation) that can be copied freely.
+//
+// A ConnCtx belongs to its worker. Its methods may be called only from the
+// worker's goroutine: inside a task of that worker (OnAccept's body, or any
+// task it runs), including from a parse closure where documented. Called
+// from any other goroutine, every method except Index, Token and WorkerID
+// does nothing and returns ErrNotInWorker (or, for methods without an
+// error, its zero value), and the misuse is logged and counted in
+// WorkerStats.ForeignCalls. The check is exact, not a racy read, and costs
+// about 2 ns per call.
+//
+// The receive methods (WithData, WithBytes, TryWithData, SetRecvSink,
+// TakeRecvSink, RecvReady) are further reserved to the task that owns the
+// connection; any task of the worker may send on it, close it or await its
+// sends.
+//
+// Once the connection's slot is reused, every method refuses the stale
+// handle: it returns 0, false or ErrStale and never touches the new
+// connection.
 type ConnCtx struct {
 	w   *worker
 	idx uint32
 	gen uint32
 }
 
-// ConnToken identifies a connection (slot index and generation) without a
-// worker pointer; it is comparable and usable as a map key.
+// ConnToken identifies a connection (worker, slot index and generation)
+// without a pointer: it is comparable, usable as a map key, and may be
+// handed to other goroutines, which reach the connection with
+// Runtime.Send or Runtime.Post.
 type ConnToken struct {
-	Index uint32
+	Worker uint32
+	Index  uint32
 	// Generation counts the slot's reuses; with 32 bits a stale handle
 	// would need 4 billion reuses of its slot to look live again.
 	Generation uint32
@@ -91,13 +122,22 @@ type ConnToken struct {
 type AsyncEventHandler interface {
 	// OnAccept is the body of an accepted connection's task. It runs on
 	// the worker's goroutine as a coroutine; returning closes the
-	// connection (after queued sends drain), and a panic closes only this
-	// connection and is logged. It must not block on channels, mutexes,
-	// time.Sleep or net: that stalls every connection of the worker.
+	// connection (after queued sends drain), and a panic or a
+	// runtime.Goexit (t.FailNow, require.* in tests) closes only this
+	// connection and is logged.
+	//
+	// It must not block: no channel receives or sends that wait, no
+	// mutex held for long, no time.Sleep, no net calls. Any of those
+	// stalls every connection of the worker (the watchdog logs it; see
+	// Config.StallThreshold). It must never call runtime.LockOSThread or
+	// runtime.UnlockOSThread: the Go runtime kills the process when a
+	// coroutine's thread locking changes. Wait only through ringline's
+	// suspending calls (WithData, WithBytes, RecvReady, SendFuture.Await).
 	OnAccept(c ConnCtx)
 }
 
-// get returns the live conn for c, or nil when c is stale or empty.
+// get returns the live conn for c, or nil when c is stale or empty. Only
+// on the worker's goroutine (see own).
 func (c ConnCtx) get() *conn {
 	if c.w == nil || int(c.idx) >= len(c.w.conns) {
 		return nil
@@ -109,15 +149,67 @@ func (c ConnCtx) get() *conn {
 	return cn
 }
 
+// onWorker reports whether the caller is the worker's loop goroutine or
+// the task it is running.
+func (w *worker) onWorker() bool {
+	g := gid.Get()
+	return g == w.curG.Load() || g == w.g
+}
+
+// own resolves c for method: ErrNotInWorker off the worker (checked before
+// anything of the worker is read), ErrStale for a stale or zero handle.
+func (c ConnCtx) own(method string) (*conn, error) {
+	w := c.w
+	if w == nil {
+		return nil, ErrStale
+	}
+	if !w.onWorker() {
+		w.foreignCall(method)
+		return nil, ErrNotInWorker
+	}
+	cn := c.get()
+	if cn == nil {
+		return nil, ErrStale
+	}
+	return cn, nil
+}
+
+// owned is own for the receive methods: the caller must be the task that
+// owns the connection.
+func (c ConnCtx) owned(method string) *conn {
+	cn, err := c.own(method)
+	if err != nil || cn.task == nil || cn.task != cn.w.cur {
+		return nil
+	}
+	return cn
+}
+
 // Index returns the connection's slot index on its worker: dense, below
 // Config.MaxConnections, usable to index per-connection arrays. A slot is
-// reused after the connection is gone.
+// reused after the connection is gone. Safe from any goroutine.
 func (c ConnCtx) Index() int { return int(c.idx) }
 
-// Token returns the connection's identity (index and generation).
-func (c ConnCtx) Token() ConnToken { return ConnToken{Index: c.idx, Generation: c.gen} }
+// Token returns the connection's identity (index and generation). Safe
+// from any goroutine.
+func (c ConnCtx) Token() ConnToken {
+	if c.w == nil {
+		return ConnToken{Index: c.idx, Generation: c.gen}
+	}
+	return ConnToken{Worker: uint32(c.w.id), Index: c.idx, Generation: c.gen}
+}
 
-// WorkerID returns the index of the worker that owns the connection.
+// Conn returns the handle for the connection tok names, for a task of its
+// worker; a stale token's handle, or one of another worker's connection,
+// is refused by every method (ErrStale).
+func (t TaskCtx) Conn(tok ConnToken) ConnCtx {
+	if t.w == nil || int(tok.Worker) != t.w.id {
+		return ConnCtx{}
+	}
+	return ConnCtx{w: t.w, idx: tok.Index, gen: tok.Generation}
+}
+
+// WorkerID returns the index of the worker that owns the connection, or -1
+// for the zero ConnCtx. Safe from any goroutine.
 func (c ConnCtx) WorkerID() int {
 	if c.w == nil {
 		return -1
@@ -128,31 +220,57 @@ func (c ConnCtx) WorkerID() int {
 // IsOutbound reports whether the connection was made by Connect rather
 // than accepted.
 func (c ConnCtx) IsOutbound() bool {
-	cn := c.get()
-	return cn != nil && cn.outbound
+	cn, err := c.own("IsOutbound")
+	return err == nil && cn.outbound
 }
 
-// PeerAddr returns the remote address, or false when the handle is stale or
-// the socket no longer has a peer.
+// PeerAddr returns the remote address, or false when the handle is stale,
+// the socket no longer has a peer, or the call is not on the worker.
 func (c ConnCtx) PeerAddr() (net.Addr, bool) {
-	cn := c.get()
-	if cn == nil || cn.fd < 0 {
+	cn, err := c.own("PeerAddr")
+	if err != nil || cn.fd < 0 {
 		return nil, false
 	}
-	sa, err := unix.Getpeername(int(cn.fd))
-	if err != nil {
+	sa, serr := unix.Getpeername(int(cn.fd))
+	if serr != nil {
 		return nil, false
 	}
 	a := sockaddrToAddr(sa)
 	return a, a != nil
 }
 
+// Err reports why the connection ended, or nil while it is healthy. It is
+// nil after a clean close (the peer's FIN, or Close); after a reset it
+// wraps the kernel's errno (errors.Is(err, syscall.ECONNRESET)); a
+// connection the runtime closed reports why: ErrRecvLimit,
+// ErrDrainTimeout, ErrShutdown. Only the first cause is kept: a send that
+// fails with EPIPE after a reset does not replace the reset.
+//
+// While the connection is healthy, after a receive (WithData, WithBytes,
+// RecvReady) returned early because the read deadline passed, Err returns
+// an error satisfying errors.Is(err, os.ErrDeadlineExceeded) until the
+// deadline is moved or a receive returns data; the connection stays
+// usable. It returns ErrStale for a stale handle and ErrNotInWorker off
+// the worker.
+func (c ConnCtx) Err() error {
+	cn, err := c.own("Err")
+	if err != nil {
+		return err
+	}
+	if cn.err == nil && cn.rdTimedOut {
+		return errReadDeadline
+	}
+	return cn.err
+}
+
 // Close closes the connection once its queued sends have drained: bytes
-// sent before Close reach the peer. It does not wait; the task may keep
+// sent before Close reach the peer, unless the peer does not read them
+// within Config.CloseDrainTimeout, after which the connection is reset and
+// Err reports ErrDrainTimeout. Close does not wait; the task may keep
 // running, but receives report EOF and new sends fail with ErrClosed.
 // Closing a stale or closed handle does nothing.
 func (c ConnCtx) Close() {
-	if cn := c.get(); cn != nil {
+	if cn, err := c.own("Close"); err == nil {
 		cn.requestClose()
 	}
 }
@@ -161,12 +279,22 @@ func (c ConnCtx) Close() {
 // b into the worker's send pool (memory outside the Go heap) and does not
 // allocate; b may be reused as soon as it returns. Bytes reach the peer in
 // call order, never interleaved with other sends on this connection.
-// Errors: ErrSendPoolExhausted (nothing was queued; the connection keeps
-// working), ErrClosed or ErrStale, or the connection's earlier send error.
+//
+// Errors (nothing was queued for any of them):
+//   - ErrSendPoolExhausted: the worker's pool is full. The connection
+//     keeps working; retry after this connection's earlier sends
+//     complete (await the SendFuture of one of them) or after other
+//     connections' sends drain. Awaiting a future of a connection with
+//     nothing queued returns at once, so do not retry in a loop on it.
+//   - ErrSendQueueFull: b would take this connection's queue past
+//     Config.MaxSendQueue (a peer that does not read). Await an earlier
+//     SendFuture, or close the connection.
+//   - ErrClosed or ErrStale; ErrNotInWorker off the worker; or the
+//     connection's failure (Err), e.g. an error wrapping ECONNRESET.
 func (c ConnCtx) SendNowait(b []byte) error {
-	cn := c.get()
-	if cn == nil {
-		return ErrStale
+	cn, err := c.own("SendNowait")
+	if err != nil {
+		return err
 	}
 	if err := cn.sendable(); err != nil {
 		return err
@@ -180,12 +308,21 @@ func (c ConnCtx) SendNowait(b []byte) error {
 // Send queues a copy of b like SendNowait and returns a future that
 // resolves once the kernel has taken every byte of it (and of everything
 // queued before it). Awaiting it is the backpressure primitive: a task
-// that awaits each Send never queues more than it can write.
+// that awaits each Send never queues more than it can write. Errors are
+// SendNowait's.
 func (c ConnCtx) Send(b []byte) (SendFuture, error) {
-	if err := c.SendNowait(b); err != nil {
+	cn, err := c.own("Send")
+	if err != nil {
 		return SendFuture{}, err
 	}
-	cn := c.get()
+	if err := cn.sendable(); err != nil {
+		return SendFuture{}, err
+	}
+	if len(b) > 0 {
+		if err := cn.enqueue(b); err != nil {
+			return SendFuture{}, err
+		}
+	}
 	return SendFuture{c: c, mark: cn.queued, n: len(b)}, nil
 }
 
@@ -199,42 +336,71 @@ type SendFuture struct {
 // Await suspends the calling task until the send's bytes have all been
 // taken by the kernel and returns their count. Any task on the
 // connection's worker may await it (a proxy task can await its upstream's
-// sends). It returns an error wrapping
-// the kernel's syscall.Errno if the connection failed first, or ErrClosed
-// when the connection was torn down. The zero SendFuture resolves at once
-// with 0.
+// sends). It returns the connection's failure (Err: an error wrapping the
+// kernel's syscall.Errno, or the runtime's reason) if the connection failed
+// first, ErrClosed when it was torn down, ErrStale once its slot was
+// reused, ErrNotInWorker off the worker and ErrNotInTask on the worker but
+// outside a task. The zero SendFuture resolves at once with 0.
 func (f SendFuture) Await() (int, error) {
 	if f.c.w == nil {
 		return 0, nil
 	}
 	for {
-		cn := f.c.get()
-		if cn == nil {
-			return 0, ErrStale
+		cn, err := f.c.own("SendFuture.Await")
+		if err != nil {
+			return 0, err
 		}
 		if cn.sent >= f.mark {
 			return f.n, nil
 		}
-		if cn.serr != nil {
-			return 0, cn.serr
+		if cn.err != nil {
+			return 0, cn.err
 		}
 		if cn.state == connClosing || cn.state == connClosed {
 			return 0, ErrClosed
+		}
+		if cn.wrDeadline != 0 && cn.w.now() >= cn.wrDeadline {
+			return 0, errWriteDeadline
 		}
 		t := cn.w.cur
 		if t == nil {
 			return 0, ErrNotInTask
 		}
-		if t.conn != cn {
-			cn.sendWaiters = append(cn.sendWaiters, t)
-		}
-		t.suspend(waitSend)
+		_, mask := f.poll(t)
+		t.suspend(mask)
 	}
 }
 
+func (f SendFuture) owner() *worker { return f.c.w }
+
+func (f SendFuture) poll(t *task) (bool, uint8) {
+	cn := f.c.get()
+	if cn == nil || cn.sent >= f.mark || cn.err != nil || cn.state == connClosing || cn.state == connClosed {
+		return true, 0
+	}
+	if cn.wrDeadline != 0 && cn.w.now() >= cn.wrDeadline {
+		return true, 0 // Await reports the deadline
+	}
+	if t != cn.task {
+		cn.addSendWaiter(t)
+	}
+	return false, waitSend
+}
+
+// addSendWaiter registers another connection's task awaiting this one's
+// sends (once).
+func (cn *conn) addSendWaiter(t *task) {
+	for _, x := range cn.sendWaiters {
+		if x == t {
+			return
+		}
+	}
+	cn.sendWaiters = append(cn.sendWaiters, t)
+}
+
 func (cn *conn) sendable() error {
-	if cn.serr != nil {
-		return cn.serr
+	if cn.err != nil {
+		return cn.err
 	}
 	if cn.closeWanted || cn.state != connOpen {
 		return ErrClosed
@@ -242,7 +408,120 @@ func (cn *conn) sendable() error {
 	return nil
 }
 
-// requestClose closes after the send queue drains.
+// The errors a deadline produces: like net.Conn's, they satisfy
+// errors.Is(err, os.ErrDeadlineExceeded) and report Timeout() true.
+var (
+	errReadDeadline  error = &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}
+	errWriteDeadline error = &net.OpError{Op: "write", Net: "tcp", Err: os.ErrDeadlineExceeded}
+)
+
+// SetDeadline sets the read and write deadlines, with net.Conn's meaning.
+func (c ConnCtx) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.SetWriteDeadline(t)
+}
+
+// SetReadDeadline sets the time after which a receive that is waiting
+// (WithData, WithBytes, RecvReady) stops waiting: it returns 0 (or false),
+// and Err reports an error satisfying errors.Is(err,
+// os.ErrDeadlineExceeded). The connection stays usable and data that
+// arrives later is kept. A deadline in the past makes receives that would
+// wait return at once; the zero time removes the deadline. Setting a new
+// deadline re-arms; renewing it after every parse (an idle timeout) is
+// cheap: a later deadline costs a store, not a timer operation. Arming,
+// firing and moving deadlines cost no syscall.
+func (c ConnCtx) SetReadDeadline(t time.Time) error {
+	cn, err := c.own("SetReadDeadline")
+	if err != nil {
+		return err
+	}
+	cn.rdTimedOut = false
+	cn.setDeadline(&cn.rdDeadline, &cn.rdT, tmReadDeadline, t)
+	return nil
+}
+
+// SetWriteDeadline sets the time after which SendFuture.Await of this
+// connection stops waiting and returns an error satisfying errors.Is(err,
+// os.ErrDeadlineExceeded). The bytes stay queued and the connection
+// usable: the deadline bounds the wait, not the send. The zero time
+// removes it.
+func (c ConnCtx) SetWriteDeadline(t time.Time) error {
+	cn, err := c.own("SetWriteDeadline")
+	if err != nil {
+		return err
+	}
+	cn.setDeadline(&cn.wrDeadline, &cn.wrT, tmWriteDeadline, t)
+	return nil
+}
+
+func (cn *conn) setDeadline(dl *int64, n *timerNode, kind uint8, t time.Time) {
+	w := cn.w
+	if t.IsZero() {
+		*dl = 0
+		w.timers.remove(n)
+		return
+	}
+	at := max(w.clockAt(t), 1)
+	*dl = at
+	n.kind, n.conn = kind, cn
+	// A later deadline leaves an armed timer where it is: it fires, sees
+	// the deadline moved and re-arms once (deadlineFired).
+	if !n.armed() || at < n.at {
+		w.timers.set(n, at)
+	}
+	// Waiters re-check: a deadline already past ends their wait now.
+	if at <= w.now() {
+		ev := waitRecv
+		if kind == tmWriteDeadline {
+			ev = waitSend
+		}
+		cn.deadlineFired(n, at, ev)
+	}
+}
+
+// deadlineFired runs when a deadline timer goes off: if the deadline has
+// moved later it re-arms, otherwise it wakes who waits on that side.
+func (cn *conn) deadlineFired(n *timerNode, deadline int64, ev uint8) {
+	if deadline == 0 || cn.state == connFree {
+		return
+	}
+	w := cn.w
+	if deadline > w.now() {
+		w.timers.set(n, deadline)
+		return
+	}
+	w.timers.remove(n)
+	if cn.task != nil {
+		cn.task.wake(ev)
+	}
+	if ev == waitSend {
+		for _, t := range cn.sendWaiters {
+			t.wake(waitSend)
+		}
+	}
+}
+
+// readExpired reports whether the read deadline has passed, and notes it
+// for Err.
+func (cn *conn) readExpired() bool {
+	if cn.rdDeadline == 0 || cn.w.now() < cn.rdDeadline {
+		return false
+	}
+	cn.rdTimedOut = true
+	return true
+}
+
+// fail records why the connection failed; the first cause wins.
+func (cn *conn) fail(err error) {
+	if cn.err == nil {
+		cn.err = err
+	}
+}
+
+// requestClose closes after the send queue drains, within
+// Config.CloseDrainTimeout.
 func (cn *conn) requestClose() {
 	if cn.closeWanted {
 		return
@@ -251,7 +530,48 @@ func (cn *conn) requestClose() {
 	cn.eof = true
 	if cn.sendIdle() {
 		cn.startClose()
+	} else if !cn.draining && cn.state == connOpen {
+		cn.draining = true
+		cn.w.timers.set(&cn.drainT, cn.w.now()+int64(cn.w.cfg.CloseDrainTimeout))
 	}
+}
+
+// drainExpired resets a closing connection whose peer did not take its
+// queued bytes in time, so one peer that never reads cannot pin send pool
+// slots for ever: SO_LINGER 0 makes the close send RST, the send in
+// flight is cancelled, and the slots are freed once its completion says
+// the kernel is done with them.
+func (cn *conn) drainExpired() {
+	if !cn.draining || cn.state != connOpen {
+		return
+	}
+	cn.draining = false
+	w := cn.w
+	w.st.drainTimeouts++
+	cn.fail(ErrDrainTimeout)
+	if cn.fd >= 0 {
+		_ = unix.SetsockoptLinger(int(cn.fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	}
+	if cn.sending {
+		w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: packUD(udSend, cn.idx, cn.gen, 0)})
+		cn.pending++
+		return // onSendCQE drops the queue and closes
+	}
+	cn.dropQueue()
+	cn.startClose()
+}
+
+// connAt returns the live connection in slot idx if it still has
+// generation gen.
+func (w *worker) connAt(idx, gen uint32) *conn {
+	if int(idx) >= len(w.conns) {
+		return nil
+	}
+	cn := w.conns[idx]
+	if cn == nil || cn.gen != gen || cn.state == connFree {
+		return nil
+	}
+	return cn
 }
 
 // startClose cancels the recv and stages the socket's close.
@@ -299,11 +619,14 @@ func (cn *conn) maybeFree() {
 	}
 	w := cn.w
 	if cn.lent >= 0 {
-		w.be.recycle(uint16(cn.lent))
+		w.recycle(uint16(cn.lent))
 		cn.lent = -1
 	}
 	cn.wakeSendWaiters()
 	cn.dropQueue()
+	w.timers.remove(&cn.drainT)
+	w.timers.remove(&cn.rdT)
+	w.timers.remove(&cn.wrT)
 	w.st.closed++
 	w.live--
 	cn.state = connFree
@@ -312,7 +635,7 @@ func (cn *conn) maybeFree() {
 	cn.accOff = 0
 	cn.accShared = false
 	cn.sink = nil
-	cn.rerr, cn.serr = nil, nil
+	cn.err = nil
 	w.freeSlots = append(w.freeSlots, cn.idx)
 }
 

@@ -12,12 +12,40 @@ var (
 	ErrStale = staleError{}
 	// ErrSendPoolExhausted is returned by SendNowait and Send when the
 	// worker's send pool has no room for the bytes. Nothing was queued;
-	// the connection keeps working and the call can be retried once
-	// earlier sends complete (await a SendFuture to wait for that).
+	// the connection keeps working. Retry once earlier sends have
+	// completed: await the SendFuture of an earlier send of this
+	// connection if it has one queued. Awaiting a future when nothing is
+	// queued resolves at once, so retrying in a loop around it spins the
+	// worker; with nothing of its own queued, a task should close the
+	// connection or drop the message.
 	ErrSendPoolExhausted = errors.New("ringline: send pool exhausted")
-	// ErrNotInTask is returned when a suspending ConnCtx method is called
-	// from outside a task running on the connection's worker.
+	// ErrSendQueueFull is returned by SendNowait and Send when the bytes
+	// would take the connection's queue (bytes waiting for the kernel)
+	// past Config.MaxSendQueue, typically because its peer does not read.
+	// A send made with nothing queued is never refused this way. Nothing was
+	// queued; other connections are unaffected. Await an earlier
+	// SendFuture before sending more, or close the connection.
+	ErrSendQueueFull = errors.New("ringline: connection send queue full (Config.MaxSendQueue)")
+	// ErrNotInTask is returned when a suspending method is called on the
+	// connection's worker but outside any task (for example from the
+	// handler factory), where there is nothing to suspend.
 	ErrNotInTask = errors.New("ringline: called outside a ringline task")
+	// ErrNotInWorker is returned by ConnCtx methods (and the futures they
+	// return) called from a goroutine that is not the connection's worker:
+	// neither the worker's loop nor one of its tasks. The call did
+	// nothing.
+	ErrNotInWorker = errors.New("ringline: ConnCtx used off its worker goroutine")
+	// ErrRecvLimit is Err's answer for a connection closed because it
+	// buffered Config.MaxRecvAccumulator bytes without its parser making
+	// progress.
+	ErrRecvLimit = errors.New("ringline: receive accumulator limit reached without parse progress")
+	// ErrDrainTimeout is Err's answer for a connection that was closed
+	// with bytes still queued and reset because its peer did not take
+	// them within Config.CloseDrainTimeout.
+	ErrDrainTimeout = errors.New("ringline: queued sends did not drain before Config.CloseDrainTimeout; connection reset")
+	// ErrShutdown is Err's answer for a connection closed by the
+	// runtime's shutdown.
+	ErrShutdown = errors.New("ringline: runtime shutting down")
 )
 
 type staleError struct{}

@@ -19,7 +19,9 @@ import (
 // tasks, accumulator, send ordering, close rules) is shared:
 //
 //   - opAcceptMulti: watch the listener; on readiness accept4 in a loop, one
-//     completion per socket with cqeFMore; an error ends it (no MORE).
+//     completion per socket with cqeFMore; any error ends it (no MORE).
+//   - the wake eventfd: drained on readiness, reported as a udWake
+//     completion.
 //   - opRecvMulti: on readiness read into a free pooled buffer and complete
 //     with res = n, flags = cqeFBuffer | bid<<16 | cqeFMore; EOF is res 0,
 //     an error -errno, no free buffer -ENOBUFS, all three without MORE.
@@ -132,10 +134,9 @@ type epChain struct {
 // is driven only from the worker's goroutine, except wake, which any
 // goroutine may call.
 type epollBackend struct {
-	epfd        int
-	wakeFd      int
-	wakePending atomic.Bool // an eventfd write is not drained yet
-	edge        bool
+	epfd   int
+	wakeFd int
+	edge   bool
 
 	staged []sqOp
 	out    []cqEntry
@@ -288,10 +289,13 @@ func (b *epollBackend) now() int64 { return int64(time.Since(b.t0)) }
 
 func (b *epollBackend) onEvent(fd int32, ev uint32) {
 	if fd == int32(b.wakeFd) {
-		b.wakePending.Store(false)
+		// Consume the eventfd, then report the wake; the core clears its
+		// pending flag only on seeing the completion, after the eventfd is
+		// drained, so a wake made in between is never swallowed.
 		var v [8]byte
 		b.nSys++
 		_, _ = unix.Read(b.wakeFd, v[:])
+		b.emit(packUD(udWake, 0, 0, 0), 0, 0)
 		return
 	}
 	if fd < 0 || int(fd) >= len(b.files) || b.files[fd].reg == 0 {
@@ -735,8 +739,9 @@ func (b *epollBackend) doAccept(fd int32) {
 		case unix.EAGAIN:
 			f.readable = false
 			return
-		case unix.EINTR, unix.ECONNABORTED:
 		default:
+			// Any error ends the multishot accept, as on io_uring; the
+			// core decides whether to re-arm at once or pause.
 			b.finish(fd, &f.ops[pAccept], -int32(e))
 			return
 		}
@@ -993,12 +998,9 @@ func (b *epollBackend) detach(idx uint32, fd int32, fixed bool, ud uint64) int {
 	return 1
 }
 
-// wake makes a blocked enter return. Wakes coalesce: while one eventfd
-// write is undrained, later calls write nothing.
+// wake makes a blocked enter return with a udWake completion. The core
+// coalesces wakes; the backend writes the eventfd every time it is asked.
 func (b *epollBackend) wake() {
-	if b.wakePending.Swap(true) {
-		return
-	}
 	one := [8]byte{1}
 	_, _ = unix.Write(b.wakeFd, one[:])
 }
@@ -1031,7 +1033,6 @@ func (b *epollBackend) close() error {
 		}
 	}
 	b.staged = b.staged[:0]
-	b.wakePending.Store(true) // a late wake must not write to a reused fd number
 	if b.epfd >= 0 {
 		_ = unix.Close(b.epfd)
 		b.epfd = -1

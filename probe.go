@@ -34,8 +34,20 @@ var setupFlagNames = []struct {
 }{{setupSingleIssuer, "SINGLE_ISSUER"}, {setupDeferTaskrun, "DEFER_TASKRUN"},
 	{setupCoopTaskrun, "COOP_TASKRUN"}, {setupTaskrunFlag, "TASKRUN_FLAG"}, {setupCQSize, "CQSIZE"}}
 
+// Features the C layer compiled out because the liburing it was built
+// against is older than the pinned one (RL_OUT_* in csrc/buildinfo.h;
+// uring_select.go checks the values at compile time).
+const outMinTimeout = 1 << 0
+
+var compiledOutNames = []struct {
+	bit  uint32
+	name string
+}{{outMinTimeout, "min-timeout batch waits"}}
+
 // uringOpNames names the io_uring operations behind ringline's op codes
 // (the kernel's IORING_OP_ names without the prefix).
+//
+//lint:ignore U1000 used by uring_select.go; builds without io_uring have no use for it
 var uringOpNames = map[int]string{opAcceptMulti: "ACCEPT", opRecvMulti: "RECV", opSend: "SEND", opSendmsg: "SENDMSG",
 	opCancel: "ASYNC_CANCEL", opClose: "CLOSE", opFilesUpdate: "FILES_UPDATE", opRead: "READ",
 	opShutdown: "SHUTDOWN", opConnect: "CONNECT", opTimeout: "TIMEOUT"}
@@ -48,6 +60,8 @@ var uringRequiredOps = []string{"ACCEPT", "RECV", "SEND", "SENDMSG", "ASYNC_CANC
 // ring setup (probeKernel, in uring_select.go or uring_off.go).
 type kernelProbe struct {
 	compiled    bool          // io_uring backend compiled into this build
+	liburing    int           // liburing version built against, major*100+minor
+	compiledOut uint32        // out* features missing from this build
 	setupErr    syscall.Errno // io_uring_setup refused (0: a ring was set up)
 	setupFlags  uint32        // setup* flags accepted
 	bufRingErr  syscall.Errno // provided buffer ring registration refused
@@ -138,6 +152,16 @@ type ProbeResult struct {
 	// IOUringCompiled is false in builds made with CGO_ENABLED=0 or
 	// -tags ringline_epoll; every io_uring field is then zero.
 	IOUringCompiled bool
+	// Liburing is the version of the liburing headers the io_uring
+	// backend was compiled against, e.g. "2.9" (the pinned build) or
+	// "2.3" (Debian 12's liburing-dev). Empty when io_uring is not
+	// compiled in.
+	Liburing string
+	// CompiledOut names what this build cannot do, whatever the kernel
+	// offers, because its liburing is older than 2.9: "min-timeout batch
+	// waits" (liburing before 2.8; Config.BatchWait then has no effect).
+	// Empty with the pinned liburing.
+	CompiledOut []string
 	// RingSetup is nil when an io_uring instance could be created;
 	// otherwise it wraps ErrIOUringUnavailable and, when the kernel
 	// refused, its syscall.Errno (EPERM under a seccomp profile that
@@ -179,6 +203,14 @@ func Probe() ProbeResult {
 	cfg := DefaultConfig()
 	kp := probeKernel(uint32(cfg.RingEntries), ^uint32(0))
 	r := ProbeResult{IOUringCompiled: kp.compiled}
+	if kp.compiled {
+		r.Liburing = fmt.Sprintf("%d.%d", kp.liburing/100, kp.liburing%100)
+		for _, f := range compiledOutNames {
+			if kp.compiledOut&f.bit != 0 {
+				r.CompiledOut = append(r.CompiledOut, f.name)
+			}
+		}
+	}
 	if kp.compiled && kp.setupErr == 0 {
 		for _, f := range setupFlagNames {
 			if kp.setupFlags&f.bit != 0 {
@@ -213,6 +245,13 @@ func (r ProbeResult) String() string {
 		return "no"
 	}
 	fmt.Fprintf(&b, "io_uring compiled in: %s\n", yes(r.IOUringCompiled))
+	if r.Liburing != "" {
+		fmt.Fprintf(&b, "built against liburing %s", r.Liburing)
+		if len(r.CompiledOut) > 0 {
+			fmt.Fprintf(&b, ": %s unavailable", strings.Join(r.CompiledOut, ", "))
+		}
+		b.WriteString("\n")
+	}
 	if r.RingSetup != nil {
 		fmt.Fprintf(&b, "io_uring ring setup: %v\n", r.RingSetup)
 	} else if r.IOUringCompiled {

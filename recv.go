@@ -28,7 +28,7 @@ func (cn *conn) spillLent() {
 	if cn.lentOff < cn.lentEnd {
 		cn.appendAcc(cn.lentData())
 	}
-	cn.w.be.recycle(uint16(cn.lent))
+	cn.w.recycle(uint16(cn.lent))
 	cn.lent = -1
 }
 
@@ -51,9 +51,14 @@ func (cn *conn) appendAcc(b []byte) {
 			if nc < need {
 				nc = need
 			}
-			if nc < 4096 {
+			if nc < 4096 && !cn.accShared && cap(cn.acc) > 0 {
 				nc = 4096
 			}
+			// A fresh array after a retained one (or the first) is sized
+			// to the data, rounded to 64: a small message retained from
+			// WithBytes then pins a small array, not 4 KiB. The copy is
+			// the one WithBytes makes anyway.
+			nc = (nc + 63) &^ 63
 			na := make([]byte, unread, nc)
 			copy(na, cn.acc[cn.accOff:])
 			cn.acc = na
@@ -87,7 +92,7 @@ func (cn *conn) onRecv(bid uint16, n int) {
 		cn.sinkN += k
 		data = data[k:]
 		if len(data) == 0 {
-			w.be.recycle(bid)
+			w.recycle(bid)
 			cn.task.wake(waitRecv)
 			return
 		}
@@ -102,7 +107,7 @@ func (cn *conn) onRecv(bid uint16, n int) {
 	} else {
 		cn.spillLent()
 		cn.appendAcc(data)
-		w.be.recycle(bid)
+		w.recycle(bid)
 	}
 	cn.task.wake(waitRecv)
 	if cn.buffered() >= w.cfg.MaxRecvAccumulator {
@@ -158,8 +163,11 @@ func (cn *conn) park() {
 // f consumed. When nothing is buffered, or f returned NeedMore, Consumed(0)
 // or NeedAtLeast, the task suspends until more bytes arrive and f runs again
 // over all unread bytes. It returns 0 when the peer closed (FIN or reset)
-// with nothing more to read, when the connection is closed, or when the
-// handle is stale.
+// with nothing more to read, when the connection is closed, when the
+// handle is stale, or when the read deadline passed; Err then tells which
+// (nil for a clean close, the failure, or an error satisfying
+// errors.Is(err, os.ErrDeadlineExceeded), after which the connection is
+// still usable).
 //
 // The slice f sees is valid only during the call: it may be the kernel's
 // receive buffer itself. Use WithBytes to keep received bytes. f runs
@@ -169,29 +177,37 @@ func (cn *conn) park() {
 // Await), Close, and SetRecvSink (which takes effect once f's Consumed has
 // been applied).
 //
-// WithData must be called by the connection's own task; from any other
-// task it returns 0.
+// WithData must be called by the task that owns the connection; from any
+// other task, or off the worker, it returns 0 without calling f or
+// touching the connection's bytes.
 func (c ConnCtx) WithData(f func([]byte) ParseResult) int {
 	return c.withData(f, nil)
 }
 
 // WithBytes is WithData for closures that keep what they are given: the
 // Bytes may be retained and sliced after f returns, and its memory is never
-// overwritten. It costs a copy out of the kernel buffer.
+// overwritten. It costs a copy out of the kernel buffer, and what is
+// retained keeps its whole receive array alive (see Bytes).
 func (c ConnCtx) WithBytes(f func(Bytes) ParseResult) int {
 	return c.withData(nil, f)
 }
 
 func (c ConnCtx) withData(f func([]byte) ParseResult, fb func(Bytes) ParseResult) int {
+	// The owner check comes before anything is parsed: a closure run over
+	// another connection's bytes would consume them.
+	cn := c.owned("WithData")
+	if cn == nil {
+		return 0
+	}
 	want := 1
 	for {
-		cn := c.get()
-		if cn == nil || cn.closeWanted {
+		if cn.closeWanted || cn.state != connOpen {
 			return cn.stopped()
 		}
 		if avail := cn.buffered(); avail >= want {
 			r, n := cn.runParse(f, fb)
 			if n > 0 {
+				cn.rdTimedOut = false
 				return n
 			}
 			want = avail + 1
@@ -208,12 +224,13 @@ func (c ConnCtx) withData(f func([]byte) ParseResult, fb func(Bytes) ParseResult
 		if cn.eof {
 			return cn.stopped()
 		}
-		cn.resumeRecv()
-		t := cn.w.cur
-		if t == nil || t.conn != cn {
-			return 0
+		if cn.readExpired() {
+			return 0 // Err reports the deadline; the connection stays usable
 		}
-		t.suspend(waitRecv)
+		cn.resumeRecv()
+		cn.task.suspend(waitRecv)
+		// The slot cannot be reused while its task lives, so cn is still
+		// this connection.
 	}
 }
 
@@ -226,6 +243,7 @@ func (c ConnCtx) withData(f func([]byte) ParseResult, fb func(Bytes) ParseResult
 func (cn *conn) limitClose() {
 	avail := cn.buffered()
 	cn.closeReason = "receive accumulator limit reached without parse progress"
+	cn.fail(ErrRecvLimit)
 	cn.w.log.Warn("ringline: closing connection", "worker", cn.w.id, "conn", cn.idx,
 		"reason", cn.closeReason, "buffered", avail, "limit", cn.w.cfg.MaxRecvAccumulator)
 	cn.w.st.limitCloses++
@@ -267,9 +285,10 @@ func (cn *conn) runParse(f func([]byte) ParseResult, fb func(Bytes) ParseResult)
 		data := cn.lentData()
 		r = f(data)
 		n = clampConsumed(r.consumed, len(data))
+		poison(data[:n])
 		cn.lentOff += uint32(n)
 		if cn.lentOff == cn.lentEnd {
-			w.be.recycle(uint16(cn.lent))
+			w.recycle(uint16(cn.lent))
 			cn.lent = -1
 		}
 	} else {
@@ -282,6 +301,9 @@ func (cn *conn) runParse(f func([]byte) ParseResult, fb func(Bytes) ParseResult)
 			r = fb(Bytes(data))
 		}
 		n = clampConsumed(r.consumed, len(data))
+		if f != nil && !cn.accShared {
+			poison(data[:n])
+		}
 		if n > 0 {
 			cn.consumeAcc(n)
 		}
@@ -310,9 +332,11 @@ func clampConsumed(n, max int) int {
 
 // TryWithData runs f over the unread bytes if there are any and never
 // suspends. It reports false (and does not call f) when nothing is
-// buffered; otherwise f's result, with the consumed bytes dropped.
+// buffered; otherwise f's result, with the consumed bytes dropped. Like
+// WithData it is reserved to the connection's owning task (false
+// otherwise).
 func (c ConnCtx) TryWithData(f func([]byte) ParseResult) (ParseResult, bool) {
-	cn := c.get()
+	cn := c.owned("TryWithData")
 	if cn == nil || cn.buffered() == 0 {
 		return ParseResult{}, false
 	}
@@ -326,7 +350,7 @@ func (c ConnCtx) TryWithData(f func([]byte) ParseResult) (ParseResult, bool) {
 // RecvReady for data, then TakeRecvSink to learn how much landed. buf is
 // owned by the connection until TakeRecvSink.
 func (c ConnCtx) SetRecvSink(buf []byte) {
-	cn := c.get()
+	cn := c.owned("SetRecvSink")
 	if cn == nil {
 		return
 	}
@@ -351,7 +375,7 @@ func (cn *conn) fillSink() {
 // TakeRecvSink detaches the sink set by SetRecvSink and returns how many
 // bytes were written into it. Later bytes go to the accumulator again.
 func (c ConnCtx) TakeRecvSink() int {
-	cn := c.get()
+	cn := c.owned("TakeRecvSink")
 	if cn == nil || cn.sink == nil {
 		return 0
 	}
@@ -361,25 +385,29 @@ func (c ConnCtx) TakeRecvSink() int {
 }
 
 // RecvReady suspends the task until the sink holds at least one byte (or,
-// with no sink, until unread bytes are buffered), or the peer closed. It
-// reports whether data is available.
+// with no sink, until unread bytes are buffered), the peer closed, or the
+// read deadline passed (Err then says so). It reports whether data is
+// available.
 func (c ConnCtx) RecvReady() bool {
+	cn := c.owned("RecvReady")
+	if cn == nil {
+		return false
+	}
 	for {
-		cn := c.get()
-		if cn == nil {
+		if cn.state == connFree {
 			return false
 		}
 		if (cn.sink != nil && cn.sinkN > 0) || (cn.sink == nil && cn.buffered() > 0) {
+			cn.rdTimedOut = false
 			return true
 		}
 		if cn.eof {
 			return cn.buffered() > 0
 		}
-		cn.resumeRecv()
-		t := cn.w.cur
-		if t == nil || t.conn != cn {
-			return false
+		if cn.readExpired() {
+			return false // Err reports the deadline
 		}
-		t.suspend(waitRecv)
+		cn.resumeRecv()
+		cn.task.suspend(waitRecv)
 	}
 }

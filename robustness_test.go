@@ -1,9 +1,11 @@
 package ringline
 
 import (
+	"errors"
 	"io"
 	"net"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -66,28 +68,41 @@ func TestAwaitOtherConnectionsFuture(t *testing.T) {
 }
 
 // NeedAtLeast(n) with n above MaxRecvAccumulator: once the accumulator
-// reaches the limit the connection is closed (WithData returns 0), rather
-// than the task sleeping forever on a paused recv.
+// reaches the limit the connection is closed (WithData returns 0, the limit
+// close is counted and logged with its reason), rather than the task
+// sleeping forever on a paused recv. The client never half-closes: the task
+// must end on the limit alone, before any FIN from the peer.
 func TestNeedAtLeastAboveLimitCloses(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
 		cfg := testConfig(be)
 		cfg.MaxRecvAccumulator = 256 << 10
+		logs := captureLog(&cfg)
 		ret := make(chan int, 1)
 		rt := serve(t, cfg, func(c ConnCtx) {
 			n := c.WithData(func(b []byte) ParseResult { return NeedAtLeast(1 << 20) })
 			ret <- n
 		})
 		c := dial(t, rt)
-		go func() {
-			_, _ = c.Write(make([]byte, 2<<20)) // blocks once the server stops reading
-		}()
-		time.Sleep(200 * time.Millisecond)
-		_ = c.CloseWrite()
+		// More than the limit; the write is cut off by the close (or fits
+		// in the socket buffers first), and the client never sends FIN.
+		werr := writeAsync(c, make([]byte, 2<<20))
 		select {
 		case n := <-ret:
 			require.Zero(t, n)
-		case <-time.After(3 * time.Second):
-			t.Fatal("connection neither closed at the accumulator limit nor saw EOF: task asleep forever with recv paused")
+		case <-time.After(10 * time.Second):
+			t.Fatal("connection not closed at the accumulator limit: task asleep forever with recv paused")
+		}
+		require.True(t, settle(5*time.Second, func() bool { return Total(rt.Stats()).LimitCloses == 1 }),
+			"LimitCloses = %d, want 1", Total(rt.Stats()).LimitCloses)
+		assert.Contains(t, logs.String(), "receive accumulator limit")
+		// The peer sees the close: EOF, or a reset because its bytes were
+		// left unread.
+		_, err := io.ReadAll(c)
+		if err != nil {
+			require.ErrorIs(t, err, syscall.ECONNRESET)
+		}
+		if err := <-werr; err != nil {
+			require.True(t, errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE), "write: %v", err)
 		}
 	})
 }

@@ -7,9 +7,13 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ringline-go/ringline/internal/gid"
 )
 
 // Builder collects what Launch needs: a Config and the address to serve.
@@ -79,6 +83,9 @@ func (b *Builder) Launch(factory func(workerID int) AsyncEventHandler) (*Runtime
 		rt.wg.Wait()
 		close(rt.done)
 	}()
+	if rt.cfg.StallThreshold > 0 {
+		go rt.watchdog()
+	}
 	return rt, nil
 }
 
@@ -107,7 +114,9 @@ func (rt *Runtime) Shutdown() {
 }
 
 // Wait blocks until every worker has stopped and released its ring,
-// buffers, sockets and task goroutines.
+// buffers, sockets and task goroutines. A task that never yields (it
+// blocks, or loops without calling a suspending method) keeps its worker
+// from stopping, and Wait with it: use ShutdownContext to bound the wait.
 func (rt *Runtime) Wait() {
 	rt.wg.Wait()
 }
@@ -115,9 +124,69 @@ func (rt *Runtime) Wait() {
 // Done returns a channel closed when every worker has stopped.
 func (rt *Runtime) Done() <-chan struct{} { return rt.done }
 
+// ShutdownContext is Shutdown followed by a wait that ends when every
+// worker has stopped (it returns nil) or when ctx is done. Then it returns
+// an error naming each worker that has not stopped and for how long it has
+// been running one loop iteration without coming back (a task that blocks
+// or never yields cannot be preempted). The workers keep trying to stop;
+// a program that must exit can do so.
+func (rt *Runtime) ShutdownContext(ctx context.Context) error {
+	rt.Shutdown()
+	select {
+	case <-rt.done:
+		return nil
+	case <-ctx.Done():
+	}
+	var stuck []string
+	for _, w := range rt.workers {
+		if w.exited.Load() {
+			continue
+		}
+		msg := fmt.Sprintf("worker %d", w.id)
+		if b := w.busySince.Load(); b != 0 {
+			msg += fmt.Sprintf(" (a task has run %v without yielding)", (time.Duration(w.now() - b)).Round(time.Millisecond))
+		}
+		stuck = append(stuck, msg)
+	}
+	if len(stuck) == 0 {
+		return nil
+	}
+	return fmt.Errorf("ringline: shutdown did not finish: %s did not stop: %w", strings.Join(stuck, ", "), ctx.Err())
+}
+
+// watchdog runs off the workers' threads and reports a worker whose loop
+// iteration has lasted longer than Config.StallThreshold: in practice a
+// task that blocks (time.Sleep, a channel, a mutex, net) and stalls every
+// connection of its worker. Each stall is counted and logged once.
+func (rt *Runtime) watchdog() {
+	limit := rt.cfg.StallThreshold
+	tick := time.NewTicker(max(limit/4, time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-rt.done:
+			return
+		case <-tick.C:
+		}
+		for _, w := range rt.workers {
+			b := w.busySince.Load()
+			if b == 0 || b == w.stallReported || time.Duration(w.now()-b) < limit {
+				continue
+			}
+			w.stallReported = b
+			w.pub.stalls.Add(1)
+			rt.cfg.Logger.Warn("ringline: worker stalled: a task has run without yielding, so every connection of this worker waits (a task must not block: no time.Sleep, channel waits, long mutex holds or net calls)",
+				"worker", w.id, "running_for", time.Duration(w.now()-b).Round(time.Millisecond), "threshold", limit)
+		}
+	}
+}
+
 // listenReusePort opens n listeners on addr with SO_REUSEPORT; when the
-// port is 0 the first one picks it and the rest join it.
-func listenReusePort(addr string, n, backlog int) ([]int, net.Addr, error) {
+// port is 0 the first one picks it and the rest join it. Unless share is
+// set, it first checks that no other socket holds the address: SO_REUSEPORT
+// would otherwise let a second server (another copy of the same program,
+// say) start without error and silently take half the connections.
+func listenReusePort(addr string, n, backlog int, share bool) ([]int, net.Addr, error) {
 	host, portStr, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("ringline: bind %q: %w", addr, err)
@@ -143,16 +212,35 @@ func listenReusePort(addr string, n, backlog int) ([]int, net.Addr, error) {
 		}
 		return nil, nil, fmt.Errorf("ringline: %s %s: %w", op, addr, err)
 	}
+	sockaddr := func() (int, unix.Sockaddr) {
+		if ip.Is4() || ip.Is4In6() {
+			return unix.AF_INET, &unix.SockaddrInet4{Port: port, Addr: ip.Unmap().As4()}
+		}
+		return unix.AF_INET6, &unix.SockaddrInet6{Port: port, Addr: ip.As16()}
+	}
+	if !share && port != 0 {
+		// A socket without SO_REUSEPORT cannot bind where any socket is
+		// bound (SO_REUSEADDR still lets it past TIME_WAIT), so this bind
+		// fails exactly when the address is taken. A second ringline
+		// server making the same check cannot join this one's group.
+		domain, sa := sockaddr()
+		fd, err := unix.Socket(domain, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fail("socket", err)
+		}
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+		err = unix.Bind(fd, sa)
+		unix.Close(fd)
+		if err != nil {
+			if err == unix.EADDRINUSE {
+				return nil, nil, fmt.Errorf("ringline: bind %s: another socket already holds the address (set Config.ReusePort to share it): %w", addr, err)
+			}
+			return fail("bind", err)
+		}
+	}
 	var bound net.Addr
 	for i := 0; i < n; i++ {
-		domain := unix.AF_INET6
-		var sa unix.Sockaddr
-		if ip.Is4() || ip.Is4In6() {
-			domain = unix.AF_INET
-			sa = &unix.SockaddrInet4{Port: port, Addr: ip.Unmap().As4()}
-		} else {
-			sa = &unix.SockaddrInet6{Port: port, Addr: ip.As16()}
-		}
+		domain, sa := sockaddr()
 		fd, err := unix.Socket(domain, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 		if err != nil {
 			return fail("socket", err)
@@ -205,7 +293,7 @@ func (b *Builder) start(cfg Config, kind Backend, factory func(workerID int) Asy
 	var lfds []int
 	var err error
 	if b.addr != "" {
-		lfds, rt.addr, err = listenReusePort(b.addr, cfg.Workers, cfg.ListenBacklog)
+		lfds, rt.addr, err = listenReusePort(b.addr, cfg.Workers, cfg.ListenBacklog, cfg.ReusePort)
 		if err != nil {
 			return nil, err
 		}
@@ -221,7 +309,9 @@ func (b *Builder) start(cfg Config, kind Backend, factory func(workerID int) Asy
 		rt.wg.Add(1)
 		go func() {
 			defer rt.wg.Done()
+			defer w.exited.Store(true)
 			lockThread()
+			w.g = gid.Get()
 			w.pin()
 			if err := w.setup(kind); err != nil {
 				ready <- &workerSetupError{worker: w.id, err: err}

@@ -32,7 +32,16 @@ func (p *sendPool) get() uint32 {
 	return s
 }
 
-func (p *sendPool) put(s uint32) { p.free = append(p.free, s) }
+func (p *sendPool) put(s uint32) {
+	if debugPoison {
+		poison(p.slot(s))
+	}
+	p.free = append(p.free, s)
+}
+
+// inUse is how many slots are taken (free never grows past its capacity,
+// the slot count).
+func (p *sendPool) inUse() int { return cap(p.free) - len(p.free) }
 
 func (p *sendPool) slot(s uint32) []byte {
 	off := int(s) * int(p.slotSize)
@@ -75,8 +84,9 @@ type iovec struct {
 }
 
 // enqueue copies b behind the connection's queued bytes, filling the tail
-// slot first. It is all or nothing: when the pool cannot hold b, nothing is
-// queued and ErrSendPoolExhausted is returned.
+// slot first. It is all or nothing: when the connection's queue would pass
+// MaxSendQueue or the pool cannot hold b, nothing is queued and
+// ErrSendQueueFull or ErrSendPoolExhausted is returned.
 func (c *conn) enqueue(b []byte) error {
 	w := c.w
 	p := w.pool
@@ -90,6 +100,10 @@ func (c *conn) enqueue(b []byte) error {
 			w.st.poolExhausted++
 			return ErrSendPoolExhausted
 		}
+	}
+	if out := int(c.queued - c.sent); out > 0 && out+len(b) > w.cfg.MaxSendQueue {
+		w.st.sendQueueFull++
+		return ErrSendQueueFull
 	}
 	c.queued += uint64(len(b))
 	if room > 0 {

@@ -4,11 +4,14 @@ import "sync/atomic"
 
 // counters are a worker's plain counters, written only by its goroutine.
 type counters struct {
-	accepted, rejected, closed uint64
-	bytesIn, bytesOut          uint64
-	loops, resumes             uint64
-	enobufs, poolExhausted     uint64
-	taskPanics, limitCloses    uint64
+	accepted, rejected, closed   uint64
+	bytesIn, bytesOut            uint64
+	loops, resumes               uint64
+	enobufs, poolExhausted       uint64
+	taskPanics, limitCloses      uint64
+	taskGoexits                  uint64
+	acceptErrors, acceptRefused  uint64
+	drainTimeouts, sendQueueFull uint64
 }
 
 // publishedCounters are the same, copied once per loop iteration so other
@@ -16,7 +19,12 @@ type counters struct {
 type publishedCounters struct {
 	accepted, rejected, closed, bytesIn, bytesOut, loops, resumes atomic.Uint64
 	enobufs, poolExhausted, taskPanics, limitCloses               atomic.Uint64
+	taskGoexits, acceptErrors, acceptRefused                      atomic.Uint64
+	drainTimeouts, sendQueueFull                                  atomic.Uint64
 	cgoCalls, enters                                              atomic.Uint64
+	poolInUse                                                     atomic.Uint64
+	// stalls is written by the watchdog goroutine, not by publish.
+	stalls atomic.Uint64
 }
 
 func (w *worker) publish() {
@@ -32,6 +40,12 @@ func (w *worker) publish() {
 	p.poolExhausted.Store(s.poolExhausted)
 	p.taskPanics.Store(s.taskPanics)
 	p.limitCloses.Store(s.limitCloses)
+	p.taskGoexits.Store(s.taskGoexits)
+	p.acceptErrors.Store(s.acceptErrors)
+	p.acceptRefused.Store(s.acceptRefused)
+	p.drainTimeouts.Store(s.drainTimeouts)
+	p.sendQueueFull.Store(s.sendQueueFull)
+	p.poolInUse.Store(uint64(w.pool.inUse()))
 	p.cgoCalls.Store(w.be.cgoCalls())
 	p.enters.Store(w.be.enters())
 }
@@ -48,16 +62,46 @@ type WorkerStats struct {
 	// LoopIterations counts backend enters made by the loop; TaskResumes
 	// counts coroutine resumes.
 	LoopIterations, TaskResumes uint64
-	// CgoCalls counts calls into the C layer (0 on epoll); RingEnters
-	// counts io_uring_enter calls (on epoll: epoll_wait calls).
+	// CgoCalls counts every call this worker made into the C layer (0 on
+	// epoll): a few to set its ring up, one per loop iteration however
+	// many operations it carries (a second only if the staging area could
+	// not grow for lack of memory), and two at shutdown (the last submit
+	// and the ring's release). The feature probe that Launch and Probe
+	// run outside any worker is not counted here. RingEnters counts
+	// io_uring_enter calls (on epoll: epoll_wait calls); one call into C
+	// may enter more than once, e.g. to submit more operations than the
+	// SQ holds or to drain an overflowed CQ.
 	CgoCalls, RingEnters uint64
 	// ENOBUFS counts receives that found no provided buffer and parked.
 	ENOBUFS uint64
 	// SendPoolExhausted counts sends refused with ErrSendPoolExhausted.
 	SendPoolExhausted uint64
-	// TaskPanics counts tasks that panicked; LimitCloses counts
-	// connections closed for exceeding MaxRecvAccumulator.
-	TaskPanics, LimitCloses uint64
+	// SendSlotsInUse is how many send pool slots hold queued bytes (a
+	// gauge, not a counter: Total sums it over workers).
+	SendSlotsInUse uint64
+	// SendQueueFull counts sends refused with ErrSendQueueFull.
+	SendQueueFull uint64
+	// TaskPanics counts tasks that panicked and TaskGoexits tasks that
+	// called runtime.Goexit (each closed its connection only);
+	// LimitCloses counts connections closed for exceeding
+	// MaxRecvAccumulator.
+	TaskPanics, TaskGoexits, LimitCloses uint64
+	// AcceptErrors counts failed accepts (logged at most once a second);
+	// AcceptRefused counts clients accepted and reset at once because
+	// the process had no file descriptor left for them (EMFILE/ENFILE).
+	AcceptErrors, AcceptRefused uint64
+	// DrainTimeouts counts closed connections reset because their peer
+	// did not take the queued bytes within Config.CloseDrainTimeout.
+	DrainTimeouts uint64
+	// Wakeups counts the times another goroutine had to wake the worker
+	// (an eventfd write): wakes coalesce, so a burst of posts costs a
+	// few.
+	Wakeups uint64
+	// ForeignCalls counts ConnCtx calls refused with ErrNotInWorker.
+	ForeignCalls uint64
+	// Stalls counts loop iterations the watchdog saw run longer than
+	// Config.StallThreshold (a task that blocks instead of yielding).
+	Stalls uint64
 }
 
 // Stats returns a snapshot of every worker's counters.
@@ -71,7 +115,10 @@ func (rt *Runtime) Stats() []WorkerStats {
 			LoopIterations: p.loops.Load(), TaskResumes: p.resumes.Load(),
 			CgoCalls: p.cgoCalls.Load(), RingEnters: p.enters.Load(),
 			ENOBUFS: p.enobufs.Load(), SendPoolExhausted: p.poolExhausted.Load(),
-			TaskPanics: p.taskPanics.Load(), LimitCloses: p.limitCloses.Load()}
+			SendSlotsInUse: p.poolInUse.Load(), SendQueueFull: p.sendQueueFull.Load(),
+			TaskPanics: p.taskPanics.Load(), TaskGoexits: p.taskGoexits.Load(), LimitCloses: p.limitCloses.Load(),
+			AcceptErrors: p.acceptErrors.Load(), AcceptRefused: p.acceptRefused.Load(),
+			DrainTimeouts: p.drainTimeouts.Load(), ForeignCalls: w.foreign.calls.Load(), Wakeups: w.wakeups.Load(), Stalls: p.stalls.Load()}
 	}
 	return out
 }
@@ -91,8 +138,17 @@ func Total(stats []WorkerStats) WorkerStats {
 		t.RingEnters += s.RingEnters
 		t.ENOBUFS += s.ENOBUFS
 		t.SendPoolExhausted += s.SendPoolExhausted
+		t.SendSlotsInUse += s.SendSlotsInUse
+		t.SendQueueFull += s.SendQueueFull
 		t.TaskPanics += s.TaskPanics
+		t.TaskGoexits += s.TaskGoexits
 		t.LimitCloses += s.LimitCloses
+		t.AcceptErrors += s.AcceptErrors
+		t.AcceptRefused += s.AcceptRefused
+		t.DrainTimeouts += s.DrainTimeouts
+		t.ForeignCalls += s.ForeignCalls
+		t.Wakeups += s.Wakeups
+		t.Stalls += s.Stalls
 	}
 	return t
 }

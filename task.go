@@ -4,23 +4,37 @@ import (
 	"fmt"
 	"iter"
 	"runtime/debug"
+
+	"github.com/ringline-go/ringline/internal/gid"
 )
 
-// waitFor says which event wakes a suspended task; anything else leaves it
+// waitFor says which events wake a suspended task; anything else leaves it
 // asleep, so an event stream on a busy connection does not resume a task
-// that cannot make progress.
+// that cannot make progress, and a sleeping task is woken by its timer
+// only.
 const (
 	waitNone uint8 = 0
-	waitRecv uint8 = 1 << 0
-	waitSend uint8 = 1 << 1
+	waitRecv uint8 = 1 << iota // data, EOF or a read deadline on an owned connection
+	waitSend                   // a send completed (own connection or a SendFuture awaited)
+	waitTimer                  // a timer this task waits on fired
+	waitJoin                   // a task this one joins ended
+	waitMail                   // a mailbox this task receives from got a value
+	waitConn                   // an outbound connect completed (Connect)
 )
 
 // task is a coroutine (iter.Pull) owned by one worker: created, resumed and
 // stopped only on the worker's locked goroutine. Suspending is a yield back
-// to the loop, ~100 ns, not a goroutine hand-off.
+// to the loop, ~100 ns, not a goroutine hand-off. A task is the body of an
+// accepted connection (OnAccept), a spawned task (TaskCtx.Spawn,
+// Runtime.Post) or a worker's start task (OnStart).
 type task struct {
-	w       *worker
-	conn    *conn
+	w *worker
+	// owned lists the connections this task drives: its accepted one and
+	// any it connected. They close when the task ends.
+	owned []*conn
+	// g is the coroutine's goroutine identity (internal/gid), set when it
+	// first runs; ConnCtx methods compare against it through worker.curG.
+	g       uintptr
 	next    func() (struct{}, bool)
 	stop    func()
 	yield   func(struct{}) bool
@@ -28,51 +42,118 @@ type task struct {
 	queued  bool
 	done    bool
 	killed  bool
+	// abort: Abort was called; the task is stopped at its next
+	// suspension (or by the loop, if it is suspended now).
+	abort bool
 	// toldStop: the task was already told the worker is stopping.
 	toldStop bool
+	// prevT, nextT link the worker's live tasks.
+	prevT, nextT *task
+	// sleep is the timer Sleep and deadlines of Select use.
+	sleep timerNode
+	// joiners are tasks waiting in Join for this one to end; result is
+	// how it ended (nil, a *PanicError, ErrAborted).
+	joiners []*task
+	result  error
 }
 
-// taskKilled unwinds a task that the worker stopped (shutdown). Tasks must
-// not swallow it with a blanket recover.
+// taskKilled unwinds a task that the worker stopped (shutdown, Abort).
+// Tasks must not swallow it with a blanket recover.
 type taskKilled struct{}
 
+// taskGoexited is what a task that called runtime.Goexit turns into. Goexit
+// cannot be stopped, and iter.Pull would re-raise it on the worker's
+// goroutine, ending the worker. A panic raised by a deferred call while
+// Goexit unwinds is recovered by iter.Pull and re-raised as that panic
+// instead, which the worker can recover: so the task ends, its connection
+// closes, and the worker lives on.
+type taskGoexited struct{}
+
+// PanicError is how a spawned task's panic reaches JoinHandle.Join: the
+// panic is recovered on the task's worker, logged and counted, never
+// re-raised into the joiner.
+type PanicError struct {
+	Value any    // what the task panicked with
+	Stack []byte // the task's stack when it panicked
+}
+
+func (e *PanicError) Error() string { return fmt.Sprintf("ringline: task panicked: %v", e.Value) }
+
+// newTask makes a task that runs body; c, when not nil, is the connection
+// it owns from the start (an accepted one).
 func (w *worker) newTask(c *conn, body func()) *task {
-	t := &task{w: w, conn: c}
+	t := &task{w: w}
+	t.sleep.kind = tmTask
+	t.sleep.task = t
+	if c != nil {
+		t.owned = append(make([]*conn, 0, 1), c)
+		c.task = t
+	}
 	seq := func(yield func(struct{}) bool) {
 		t.yield = yield
+		t.g = gid.Get()
+		w.curG.Store(t.g)
+		returned := false
 		defer func() {
-			// A panic unwinds every parse closure on the stack (they
-			// cannot suspend, so all belong to this task).
+			// A panic or Goexit unwinds every parse closure on the stack
+			// (they cannot suspend, so all belong to this task).
 			for _, pc := range w.parsing {
 				pc.parsing, pc.sinkPending = false, false
 			}
 			w.parsing = w.parsing[:0]
-			if r := recover(); r != nil {
-				if _, ok := r.(taskKilled); ok {
-					return
+			r := recover()
+			if r == nil {
+				if !returned {
+					w.taskGoexit(t)
+					t.result = ErrGoexit
+					panic(taskGoexited{})
 				}
-				w.log.Error("ringline: task panicked; closing its connection",
-					"worker", w.id, "conn", connIndexOf(c), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-				w.st.taskPanics++
+				return
 			}
+			if _, ok := r.(taskKilled); ok {
+				if t.result == nil {
+					t.result = ErrAborted
+				}
+				return
+			}
+			pe := &PanicError{Value: r, Stack: debug.Stack()}
+			t.result = pe
+			w.log.Error("ringline: task panicked; closing its connections",
+				"worker", w.id, "conn", t.connIndex(), "panic", fmt.Sprint(r), "stack", string(pe.Stack))
+			w.st.taskPanics++
 		}()
 		body()
+		returned = true
 	}
 	t.next, t.stop = iter.Pull(seq)
 	return t
 }
 
-func connIndexOf(c *conn) int {
-	if c == nil {
+// taskGoexit reports a task that called runtime.Goexit (t.FailNow and
+// require.* do). Kept out of line so its frame is not on every task stack.
+//
+//go:noinline
+func (w *worker) taskGoexit(t *task) {
+	w.st.taskGoexits++
+	w.log.Error("ringline: task called runtime.Goexit (t.FailNow, require.*?); closing its connections, the worker goes on",
+		"worker", w.id, "conn", t.connIndex())
+}
+
+// connIndex names the task's first connection for logs, -1 for none.
+func (t *task) connIndex() int {
+	if len(t.owned) == 0 {
 		return -1
 	}
-	return int(c.idx)
+	return int(t.owned[0].idx)
 }
 
 // suspend yields to the worker loop until an event in mask wakes the task.
 func (t *task) suspend(mask uint8) {
 	if len(t.w.parsing) > 0 {
-		panic("ringline: a WithData/WithBytes/TryWithData closure must not suspend (no Await, WithData or RecvReady inside it): return from the closure first")
+		panic("ringline: a WithData/WithBytes/TryWithData closure must not suspend (no Await, Sleep, WithData or RecvReady inside it): return from the closure first")
+	}
+	if t.abort {
+		panic(taskKilled{})
 	}
 	t.waiting = mask
 	if !t.yield(struct{}{}) {
@@ -90,6 +171,12 @@ func (t *task) wake(ev uint8) {
 	t.w.runq = append(t.w.runq, t)
 }
 
+// start queues a new task for its first run.
+func (t *task) start() {
+	t.waiting = waitRecv
+	t.wake(waitRecv)
+}
+
 // resume runs t until it suspends or returns.
 func (w *worker) resume(t *task) {
 	t.queued = false
@@ -98,7 +185,7 @@ func (w *worker) resume(t *task) {
 	}
 	prev := w.cur
 	w.cur = t
-	_, alive := t.next()
+	alive := w.step(t.next)
 	w.cur = prev
 	w.st.resumes++
 	if !alive {
@@ -107,21 +194,53 @@ func (w *worker) resume(t *task) {
 	}
 	// A lent kernel buffer never outlives one resume: the ring gets it
 	// back now and the unread rest moves to the accumulator.
-	if c := t.conn; c != nil && c.lent >= 0 {
-		c.spillLent()
+	for _, c := range t.owned {
+		if c.lent >= 0 {
+			c.spillLent()
+		}
 	}
 }
 
+// step switches into a task through next (or stop) and reports whether it
+// is still alive. curG names the running coroutine for the ownership
+// check while it runs; a task that Goexited surfaces here as a
+// taskGoexited panic and counts as ended.
+func (w *worker) step(next func() (struct{}, bool)) (alive bool) {
+	w.curG.Store(w.cur.g)
+	defer func() {
+		w.curG.Store(0)
+		if r := recover(); r != nil {
+			if _, ok := r.(taskGoexited); !ok {
+				panic(r)
+			}
+			alive = false
+		}
+	}()
+	_, alive = next()
+	return alive
+}
+
+// taskDone releases what an ended task held: its connections close (after
+// their queued sends drain), its timer is disarmed, joiners wake.
 func (w *worker) taskDone(t *task) {
 	t.done = true
-	if c := t.conn; c != nil {
+	w.timers.remove(&t.sleep)
+	for i, c := range t.owned {
 		if c.lent >= 0 {
 			c.spillLent()
 		}
 		c.task = nil
 		c.requestClose()
 		c.maybeFree()
+		t.owned[i] = nil
 	}
+	t.owned = t.owned[:0]
+	for i, j := range t.joiners {
+		j.wake(waitJoin)
+		t.joiners[i] = nil
+	}
+	t.joiners = nil
+	w.dropTask(t)
 }
 
 // kill stops a suspended task: its pending yield returns false and the
@@ -133,7 +252,13 @@ func (w *worker) kill(t *task) {
 	t.killed = true
 	prev := w.cur
 	w.cur = t
-	t.stop()
+	w.step(func() (struct{}, bool) { t.stop(); return struct{}{}, false })
 	w.cur = prev
 	w.taskDone(t)
+}
+
+// own adds c to the connections t drives.
+func (t *task) own(c *conn) {
+	c.task = t
+	t.owned = append(t.owned, c)
 }

@@ -3,8 +3,13 @@
 package ringline
 
 /*
+// Which liburing: go puts CGO_CFLAGS/CGO_LDFLAGS before these flags, so
+// the first -I and -L that has liburing wins: the caller's (the pinned
+// build from cmd/ringline-liburing), then this checkout's pinned build
+// (make), then the system's (liburing-dev). A directory that does not
+// exist is skipped. csrc/compat.h adapts rl.c to liburing 2.3 to 2.9.
 #cgo CFLAGS: -O2 -Wall -I${SRCDIR}/csrc -I${SRCDIR}/third_party/liburing/install/include
-#cgo LDFLAGS: ${SRCDIR}/third_party/liburing/install/lib/liburing.a
+#cgo LDFLAGS: -L${SRCDIR}/third_party/liburing/install/lib -luring
 #include "rl.h"
 */
 import "C"
@@ -12,6 +17,7 @@ import "C"
 import (
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -35,17 +41,37 @@ var (
 	_ [C.sizeof_struct_rl_cqe - unsafe.Sizeof(cqEntry{})]struct{}
 )
 
+// testHookCQEntries, when set by a test, replaces the completion queue size
+// (normally 4x RingEntries) of rings set up afterwards, e.g. to make the CQ
+// as small as the SQ and force it to overflow.
+var testHookCQEntries uint32
+
+// testHookNoGrow, when set by a test, makes the staging area's growth fail
+// as if out of memory, to exercise the degraded mode (submitNow).
+var testHookNoGrow bool
+
+// probeCgoCalls counts the cgo calls made by feature probes (Probe, and the
+// check Launch runs before any worker exists), which belong to no worker.
+var probeCgoCalls atomic.Uint64
+
 // uringBackend drives one worker's io_uring. Staged ops and copied-out
 // completions live in mmap'd regions, so one cgo call per enter moves a
 // whole batch without cgo pointer checks or copies.
 type uringBackend struct {
-	ring      *C.struct_rl_ring
-	entersPtr *C.uint64_t
-	flags     uint32 // RL_SETUP_* accepted
+	ring   *C.struct_rl_ring
+	status *C.struct_rl_status // the C layer's, read in place on this thread
+	final  C.struct_rl_status  // its last value, kept when the ring is freed
+	flags  uint32              // RL_SETUP_* accepted
 
-	opsMem region
-	ops    []sqOp
-	nops   int
+	// Staged ops. The area grows instead of being flushed early, so one
+	// rl_tick per loop iteration carries them all, whatever their number
+	// (rl_tick submits them in SQ-sized chunks); ops the kernel did not
+	// take stay here, in order, for the next enter.
+	opsMem    region
+	ops       []sqOp
+	nops      int
+	iterOps   int // ops staged since the last enter
+	maxStaged int // most ops staged between two enters (tests)
 
 	cqMem region
 	cqes  []cqEntry
@@ -72,8 +98,9 @@ type uringBackend struct {
 	batchNr     uint32
 	batchWaitUs uint32
 
-	nCgo    uint64
-	errWait error
+	// nCgo counts every call this backend makes into the C layer:
+	// setup, one rl_tick per enter, and the ring's release.
+	nCgo uint64
 }
 
 func newURingBackend(cfg backendConfig) (_ *uringBackend, err error) {
@@ -88,22 +115,30 @@ func newURingBackend(cfg backendConfig) (_ *uringBackend, err error) {
 	if cfg.ringFlagMask != 0 {
 		mask = C.uint(cfg.ringFlagMask)
 	}
+	// The C layer clamps the CQ to the kernel's maximum (65536).
+	cq := cfg.ringEntries * 4
+	if testHookCQEntries != 0 {
+		cq = testHookCQEntries
+	}
 	b.nCgo++
-	if rc := C.rl_ring_init(&ring, C.uint(cfg.ringEntries), C.uint(cfg.ringEntries*4), mask); rc < 0 {
+	if rc := C.rl_ring_init(&ring, C.uint(cfg.ringEntries), C.uint(cq), mask); rc < 0 {
 		return nil, fmt.Errorf("ringline: io_uring_setup: %w", syscall.Errno(-rc))
 	}
 	b.ring = ring
-	b.entersPtr = C.rl_ring_enters_ptr(ring)
-	b.flags = uint32(C.rl_ring_setup_flags(ring))
-	if cfg.batchWait > 0 && C.rl_has_min_timeout(ring) != 0 {
-		b.batchNr = batchWaitNr
-		b.batchWaitUs = uint32(max(cfg.batchWait/time.Microsecond, 1))
+	b.nCgo++
+	b.status = C.rl_ring_status(ring)
+	b.flags = uint32(b.status.setup_flags)
+	if cfg.batchWait > 0 {
+		b.nCgo++
+		if C.rl_has_min_timeout(ring) != 0 {
+			b.batchNr = batchWaitNr
+			b.batchWaitUs = uint32(max(cfg.batchWait/time.Microsecond, 1))
+		}
 	}
 
-	if b.opsMem, err = mapRegion(int(cfg.ringEntries) * int(unsafe.Sizeof(sqOp{}))); err != nil {
+	if err = b.growOps(int(cfg.ringEntries)); err != nil {
 		return nil, err
 	}
-	b.ops = unsafe.Slice((*sqOp)(b.opsMem.ptr(0)), cfg.ringEntries)
 	if b.cqMem, err = mapRegion(cqBatch * int(unsafe.Sizeof(cqEntry{}))); err != nil {
 		return nil, err
 	}
@@ -133,6 +168,9 @@ func newURingBackend(cfg backendConfig) (_ *uringBackend, err error) {
 	if lim := nofileHard(); lim > 0 && lim < n {
 		n = lim
 	}
+	if testHookFixedFiles != nil {
+		n = testHookFixedFiles(n)
+	}
 	if !cfg.plainFDs {
 		b.nCgo++
 		if rc := C.rl_files_sparse(ring, C.uint(n)); rc == 0 {
@@ -160,42 +198,81 @@ func (b *uringBackend) armWake() {
 }
 
 func (b *uringBackend) stage(op sqOp) {
-	if b.nops == len(b.ops) {
-		b.flush()
+	if b.nops == len(b.ops) && b.growOps(2*len(b.ops)) != nil {
+		// No memory for a bigger area: submit what is staged now, at
+		// the cost of a second crossing this iteration.
+		b.submitNow()
+		if b.nops == len(b.ops) {
+			// Dropping an op (a close, a send) would leak or corrupt.
+			panic("ringline: io_uring staging area full and cannot grow")
+		}
 	}
 	b.ops[b.nops] = op
 	b.nops++
+	b.iterOps++
 }
 
-// flush pushes staged ops to the kernel without waiting; completions it
-// reaps stay in the CQ ring for the next enter (cap 0 copies none).
-func (b *uringBackend) flush() {
-	b.publishBuffers()
-	b.nCgo++
-	rc := C.rl_tick(b.ring, (*C.struct_rl_op)(b.opsMem.ptr(0)), C.uint(b.nops), nil, 0, 0, -1, 0)
-	if rc < 0 {
-		b.errWait = fmt.Errorf("ringline: io_uring submit: %w", syscall.Errno(-rc))
+// submitNow pushes the staged ops without waiting or copying completions
+// out (they stay in the CQ for the next enter). A failure is reported by
+// the next enter, which meets the same condition. A trailing linked op
+// waits for the op it links to.
+func (b *uringBackend) submitNow() {
+	n := b.nops
+	if n > 0 && b.ops[n-1].flags&opFLink != 0 {
+		n--
 	}
-	b.nops = 0
+	b.nCgo++
+	C.rl_tick(b.ring, (*C.struct_rl_op)(b.opsMem.ptr(0)), C.uint(n), nil, 0, 0, -1, 0, C.int32_t(b.brTail))
+	b.keepUntaken()
+}
+
+// keepUntaken drops the ops the last rl_tick took and keeps, in order, the
+// ones it did not (refused for now by EAGAIN or EBUSY, or left by a
+// failure) for the next enter.
+func (b *uringBackend) keepUntaken() {
+	if taken := int(b.status.taken); taken < b.nops {
+		b.nops = copy(b.ops, b.ops[taken:b.nops])
+	} else {
+		b.nops = 0
+	}
+}
+
+// growOps moves the staging area to a region for at least n ops (keeping
+// the staged ones); it runs between enters, when C holds no pointer to it.
+func (b *uringBackend) growOps(n int) error {
+	if testHookNoGrow && b.ops != nil {
+		return syscall.ENOMEM
+	}
+	m, err := mapRegion(n * int(unsafe.Sizeof(sqOp{})))
+	if err != nil {
+		return err
+	}
+	ops := unsafe.Slice((*sqOp)(m.ptr(0)), len(m.b)/int(unsafe.Sizeof(sqOp{})))
+	copy(ops, b.ops[:b.nops])
+	b.opsMem.unmap()
+	b.opsMem, b.ops = m, ops
+	return nil
 }
 
 func (b *uringBackend) enter(wait bool, timeout time.Duration) ([]cqEntry, error) {
-	if b.errWait != nil {
-		err := b.errWait
-		b.errWait = nil
-		return nil, err
-	}
 	waitNr := C.uint(0)
 	if wait {
 		waitNr = C.uint(b.batchNr)
 	}
-	b.publishBuffers()
+	// One crossing: the buffer-ring tail (entries written by recycle),
+	// every staged op and the wait.
+	b.maxStaged, b.iterOps = max(b.maxStaged, b.iterOps), 0
 	b.nCgo++
 	rc := C.rl_tick(b.ring, (*C.struct_rl_op)(b.opsMem.ptr(0)), C.uint(b.nops),
-		(*C.struct_rl_cqe)(b.cqMem.ptr(0)), cqBatch, waitNr, C.int64_t(timeout), C.uint(b.batchWaitUs))
-	b.nops = 0
+		(*C.struct_rl_cqe)(b.cqMem.ptr(0)), cqBatch, waitNr, C.int64_t(timeout), C.uint(b.batchWaitUs),
+		C.int32_t(b.brTail))
+	b.keepUntaken()
 	if rc < 0 {
-		return nil, fmt.Errorf("ringline: io_uring enter: %w", syscall.Errno(-rc))
+		err := fmt.Errorf("ringline: io_uring enter: %w", syscall.Errno(-rc))
+		if syscall.Errno(-rc) == syscall.EBADR {
+			err = fmt.Errorf("%w (the kernel dropped completions: CQ overflow without memory)", err)
+		}
+		return nil, err
 	}
 	cq := b.cqes[:rc]
 	for i := range cq {
@@ -203,16 +280,12 @@ func (b *uringBackend) enter(wait bool, timeout time.Duration) ([]cqEntry, error
 			b.held++
 		}
 		if udKind(cq[i].ud) == udWake {
-			b.drainWake()
+			// The read consumed the eventfd's count; the core coalesces
+			// wakes, so a write made since shows up as the next read.
 			b.armWake()
 		}
 	}
 	return cq, nil
-}
-
-func (b *uringBackend) drainWake() {
-	var v [8]byte
-	_, _ = unix.Read(b.wakeFd, v[:])
 }
 
 func (b *uringBackend) buffer(bid uint16) []byte {
@@ -228,6 +301,10 @@ type ioURingBuf struct {
 	resv uint16 // bufs[0].resv is the ring tail
 }
 
+// recycle writes the buffer's entry; the kernel sees it once the next
+// rl_tick publishes brTail with a release store (Go has no 16-bit atomic
+// store, and a plain one would not order the entry before the tail on
+// weakly ordered CPUs such as arm64).
 func (b *uringBackend) recycle(bid uint16) {
 	e := (*ioURingBuf)(unsafe.Add(b.br, uintptr(b.brTail&b.brMask)*unsafe.Sizeof(ioURingBuf{})))
 	e.addr = b.bufMem.addr(int(bid) * int(b.bufSize))
@@ -235,14 +312,6 @@ func (b *uringBackend) recycle(bid uint16) {
 	e.bid = bid
 	b.brTail++
 	b.held--
-}
-
-// publishBuffers makes recycled buffers visible to the kernel. It runs just
-// before the cgo call, which orders the entry stores before the tail store
-// for the kernel (x86-64 TSO; the call is a compiler barrier).
-func (b *uringBackend) publishBuffers() {
-	tail := (*uint16)(unsafe.Add(b.br, 14))
-	*tail = b.brTail
 }
 
 func (b *uringBackend) buffersFree() int { return int(b.bufCount) - b.held }
@@ -255,9 +324,7 @@ func (b *uringBackend) attach(idx uint32, fd int32, gen uint32) (int32, uint8) {
 	if !b.fixed || idx >= b.fixedN {
 		return fd, 0
 	}
-	if b.nops+2 > len(b.ops) {
-		b.flush() // never split the link from its recv across submits
-	}
+	// rl_tick never splits the link from its recv across submissions.
 	slot := (*int32)(b.fdsMem.ptr(int(idx) * 4))
 	*slot = fd
 	b.stage(sqOp{code: opFilesUpdate, flags: opFLink, ud: packUD(udFilesUpdate, idx, gen, 0),
@@ -285,12 +352,25 @@ func (b *uringBackend) wake() {
 func (b *uringBackend) cgoCalls() uint64 { return b.nCgo }
 
 func (b *uringBackend) enters() uint64 {
-	if b.ring == nil {
-		return 0
-	}
 	// Read in place: publish runs every loop iteration, and a cgo call
 	// there would double the loop's cgo cost. Same thread as the writer.
-	return uint64(*b.entersPtr)
+	return uint64(b.ringStatus().enters)
+}
+
+// ringStatus is the C layer's status block: live while the ring exists,
+// its last value after close.
+func (b *uringBackend) ringStatus() *C.struct_rl_status {
+	if b.status != nil {
+		return b.status
+	}
+	return &b.final
+}
+
+// injectSubmitErrors makes the next n submissions of this ring fail with
+// errno, as the kernel would fail them (tests only; safe from any
+// goroutine, and not counted in cgoCalls, which is the worker's).
+func (b *uringBackend) injectSubmitErrors(errno syscall.Errno, n int) {
+	C.rl_test_fail_submits(b.ring, C.int(errno), C.uint(n))
 }
 
 func (b *uringBackend) describe() string {
@@ -317,7 +397,18 @@ func (b *uringBackend) describe() string {
 }
 
 func (b *uringBackend) close() error {
+	// Ops a refused submission left staged never reach the kernel now;
+	// the sockets among them are closed here rather than leaked.
+	for _, op := range b.ops[:b.nops] {
+		if op.code == opClose && op.fd >= 0 {
+			_ = unix.Close(int(op.fd))
+		}
+	}
+	b.nops = 0
 	if b.ring != nil {
+		b.final = *b.status
+		b.status = nil
+		b.nCgo++
 		C.rl_ring_free(b.ring)
 		b.ring = nil
 	}

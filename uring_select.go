@@ -4,6 +4,7 @@ package ringline
 
 /*
 #include "rl.h"
+#include "buildinfo.h"
 */
 import "C"
 
@@ -24,6 +25,8 @@ var (
 	_ [C.RL_SETUP_CQSIZE - setupCQSize]struct{}
 	_ [setupTaskrunFlag - C.RL_SETUP_TASKRUN_FLAG]struct{}
 	_ [C.RL_SETUP_TASKRUN_FLAG - setupTaskrunFlag]struct{}
+	_ [outMinTimeout - C.RL_OUT_MIN_TIMEOUT]struct{}
+	_ [C.RL_OUT_MIN_TIMEOUT - outMinTimeout]struct{}
 )
 
 func newURing(bc backendConfig) (backend, error) {
@@ -34,12 +37,15 @@ func newURing(bc backendConfig) (backend, error) {
 	return b, nil
 }
 
-// probeKernel runs the C layer's feature probe (one cgo call): a real ring
-// set up under mask with entries SQEs, then torn down.
+// probeKernel runs the C layer's feature probe: a real ring set up under
+// mask with entries SQEs, then torn down. Its cgo calls (the probe, the two
+// build-info queries, one per opcode looked up) are counted in
+// probeCgoCalls.
 func probeKernel(entries, mask uint32) kernelProbe {
 	var info C.struct_rl_probe_info
+	probeCgoCalls.Add(3)
 	C.rl_probe(&info, C.uint(entries), C.uint(mask))
-	kp := kernelProbe{compiled: true}
+	kp := kernelProbe{compiled: true, liburing: int(C.rl_liburing_version()), compiledOut: uint32(C.rl_compiled_out())}
 	if info.setup_err < 0 {
 		kp.setupErr = syscall.Errno(-info.setup_err)
 		return kp
@@ -54,6 +60,7 @@ func probeKernel(entries, mask uint32) kernelProbe {
 	kp.sendmsgZC = info.sendmsg_zc != 0
 	kp.ops = make(map[string]bool, len(uringOpNames)+2)
 	for op, name := range uringOpNames {
+		probeCgoCalls.Add(1)
 		k := int(C.rl_kernel_opcode(C.int(op)))
 		kp.ops[name] = k >= 0 && k < len(info.ops) && info.ops[k] != 0
 	}

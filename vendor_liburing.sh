@@ -1,100 +1,10 @@
 #!/usr/bin/env bash
-# vendor_liburing.sh — fetch, verify and build the pinned liburing that the
-# cgo layer links against. The source is never committed; the build lands in
-# third_party/liburing (git-ignored). Re-running is a no-op when the pinned
-# build is present.
-#
-# Source, in order of preference:
-#   1. LIBURING_TARBALL=/path/to/liburing_2.9.orig.tar.gz
-#   2. a cached tarball in third_party/liburing/dl/
-#   3. `apt-get source --download-only liburing=2.9-1` through a private apt
-#      configuration (deb-src for trixie, the mirror read from this machine's
-#      own apt sources, private lists and cache dirs) — nothing system-wide
-#      changes.
+# vendor_liburing.sh — build the pinned, verified liburing 2.9 into
+# third_party/liburing (git-ignored), where uring.go's cgo flags find it.
+# `make` runs this. The logic is cmd/ringline-liburing/vendor_liburing.sh,
+# the same script a consumer runs through
+# `go run github.com/ringline-go/ringline/cmd/ringline-liburing`.
+# LIBURING_TARBALL=/path/to/liburing_2.9.orig.tar.gz overrides the source.
 set -euo pipefail
-
-VERSION=2.9
-DEBVER=2.9-1
-SHA256=57e9b36e4ac1e46b8e0351dfb1694dc59638fc25e384b4ba36d87b800b16db1a
-TARBALL_NAME="liburing_${VERSION}.orig.tar.gz"
-
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-root="$here/third_party/liburing"
-dl="$root/dl"
-prefix="$root/install"
-stamp="$prefix/.built-$VERSION-$SHA256"
-
-if [ -f "$stamp" ] && [ -f "$prefix/lib/liburing.a" ] && [ -f "$prefix/include/liburing.h" ]; then
-  exit 0
-fi
-
-die() { echo "vendor_liburing.sh: $*" >&2; exit 1; }
-log() { echo "vendor_liburing.sh: $*" >&2; }
-
-verify() { echo "$SHA256  $1" | sha256sum -c --status; }
-
-mkdir -p "$dl"
-tarball=""
-if [ -n "${LIBURING_TARBALL:-}" ]; then
-  [ -f "$LIBURING_TARBALL" ] || die "LIBURING_TARBALL=$LIBURING_TARBALL does not exist"
-  verify "$LIBURING_TARBALL" || die "LIBURING_TARBALL=$LIBURING_TARBALL does not match sha256 $SHA256"
-  tarball="$LIBURING_TARBALL"
-elif [ -f "$dl/$TARBALL_NAME" ] && verify "$dl/$TARBALL_NAME"; then
-  tarball="$dl/$TARBALL_NAME"
-else
-  command -v apt-get >/dev/null 2>&1 || die "no liburing source: set LIBURING_TARBALL=path/to/$TARBALL_NAME (sha256 $SHA256); apt-get is not available here"
-  # The mirror URI comes from the machine's own apt sources (deb822 or one-line).
-  mirror=""
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -f "$f" ] || continue
-    mirror=$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i ~ /\/debian\/?$/) { print $i; exit } }' "$f")
-    [ -n "$mirror" ] && break
-  done
-  if [ -z "$mirror" ] && [ -f /etc/apt/sources.list ]; then
-    mirror=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^https?:\/\/.*\/debian\/?$/) { print $i; exit } }' /etc/apt/sources.list)
-  fi
-  [ -n "$mirror" ] || die "no Debian mirror found in /etc/apt/sources.list{,.d}; set LIBURING_TARBALL=path/to/$TARBALL_NAME (sha256 $SHA256)"
-
-  apt_root=$(mktemp -d)
-  trap 'rm -rf "$apt_root"' EXIT
-  mkdir -p "$apt_root/lists/partial" "$apt_root/cache/archives/partial" "$apt_root/sources.list.d"
-  cat >"$apt_root/sources.list.d/liburing-src.sources" <<SRC
-Types: deb-src
-URIs: $mirror
-Suites: trixie
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-  aptopts=(
-    -o "Dir::Etc::SourceList=/dev/null"
-    -o "Dir::Etc::SourceParts=$apt_root/sources.list.d"
-    -o "Dir::State::Lists=$apt_root/lists"
-    -o "Dir::Cache=$apt_root/cache"
-    -o "Dir::Cache::srcpkgcache="
-    -o "Dir::Cache::pkgcache="
-    -o "APT::Sandbox::User=root"
-  )
-  log "fetching liburing $DEBVER source from $mirror (trixie, private apt config)"
-  apt-get "${aptopts[@]}" -qq update >&2 || die "apt-get update of the private deb-src list failed; set LIBURING_TARBALL=path/to/$TARBALL_NAME"
-  (cd "$apt_root" && apt-get "${aptopts[@]}" -qq source --download-only "liburing=$DEBVER" >&2) \
-    || die "apt-get source liburing=$DEBVER failed; set LIBURING_TARBALL=path/to/$TARBALL_NAME (sha256 $SHA256)"
-  [ -f "$apt_root/$TARBALL_NAME" ] || die "apt-get source did not produce $TARBALL_NAME"
-  verify "$apt_root/$TARBALL_NAME" || die "$TARBALL_NAME from the mirror does not match sha256 $SHA256"
-  cp "$apt_root/$TARBALL_NAME" "$dl/$TARBALL_NAME"
-  tarball="$dl/$TARBALL_NAME"
-fi
-
-src="$root/src"
-rm -rf "$src" "$prefix"
-mkdir -p "$src" "$prefix/lib" "$prefix/include"
-tar -xzf "$tarball" -C "$src" --strip-components=1
-log "building liburing $VERSION (static)"
-(
-  cd "$src"
-  ./configure --prefix="$prefix" --use-libc >/dev/null
-  make -C src -j"$(nproc)" liburing.a >/dev/null
-)
-cp "$src/src/liburing.a" "$prefix/lib/"
-cp -r "$src/src/include/." "$prefix/include/"
-touch "$stamp"
-log "liburing $VERSION built into $prefix"
+LIBURING_DIR="$here/third_party/liburing" exec bash "$here/cmd/ringline-liburing/vendor_liburing.sh"

@@ -31,22 +31,66 @@ type worker struct {
 	iovMem region
 
 	cur *task
+	// tasks counts live tasks; allTasks holds them (intrusive list through
+	// task.prevT/nextT), so shutdown can stop those without a connection.
+	tasks    int
+	allTasks *task
+	// aborts are tasks Abort asked to stop; the loop stops them between
+	// resumes.
+	aborts []*task
+	// g is the loop goroutine's identity and curG the task coroutine the
+	// loop is running (0 between resumes): a ConnCtx method proceeds only
+	// on one of the two (onWorker). curG is atomic because foreign
+	// goroutines read it to be refused.
+	g    uintptr
+	curG atomic.Uintptr
 	// parsing is the stack of connections whose parse closure is running:
 	// a task must not suspend inside one.
 	parsing []*conn
 	runq    []*task
 	runq2   []*task
 	flushq  []*conn
-	parked  []uint32
+	// parked holds connections whose recv stopped on ENOBUFS, FIFO from
+	// parkHead, re-armed as buffers come back.
+	parked   []uint32
+	parkHead int
 
-	lastYield     time.Time
-	acceptArmed   bool
-	acceptRetryAt time.Time
-	stopping      atomic.Bool
-	stopped       bool // the loop has begun stopping (loop-local view of stopping)
+	epoch     time.Time
+	timers    timerHeap
+	timerPool []*timerNode // idle Timer future nodes
+	lastYield time.Time
 
-	wakeMu   sync.Mutex
-	beClosed bool
+	acceptArmed  bool
+	acceptPaused bool      // an accept error pause is running (acceptT)
+	acceptT      timerNode // the pause
+	// spareFd is held in reserve so that at EMFILE the backlog can still
+	// be accepted and refused at once instead of left hanging.
+	spareFd   int
+	acceptLog logLimiter
+
+	stopping atomic.Bool
+	stopped  bool // the loop has begun stopping (loop-local view of stopping)
+	exited   atomic.Bool
+
+	// The wake path: wakePending coalesces wakes (one eventfd write until
+	// the loop has seen it); posts are functions other goroutines hand
+	// the loop. wakeMu keeps a wake from racing the backend's close.
+	wakeMu      sync.Mutex
+	beClosed    bool
+	wakePending atomic.Bool
+	wakeups     atomic.Uint64 // eventfd writes made by wake
+	postMu      sync.Mutex
+	posts       []func()
+	posts2      []func()
+	postClosed  bool
+
+	// busySince is the worker clock when the current loop iteration
+	// began, 0 while the loop waits in the kernel: the watchdog reads it
+	// to spot a task that runs without yielding.
+	busySince     atomic.Int64
+	stallReported int64 // watchdog goroutine only
+
+	foreign foreignLog
 
 	st  counters
 	pub publishedCounters
@@ -64,12 +108,16 @@ func (w *worker) detach(cn *conn) int {
 }
 
 func newWorker(id int, cfg *Config, lfd int) *worker {
-	return &worker{id: id, cfg: cfg, log: cfg.Logger, lfd: lfd}
+	return &worker{id: id, cfg: cfg, log: cfg.Logger, lfd: lfd, spareFd: -1, epoch: time.Now()}
 }
 
 // testHookWorkerSetup, when set by a test, runs before a worker sets up its
 // backend and can make the setup fail.
 var testHookWorkerSetup func(worker int, kind Backend) error
+
+// testHookBackend, when set by a test, wraps each worker's new backend
+// (tests count the operations the core stages and the completions it gets).
+var testHookBackend func(worker int, be backend) backend
 
 // setup runs on the worker's locked thread: the ring is created by the
 // thread that will submit to it (SINGLE_ISSUER).
@@ -83,6 +131,9 @@ func (w *worker) setup(kind Backend) error {
 	if err != nil {
 		return err
 	}
+	if testHookBackend != nil {
+		be = testHookBackend(w.id, be)
+	}
 	w.be = be
 	w.det = be.(detacher)
 	if w.pool, err = newSendPool(w.cfg.SendPoolSlots, w.cfg.SendSlotSize); err != nil {
@@ -95,6 +146,12 @@ func (w *worker) setup(kind Backend) error {
 		return err
 	}
 	w.conns = make([]*conn, 0, 64)
+	if w.lfd >= 0 {
+		// Best effort: without it EMFILE leaves the backlog waiting.
+		if fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+			w.spareFd = fd
+		}
+	}
 	return nil
 }
 
@@ -125,17 +182,20 @@ func (w *worker) pin() {
 // run is the worker loop. It returns once shutdown was requested and every
 // connection and operation has wound down.
 func (w *worker) run() {
+	defer w.busySince.Store(0) // a stopped worker is not a stalled one
+	w.startTask()
 	w.armAccept()
 	var drainDeadline time.Time
 	for {
 		// Tasks run to their next suspension; what they queue is flushed
 		// below, so one enter carries every send of this iteration.
-		for len(w.runq) > 0 {
+		for len(w.runq) > 0 || len(w.aborts) > 0 {
 			w.runq, w.runq2 = w.runq2[:0], w.runq
 			for _, t := range w.runq2 {
 				w.resume(t)
 			}
 			clear(w.runq2)
+			w.runAborts()
 		}
 		w.flushSends()
 		w.rearmParked()
@@ -143,7 +203,7 @@ func (w *worker) run() {
 
 		if w.stopping.Load() {
 			if drainDeadline.IsZero() {
-				drainDeadline = time.Now().Add(2 * time.Second)
+				drainDeadline = time.Now().Add(w.cfg.ShutdownTimeout)
 				w.beginStop()
 				continue
 			}
@@ -152,18 +212,17 @@ func (w *worker) run() {
 			}
 		}
 
-		timeout := time.Duration(-1)
-		if !w.acceptRetryAt.IsZero() {
-			timeout = max(time.Until(w.acceptRetryAt), 0)
-		}
-		if !drainDeadline.IsZero() {
+		timeout := w.nextTimeout()
+		if !drainDeadline.IsZero() && (timeout < 0 || timeout > 50*time.Millisecond) {
 			timeout = 50 * time.Millisecond
 		}
 		wait := len(w.runq) == 0
 		if wait {
 			w.yieldToScheduler()
 		}
+		w.busySince.Store(0)
 		cqes, err := w.be.enter(wait, timeout)
+		w.busySince.Store(max(w.now(), 1))
 		w.st.loops++
 		if err != nil {
 			w.log.Error("ringline: backend enter failed; worker stopping", "worker", w.id, "err", err)
@@ -173,10 +232,7 @@ func (w *worker) run() {
 		for i := range cqes {
 			w.complete(&cqes[i])
 		}
-		if !w.acceptRetryAt.IsZero() && !time.Now().Before(w.acceptRetryAt) {
-			w.acceptRetryAt = time.Time{}
-			w.armAccept()
-		}
+		w.fireTimers()
 	}
 }
 
@@ -204,24 +260,49 @@ func (w *worker) flushSends() {
 	w.flushq = w.flushq[:0]
 }
 
-// rearmParked re-arms recvs that stopped on ENOBUFS, as far as free buffers
-// allow; the rest stay parked, so an exhausted ring never spins the loop.
+// rearmParked re-arms recvs that stopped on ENOBUFS, oldest first, as many
+// as the free buffers can serve. A parked connection has data waiting
+// (that is how it met ENOBUFS), and a re-armed multishot recv takes as
+// many buffers as that data fills, so each is charged what its socket
+// holds (SIOCINQ, at least one buffer); the oldest is re-armed whatever
+// it needs, so the queue always moves. Re-arming more would only meet
+// ENOBUFS again (with every buffer back between iterations, the loop
+// used to re-arm every parked connection each time: six ENOBUFS per
+// buffer filled). The rest stay parked until buffers come back, so an
+// exhausted ring never spins the loop.
 func (w *worker) rearmParked() {
-	for len(w.parked) > 0 && w.be.buffersFree() > 0 {
-		idx := w.parked[0]
-		w.parked = w.parked[1:]
-		if cn := w.conns[idx]; cn.parked {
-			cn.parked = false
-			cn.armRecv()
+	budget := w.be.buffersFree()
+	bufSize := w.cfg.BufferSize
+	for w.parkHead < len(w.parked) && budget > 0 {
+		cn := w.conns[w.parked[w.parkHead]]
+		if !cn.parked {
+			w.parkHead++
+			continue
 		}
+		need := 1
+		if cn.fd >= 0 {
+			if n, err := unix.IoctlGetInt(int(cn.fd), unix.SIOCINQ); err == nil && n > bufSize {
+				need = (n + bufSize - 1) / bufSize
+			}
+		}
+		if need > budget && budget < w.cfg.BufferCount {
+			break // wait for more buffers rather than starve the rest
+		}
+		w.parkHead++
+		cn.parked = false
+		cn.armRecv()
+		budget -= need
 	}
-	if len(w.parked) == 0 {
-		w.parked = w.parked[:0:0]
+	if w.parkHead == len(w.parked) {
+		w.parked, w.parkHead = w.parked[:0], 0
+	} else if w.parkHead > 64 && 2*w.parkHead > len(w.parked) {
+		n := copy(w.parked, w.parked[w.parkHead:])
+		w.parked, w.parkHead = w.parked[:n], 0
 	}
 }
 
 func (w *worker) armAccept() {
-	if w.lfd < 0 || w.acceptArmed || w.stopping.Load() {
+	if w.lfd < 0 || w.acceptArmed || w.acceptPaused || w.stopping.Load() {
 		return
 	}
 	w.acceptArmed = true
@@ -237,6 +318,7 @@ func (w *worker) complete(e *cqEntry) {
 	kind := udKind(e.ud)
 	switch kind {
 	case udWake:
+		w.onWake()
 		return
 	case udAccept:
 		w.onAccept(e)
@@ -282,7 +364,7 @@ func (w *worker) complete(e *cqEntry) {
 // buffer needs care (it must go back to the ring).
 func (w *worker) stray(e *cqEntry) {
 	if e.flags&cqeFBuffer != 0 {
-		w.be.recycle(uint16(e.flags >> cqeBufferShift))
+		w.recycle(uint16(e.flags >> cqeBufferShift))
 	}
 }
 
@@ -297,7 +379,7 @@ func (w *worker) onRecvCQE(cn *conn, e *cqEntry) {
 		if e.res > 0 && cn.state == connOpen && !cn.closeWanted {
 			cn.onRecv(bid, int(e.res))
 		} else {
-			w.be.recycle(bid)
+			w.recycle(bid)
 		}
 	}
 	switch {
@@ -312,7 +394,7 @@ func (w *worker) onRecvCQE(cn *conn, e *cqEntry) {
 		// Cancelled by pauseRecv or close, or by a failed link.
 	default:
 		cn.eof = true
-		cn.rerr = errnoErr("recv", e.res)
+		cn.fail(errnoErr("recv", e.res))
 		cn.task.wake(waitRecv)
 	}
 	if !more && !cn.recvArmed {
@@ -327,10 +409,14 @@ func (w *worker) onSendCQE(cn *conn, e *cqEntry) {
 		w.st.bytesOut += uint64(e.res)
 		cn.sentBytes(int(e.res))
 	} else {
-		cn.serr = errnoErr("send", e.res)
-		cn.dropQueue()
+		cn.fail(errnoErr("send", e.res))
 		cn.eof = true
 		cn.closeWanted = true
+	}
+	if cn.err != nil {
+		// Failed (this send, a reset seen by the recv, a drain timeout):
+		// what is still queued will never go out.
+		cn.dropQueue()
 	}
 	if !cn.sendIdle() && cn.state == connOpen {
 		cn.startSend()
@@ -348,17 +434,11 @@ func (w *worker) onAccept(e *cqEntry) {
 		w.acceptArmed = false
 	}
 	if e.res < 0 {
-		if e.res != -int32(syscall.ECANCELED) && !w.stopping.Load() {
-			w.log.Warn("ringline: accept failed", "worker", w.id, "err", syscall.Errno(-e.res))
-			// Back off so a persistent EMFILE does not spin the loop.
-			w.acceptRetryAt = time.Now().Add(10 * time.Millisecond)
-		}
+		w.acceptError(syscall.Errno(-e.res))
 		return
 	}
 	fd := int(e.res)
-	if !w.acceptArmed && w.acceptRetryAt.IsZero() {
-		w.armAccept()
-	}
+	w.armAccept()
 	if w.stopping.Load() {
 		unix.Close(fd)
 		return
@@ -372,9 +452,129 @@ func (w *worker) onAccept(e *cqEntry) {
 	w.st.accepted++
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	w.openConn(cn, fd, false)
-	cn.task = w.newTask(cn, func() { w.handler.OnAccept(ConnCtx{w: w, idx: cn.idx, gen: cn.gen}) })
-	cn.task.waiting = waitRecv
-	cn.task.wake(waitRecv)
+	c := ConnCtx{w: w, idx: cn.idx, gen: cn.gen}
+	t := w.newTask(cn, func() { w.handler.OnAccept(c) })
+	w.addTask(t)
+	t.start()
+}
+
+// addTask registers a live task (taskDone unregisters it).
+func (w *worker) addTask(t *task) {
+	w.tasks++
+	t.nextT = w.allTasks
+	if w.allTasks != nil {
+		w.allTasks.prevT = t
+	}
+	w.allTasks = t
+}
+
+// dropTask unregisters an ended task.
+func (w *worker) dropTask(t *task) {
+	if t.prevT != nil {
+		t.prevT.nextT = t.nextT
+	} else if w.allTasks == t {
+		w.allTasks = t.nextT
+	}
+	if t.nextT != nil {
+		t.nextT.prevT = t.prevT
+	}
+	t.prevT, t.nextT = nil, nil
+	w.tasks--
+}
+
+// runAborts stops the tasks Abort asked to stop (between resumes: a task
+// is never stopped from inside another).
+func (w *worker) runAborts() {
+	for i := 0; i < len(w.aborts); i++ {
+		if t := w.aborts[i]; !t.done {
+			w.kill(t)
+		}
+		w.aborts[i] = nil
+	}
+	w.aborts = w.aborts[:0]
+}
+
+// startTask runs the handler's OnStart, when it has one, as the worker's
+// start task.
+func (w *worker) startTask() {
+	if s, ok := w.handler.(Starter); ok {
+		w.spawn(s.OnStart)
+	}
+}
+
+// acceptRest is how long accepting rests after an error that the next
+// accept would meet again (no fds, no memory).
+const acceptRest = 10 * time.Millisecond
+
+// acceptError is the one rule for a failed accept, whichever backend
+// reported it (both end their multishot accept on any error): count it,
+// log it at most once a second with how many were not logged, then act as
+// acceptAction says.
+func (w *worker) acceptError(errno syscall.Errno) {
+	if errno == syscall.ECANCELED || w.stopping.Load() {
+		return // our own cancel, at shutdown
+	}
+	w.st.acceptErrors++
+	if ok, skipped := w.acceptLog.allow(w.now()); ok {
+		w.log.Warn("ringline: accept failed", "worker", w.id, "err", errno,
+			"errno", unix.ErrnoName(errno), "not_logged_since_last", skipped)
+	}
+	switch acceptAction(errno) {
+	case acceptRearm:
+		w.armAccept()
+		return
+	case acceptRefuse:
+		w.refuseBacklog()
+	}
+	w.acceptPaused = true
+	w.acceptT.kind = tmAcceptRetry
+	w.timers.set(&w.acceptT, w.now()+int64(acceptRest))
+}
+
+// What the loop does after a failed accept.
+const (
+	acceptRearm  = iota // one client's trouble: accept again at once
+	acceptPause         // accept again after acceptRest
+	acceptRefuse        // no descriptors: refuse the backlog, then pause
+)
+
+// acceptAction classifies an accept error. A client that aborted in the
+// backlog, a signal, or a firewall verdict concerns one connection: the
+// next accept is unaffected, so pausing would only delay the others. Out of
+// descriptors, the next accept would fail the same way: refuse who is
+// waiting and rest. Anything else (no memory, a broken listener) rests.
+func acceptAction(errno syscall.Errno) int {
+	switch errno {
+	case syscall.ECONNABORTED, syscall.EINTR, syscall.EAGAIN, syscall.EPROTO, syscall.EPERM:
+		return acceptRearm
+	case syscall.EMFILE, syscall.ENFILE:
+		return acceptRefuse
+	}
+	return acceptPause
+}
+
+// refuseBacklog runs at EMFILE/ENFILE: it frees the spare descriptor, then
+// accepts and resets (SO_LINGER 0) every client waiting in the backlog, so
+// each gets a prompt ECONNRESET instead of hanging until its own timeout,
+// and takes the spare back.
+func (w *worker) refuseBacklog() {
+	if w.spareFd < 0 || w.lfd < 0 {
+		return
+	}
+	unix.Close(w.spareFd)
+	w.spareFd = -1
+	for range 4096 {
+		nfd, _, err := unix.Accept4(w.lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		if err != nil {
+			break
+		}
+		_ = unix.SetsockoptLinger(nfd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		unix.Close(nfd)
+		w.st.acceptRefused++
+	}
+	if fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+		w.spareFd = fd
+	}
 }
 
 func (w *worker) allocConn() *conn {
@@ -401,6 +601,9 @@ func (w *worker) openConn(cn *conn, fd int, outbound bool) {
 		q = make([]sendSeg, 0, 4)
 	}
 	*cn = conn{w: w, idx: cn.idx, gen: gen, state: connOpen, fd: int32(fd), lent: -1, outbound: outbound, q: q}
+	cn.drainT = timerNode{kind: tmDrain, conn: cn}
+	cn.rdT = timerNode{kind: tmReadDeadline, conn: cn}
+	cn.wrT = timerNode{kind: tmWriteDeadline, conn: cn}
 	w.live++
 	cn.opFd, cn.opFlags = w.det.attach(cn.idx, int32(fd), cn.gen)
 	if cn.opFlags&opFFixed != 0 {
@@ -434,29 +637,42 @@ func (w *worker) beginStop() {
 			cn.pending++
 		}
 		cn.eof = true
+		cn.fail(ErrShutdown)
 		cn.requestClose()
 		if cn.state == connOpen && !cn.sending {
 			cn.startClose()
 		}
-		if t := cn.task; t != nil && !t.done {
-			// One last resume to see EOF and return; then stop it.
-			t.waiting = waitRecv | waitSend
+	}
+	// Every task gets one last resume to see its connections closed (and
+	// spawned ones, whatever they wait for, a wake-up) and return; those
+	// that do not are stopped.
+	var live []*task
+	for t := w.allTasks; t != nil; t = t.nextT {
+		live = append(live, t)
+	}
+	for _, t := range live {
+		if t.done {
+			continue
+		}
+		if len(t.owned) > 0 {
+			t.waiting |= waitRecv | waitSend
 			w.resume(t)
-			if !t.done {
-				w.kill(t)
-			}
+		}
+		if !t.done {
+			w.kill(t)
 		}
 	}
+	w.closePosts()
 }
 
 // teardown releases everything the worker owns. Runs on the worker thread.
 func (w *worker) teardown() {
+	for t := w.allTasks; t != nil; t = w.allTasks {
+		w.kill(t)
+	}
 	for _, cn := range w.conns {
 		if cn == nil {
 			continue
-		}
-		if t := cn.task; t != nil && !t.done {
-			w.kill(t)
 		}
 		// Only sockets whose close was never staged: a staged close has
 		// been submitted by the last enter, and closing its number again
@@ -470,15 +686,20 @@ func (w *worker) teardown() {
 		unix.Close(w.lfd)
 		w.lfd = -1
 	}
+	if w.spareFd >= 0 {
+		unix.Close(w.spareFd)
+		w.spareFd = -1
+	}
+	w.closePosts()
 	if w.be != nil {
 		// Submit what the last iteration staged (closes above all): a
 		// drain that hit its deadline must not leak those sockets.
 		_, _ = w.be.enter(false, 0)
-		w.publish()
 		w.wakeMu.Lock()
 		w.beClosed = true
 		w.be.close()
 		w.wakeMu.Unlock()
+		w.publish() // after close, so its C calls are counted too
 	}
 	if w.pool != nil {
 		w.pool.close()
@@ -493,14 +714,63 @@ func (w *worker) stop() {
 	}
 }
 
-// wake interrupts a blocked enter. The lock keeps it from racing teardown,
-// which would otherwise let a late wake write to a closed (reused) fd.
+// wake makes the loop come round; safe from any goroutine. Wakes coalesce:
+// while one is on its way (wakePending), later calls cost an atomic swap,
+// so a burst of posts costs one eventfd write. The loop clears
+// wakePending only after the backend consumed the eventfd and before it
+// looks at what the wakers left (posts, stopping), so no wake is lost. The
+// lock keeps a wake from racing teardown, which would otherwise let a late
+// wake write to a closed (reused) fd.
 func (w *worker) wake() {
+	if w.wakePending.Swap(true) {
+		return
+	}
 	w.wakeMu.Lock()
 	if w.be != nil && !w.beClosed {
 		w.be.wake()
+		w.wakeups.Add(1)
 	}
 	w.wakeMu.Unlock()
+}
+
+// onWake handles the wake completion: wakes are re-enabled first, then
+// the posts are run.
+func (w *worker) onWake() {
+	w.wakePending.Store(false)
+	w.runPosts()
+}
+
+// post hands fn to the loop, which runs it on the worker goroutine (not in
+// a task: fn must not suspend). Safe from any goroutine; it fails with
+// ErrClosed once the worker has stopped taking posts.
+func (w *worker) post(fn func()) error {
+	w.postMu.Lock()
+	if w.postClosed {
+		w.postMu.Unlock()
+		return ErrClosed
+	}
+	w.posts = append(w.posts, fn)
+	w.postMu.Unlock()
+	w.wake()
+	return nil
+}
+
+func (w *worker) runPosts() {
+	w.postMu.Lock()
+	w.posts, w.posts2 = w.posts2[:0], w.posts
+	w.postMu.Unlock()
+	for i, fn := range w.posts2 {
+		w.posts2[i] = nil
+		fn()
+	}
+}
+
+// closePosts stops taking posts and runs those already taken.
+func (w *worker) closePosts() {
+	w.postMu.Lock()
+	w.postClosed = true
+	w.postMu.Unlock()
+	w.runPosts()
 }
 
 func lockThread() { runtime.LockOSThread() }

@@ -10,24 +10,31 @@
 #include <sys/un.h>
 #include <unistd.h>
 #include <liburing.h>
+#include "compat.h" /* what an older liburing lacks */
 
 struct rl_ring {
 	struct io_uring ring;
-	unsigned setup_flags; /* RL_SETUP_* accepted */
-	uint64_t enters;
-	unsigned submitted; /* by the last rl_tick */
+	struct rl_status st;
 	struct io_uring_buf_ring *br;
 	unsigned br_entries;
 	unsigned bgid;
+	/* rl_test_fail_submits: pending injected failures and their errno. */
+	unsigned fail_n;
+	int fail_err;
 };
 
 int rl_ring_init(struct rl_ring **out, unsigned entries, unsigned cq_entries, unsigned want_flags)
 {
-	/* Most capable first; each rung drops what an older kernel refuses. */
+	/* Most capable first; each rung drops what an older kernel refuses,
+	 * one flag at a time where the flags are independent: CQSIZE goes
+	 * before the task-run mode does. */
 	static const unsigned ladder[] = {
 		RL_SETUP_SINGLE_ISSUER | RL_SETUP_DEFER_TASKRUN | RL_SETUP_CQSIZE,
+		RL_SETUP_SINGLE_ISSUER | RL_SETUP_DEFER_TASKRUN,
 		RL_SETUP_COOP_TASKRUN | RL_SETUP_TASKRUN_FLAG | RL_SETUP_CQSIZE,
+		RL_SETUP_COOP_TASKRUN | RL_SETUP_TASKRUN_FLAG,
 		RL_SETUP_COOP_TASKRUN | RL_SETUP_CQSIZE,
+		RL_SETUP_COOP_TASKRUN,
 		RL_SETUP_CQSIZE,
 		0,
 	};
@@ -37,16 +44,24 @@ int rl_ring_init(struct rl_ring **out, unsigned entries, unsigned cq_entries, un
 
 	if (!r)
 		return -ENOMEM;
+	/* Above the kernel's maximum every rung with CQSIZE would fail. */
+	if (cq_entries > RL_MAX_CQ_ENTRIES)
+		cq_entries = RL_MAX_CQ_ENTRIES;
 	for (i = 0; i < sizeof(ladder) / sizeof(ladder[0]); i++) {
 		unsigned f = ladder[i];
 		struct io_uring_params p;
 
 		/* A flag outside want_flags is treated as refused (EINVAL), so
 		 * tests can walk the same retry path an older kernel takes. */
-		if ((f & ~want_flags) || f == last) {
+		if (f & ~want_flags) {
 			ret = -EINVAL;
 			continue;
 		}
+		/* The kernel refuses a CQ smaller than the SQ. */
+		if (!cq_entries || cq_entries < entries)
+			f &= ~RL_SETUP_CQSIZE;
+		if (f == last)
+			continue;
 		last = f;
 		memset(&p, 0, sizeof(p));
 		if (f & RL_SETUP_SINGLE_ISSUER)
@@ -57,15 +72,15 @@ int rl_ring_init(struct rl_ring **out, unsigned entries, unsigned cq_entries, un
 			p.flags |= IORING_SETUP_COOP_TASKRUN;
 		if (f & RL_SETUP_TASKRUN_FLAG)
 			p.flags |= IORING_SETUP_TASKRUN_FLAG;
-		if ((f & RL_SETUP_CQSIZE) && cq_entries > entries) {
+		if (f & RL_SETUP_CQSIZE) {
 			p.flags |= IORING_SETUP_CQSIZE;
 			p.cq_entries = cq_entries;
-		} else {
-			f &= ~RL_SETUP_CQSIZE;
 		}
 		ret = io_uring_queue_init_params(entries, &r->ring, &p);
 		if (ret == 0) {
-			r->setup_flags = f;
+			r->st.setup_flags = f;
+			r->st.features = p.features;
+			r->st.cq_entries = p.cq_entries;
 			*out = r;
 			return 0;
 		}
@@ -82,16 +97,21 @@ void rl_ring_free(struct rl_ring *r)
 {
 	if (!r)
 		return;
+	/* SQEs a refused submission left in the SQ (closes among them) still
+	 * go to the kernel before the ring is torn down. */
+	if (io_uring_sq_ready(&r->ring))
+		io_uring_submit(&r->ring);
 	if (r->br)
 		io_uring_free_buf_ring(&r->ring, r->br, r->br_entries, r->bgid);
 	io_uring_queue_exit(&r->ring);
 	free(r);
 }
 
-unsigned rl_ring_setup_flags(struct rl_ring *r) { return r->setup_flags; }
+unsigned rl_ring_setup_flags(struct rl_ring *r) { return r->st.setup_flags; }
 int rl_ring_fd(struct rl_ring *r) { return r->ring.ring_fd; }
-uint64_t rl_ring_enters(struct rl_ring *r) { return r->enters; }
-const uint64_t *rl_ring_enters_ptr(struct rl_ring *r) { return &r->enters; }
+uint64_t rl_ring_enters(struct rl_ring *r) { return r->st.enters; }
+const uint64_t *rl_ring_enters_ptr(struct rl_ring *r) { return &r->st.enters; }
+const struct rl_status *rl_ring_status(struct rl_ring *r) { return &r->st; }
 
 void *rl_buf_ring_setup(struct rl_ring *r, unsigned nbufs, unsigned bgid, void *base, unsigned buf_size, int *err)
 {
@@ -190,44 +210,129 @@ static unsigned reap(struct rl_ring *r, struct rl_cqe *out, unsigned cap)
 	return n;
 }
 
-int rl_tick(struct rl_ring *r, const struct rl_op *ops, unsigned nops,
-	    struct rl_cqe *out, unsigned cap, unsigned wait_nr, int64_t timeout_ns,
-	    unsigned min_wait_usec)
+/* Copies completions out. A full CQ spills into the kernel's overflow list
+ * (IORING_SQ_CQ_OVERFLOW; nothing is lost while the kernel can allocate),
+ * which an enter with GETEVENTS moves into the space reaping freed: done
+ * while out has room, so even a tiny CQ hands over a full batch per tick. */
+static unsigned reap_all(struct rl_ring *r, struct rl_cqe *out, unsigned cap)
 {
-	struct io_uring *ring = &r->ring;
-	unsigned i, queued = 0, submitted = 0;
+	unsigned n = reap(r, out, cap), m;
+
+	while (n < cap && (IO_URING_READ_ONCE(*r->ring.sq.kflags) & IORING_SQ_CQ_OVERFLOW)) {
+		r->st.enters++;
+		r->st.overflow_flushes++;
+		if (io_uring_get_events(&r->ring) < 0)
+			break;
+		m = reap(r, out + n, cap - n);
+		if (!m)
+			break;
+		n += m;
+	}
+	r->st.cq_dropped = IO_URING_READ_ONCE(*r->ring.cq.koverflow);
+	return n;
+}
+
+/* rl_test_fail_submits' hook: -err while injected failures are pending and
+ * the SQ holds something to submit, else 0. */
+static int injected(struct rl_ring *r)
+{
+	unsigned n = __atomic_load_n(&r->fail_n, __ATOMIC_ACQUIRE);
+
+	while (n && io_uring_sq_ready(&r->ring)) {
+		if (__atomic_compare_exchange_n(&r->fail_n, &n, n - 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+			return -__atomic_load_n(&r->fail_err, __ATOMIC_RELAXED);
+	}
+	return 0;
+}
+
+unsigned rl_test_fail_submits(struct rl_ring *r, int err, unsigned n)
+{
+	__atomic_store_n(&r->fail_err, err, __ATOMIC_RELAXED);
+	return __atomic_exchange_n(&r->fail_n, n, __ATOMIC_ACQ_REL);
+}
+
+/* EAGAIN: no memory for requests; EBUSY: a CQ overflow backlog on kernels
+ * that refuse submissions then. Either way the kernel consumed nothing and
+ * wants completions consumed before it takes more. */
+static int refusal(int ret) { return ret == -EAGAIN || ret == -EBUSY; }
+
+/* How long a tick whose submission was refused waits for completions
+ * before handing back to the caller, who retries on its next tick. */
+#define RL_RETRY_NS 1000000LL
+
+/* Submits what the SQ holds without waiting (entering with GETEVENTS when
+ * getevents is set, or when the CQ has overflowed); EINTR is retried.
+ * Returns the SQEs consumed or -errno. */
+static int submit_sq(struct rl_ring *r, int getevents)
+{
 	int ret;
 
-	for (i = 0; i < nops; i++) {
-		struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
-
-		if (!sqe) {
-			/* SQ full: push what is queued and keep going. A link
-			 * chain is never split: Go stages at most ring-size ops
-			 * and links only pairs. */
-			r->enters++;
-			ret = io_uring_submit(ring);
-			if (ret < 0)
-				return ret;
-			submitted += ret;
-			queued = 0;
-			sqe = io_uring_get_sqe(ring);
-			if (!sqe)
-				return -EBUSY;
+	for (;;) {
+		ret = injected(r);
+		if (!ret) {
+			r->st.enters++;
+			ret = getevents ? io_uring_submit_and_get_events(&r->ring) : io_uring_submit(&r->ring);
 		}
-		prep_one(sqe, &ops[i]);
-		queued++;
+		if (ret != -EINTR)
+			break;
+		r->st.retries++;
+	}
+	if (ret > 0)
+		r->st.submitted += ret;
+	return ret;
+}
+
+int rl_tick(struct rl_ring *r, const struct rl_op *ops, unsigned nops,
+	    struct rl_cqe *out, unsigned cap, unsigned wait_nr, int64_t timeout_ns,
+	    unsigned min_wait_usec, int32_t buf_tail)
+{
+	struct io_uring *ring = &r->ring;
+	unsigned i, taken = 0;
+	int ret, refused = 0;
+
+	r->st.taken = 0;
+	r->st.submitted = 0;
+	/* Go wrote the returned buffers' entries before this call; the
+	 * release store orders them before the tail the kernel reads. */
+	if (buf_tail >= 0 && r->br)
+		io_uring_smp_store_release(&r->br->tail, (uint16_t)buf_tail);
+
+	while (taken < nops) {
+		unsigned chain = 1;
+
+		while (taken + chain < nops && (ops[taken + chain - 1].flags & RL_F_LINK))
+			chain++;
+		if (chain > ring->sq.ring_entries)
+			return -EINVAL;
+		if (io_uring_sq_space_left(ring) < chain) {
+			/* SQ full: push it and keep going. A link chain goes
+			 * into one submission, never split across two. */
+			ret = submit_sq(r, 0);
+			if (ret < 0 && !refusal(ret))
+				return ret;
+			if (ret <= 0 && io_uring_sq_space_left(ring) < chain) {
+				/* Refused: the rest stays the caller's. */
+				refused = 1;
+				break;
+			}
+			continue;
+		}
+		for (i = 0; i < chain; i++)
+			prep_one(io_uring_get_sqe(ring), &ops[taken + i]);
+		taken += chain;
+		r->st.taken = taken;
 	}
 
-	if (io_uring_cq_ready(ring) > 0) {
+	if (refused) {
+		/* Nothing to submit now: consume completions instead. */
+	} else if (io_uring_cq_ready(ring) > 0) {
 		/* Completions are already waiting: never block, and enter only
 		 * to push new submissions. */
-		if (queued) {
-			r->enters++;
-			ret = io_uring_submit(ring);
-			if (ret < 0)
+		if (io_uring_sq_ready(ring)) {
+			ret = submit_sq(r, 0);
+			if (ret < 0 && !refusal(ret))
 				return ret;
-			submitted += ret;
+			refused = ret < 0;
 		}
 	} else if (wait_nr > 0) {
 		struct io_uring_cqe *cqe = NULL;
@@ -238,35 +343,67 @@ int rl_tick(struct rl_ring *r, const struct rl_op *ops, unsigned nops,
 			ts.tv_nsec = timeout_ns % 1000000000LL;
 			tsp = &ts;
 		}
-		r->enters++;
-		if (min_wait_usec && (ring->features & IORING_FEAT_MIN_TIMEOUT)) {
-			/* The batch wait needs a timeout to ride on. */
-			if (!tsp) {
-				ts.tv_sec = 3600;
-				ts.tv_nsec = 0;
-				tsp = &ts;
+		for (;;) {
+			ret = injected(r);
+			if (ret)
+				goto waited;
+			r->st.enters++;
+			if (min_wait_usec && (ring->features & IORING_FEAT_MIN_TIMEOUT)) {
+				/* The batch wait needs a timeout to ride on. */
+				if (!tsp) {
+					ts.tv_sec = 3600;
+					ts.tv_nsec = 0;
+					tsp = &ts;
+				}
+				ret = io_uring_submit_and_wait_min_timeout(ring, &cqe, wait_nr, tsp, min_wait_usec, NULL);
+			} else {
+				ret = io_uring_submit_and_wait_timeout(ring, &cqe, 1, tsp, NULL);
 			}
-			ret = io_uring_submit_and_wait_min_timeout(ring, &cqe, wait_nr, tsp, min_wait_usec, NULL);
-		} else {
-			ret = io_uring_submit_and_wait_timeout(ring, &cqe, 1, tsp, NULL);
+waited:
+			/* A signal during the wait: return what is there (the
+			 * caller re-enters with its timeout recomputed, so a
+			 * stream of signals cannot stretch a wait forever),
+			 * unless the submission itself is still pending. */
+			if (ret != -EINTR || !io_uring_sq_ready(ring))
+				break;
+			r->st.retries++;
 		}
-		if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
-			return ret;
 		if (ret > 0)
-			submitted += ret;
+			r->st.submitted += ret;
+		else if (refusal(ret))
+			refused = 1;
+		else if (ret < 0 && ret != -ETIME && ret != -EINTR)
+			return ret;
 	} else {
-		r->enters++;
-		ret = io_uring_submit_and_get_events(ring);
-		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
+		/* GETEVENTS even with nothing to submit: under DEFER_TASKRUN
+		 * completions are posted only by an enter that asks. */
+		ret = submit_sq(r, 1);
+		if (ret < 0 && !refusal(ret))
 			return ret;
-		if (ret > 0)
-			submitted += ret;
+		refused = ret < 0;
 	}
-	r->submitted = submitted;
-	return (int)reap(r, out, cap);
+
+	if (refused) {
+		r->st.retries++;
+		if (io_uring_cq_ready(ring) == 0) {
+			struct io_uring_cqe *cqe;
+			struct __kernel_timespec ts = { 0, 0 };
+
+			/* Wait for completions without submitting, briefly:
+			 * EAGAIN may clear without any completion. */
+			if (wait_nr > 0) {
+				int64_t ns = timeout_ns >= 0 && timeout_ns < RL_RETRY_NS ? timeout_ns : RL_RETRY_NS;
+
+				ts.tv_nsec = ns;
+			}
+			r->st.enters++;
+			io_uring_wait_cqe_timeout(ring, &cqe, &ts);
+		}
+	}
+	return (int)reap_all(r, out, cap);
 }
 
-unsigned rl_last_submitted(struct rl_ring *r) { return r->submitted; }
+unsigned rl_last_submitted(struct rl_ring *r) { return r->st.submitted; }
 
 int rl_has_min_timeout(struct rl_ring *r)
 {
@@ -309,19 +446,78 @@ int rl_kernel_opcode(int which)
 /* rl_probe's buffer group: private to the probe ring. */
 #define RL_PROBE_BGID 0
 
-static int probe_wait(struct io_uring *ring, struct io_uring_cqe **cqe)
+/* The probe's user_data: each completion is matched to its op, since their
+ * order differs between rings (without DEFER_TASKRUN the recv probe's last
+ * completion can arrive after the accept probe has started). */
+enum { PROBE_UD_RECV = 1, PROBE_UD_ACCEPT = 2, PROBE_UD_CANCEL = 3 };
+
+/* Consumes one completion (waiting up to a second for it) and reports it.
+ * A socket an accept completion carries was accepted by this probe and is
+ * closed here, unless keep says the caller takes it. */
+static int probe_next(struct io_uring *ring, uint64_t *ud, int *res, unsigned *flags, int keep)
 {
 	struct __kernel_timespec ts = { .tv_sec = 1, .tv_nsec = 0 };
+	struct io_uring_cqe *cqe;
+	int ret = io_uring_wait_cqe_timeout(ring, &cqe, &ts);
 
-	return io_uring_wait_cqe_timeout(ring, cqe, &ts);
+	if (ret < 0)
+		return ret;
+	*ud = cqe->user_data;
+	*res = cqe->res;
+	*flags = cqe->flags;
+	io_uring_cqe_seen(ring, cqe);
+	if (*ud == PROBE_UD_ACCEPT && *res >= 0 && !keep) {
+		close(*res);
+		*res = 0;
+	}
+	return 0;
+}
+
+/* Waits for the next completion of want, consuming (and closing what
+ * they carry) any other probe completions that come first. */
+static int probe_wait(struct io_uring *ring, uint64_t want, int *res, unsigned *flags)
+{
+	uint64_t ud;
+	int ret;
+
+	do {
+		ret = probe_next(ring, &ud, res, flags, want == PROBE_UD_ACCEPT);
+	} while (ret == 0 && ud != want);
+	return ret;
+}
+
+/* Stops the multishot op ud (still armed when armed is set): cancels it
+ * and consumes completions until both its last one and the cancel's have
+ * come, so nothing of this probe is left in the ring for the next one. */
+static void probe_stop(struct io_uring *ring, uint64_t ud, int armed)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+	uint64_t got;
+	unsigned flags;
+	int res, cancelled = 0;
+
+	if (!sqe)
+		return;
+	io_uring_prep_cancel64(sqe, ud, 0);
+	io_uring_sqe_set_data64(sqe, PROBE_UD_CANCEL);
+	if (io_uring_submit(ring) < 0)
+		return;
+	while (armed || !cancelled) {
+		if (probe_next(ring, &got, &res, &flags, 0))
+			return;
+		if (got == PROBE_UD_CANCEL)
+			cancelled = 1;
+		else if (got == ud && !(flags & IORING_CQE_F_MORE))
+			armed = 0;
+	}
 }
 
 /* 1 when a multishot recv stays armed after its first completion. */
 static int probe_recv_multishot(struct io_uring *ring)
 {
 	struct io_uring_sqe *sqe;
-	struct io_uring_cqe *cqe;
-	int sv[2], ret;
+	unsigned flags;
+	int sv[2], ret, res;
 
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
 		return -errno;
@@ -334,15 +530,15 @@ static int probe_recv_multishot(struct io_uring *ring)
 	io_uring_prep_recv_multishot(sqe, sv[0], NULL, 0, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = RL_PROBE_BGID;
-	io_uring_sqe_set_data64(sqe, 1);
+	io_uring_sqe_set_data64(sqe, PROBE_UD_RECV);
 	ret = io_uring_submit(ring);
 	if (ret < 0)
 		goto out;
-	ret = probe_wait(ring, &cqe);
+	ret = probe_wait(ring, PROBE_UD_RECV, &res, &flags);
 	if (ret < 0)
 		goto out;
-	ret = cqe->res > 0 && (cqe->flags & IORING_CQE_F_MORE) ? 1 : 0;
-	io_uring_cqe_seen(ring, cqe);
+	ret = res > 0 && (flags & IORING_CQE_F_MORE) ? 1 : 0;
+	probe_stop(ring, PROBE_UD_RECV, (flags & IORING_CQE_F_MORE) != 0);
 out:
 	close(sv[0]);
 	close(sv[1]);
@@ -355,8 +551,8 @@ static int probe_accept_multishot(struct io_uring *ring)
 	struct sockaddr_un sa;
 	socklen_t len;
 	struct io_uring_sqe *sqe;
-	struct io_uring_cqe *cqe;
-	int lfd, cfd = -1, ret;
+	unsigned flags;
+	int lfd, cfd = -1, ret, res;
 
 	lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (lfd < 0)
@@ -383,17 +579,18 @@ static int probe_accept_multishot(struct io_uring *ring)
 	if (!sqe)
 		goto out;
 	io_uring_prep_multishot_accept(sqe, lfd, NULL, NULL, SOCK_CLOEXEC);
-	io_uring_sqe_set_data64(sqe, 2);
+	io_uring_sqe_set_data64(sqe, PROBE_UD_ACCEPT);
 	ret = io_uring_submit(ring);
 	if (ret < 0)
 		goto out;
-	ret = probe_wait(ring, &cqe);
+	ret = probe_wait(ring, PROBE_UD_ACCEPT, &res, &flags);
 	if (ret < 0)
 		goto out;
-	ret = cqe->res >= 0 && (cqe->flags & IORING_CQE_F_MORE) ? 1 : 0;
-	if (cqe->res >= 0)
-		close(cqe->res);
-	io_uring_cqe_seen(ring, cqe);
+	ret = res >= 0 && (flags & IORING_CQE_F_MORE) ? 1 : 0;
+	/* Only a socket this accept returned is closed. */
+	if (res >= 0)
+		close(res);
+	probe_stop(ring, PROBE_UD_ACCEPT, (flags & IORING_CQE_F_MORE) != 0);
 out:
 	if (cfd >= 0)
 		close(cfd);
@@ -414,7 +611,7 @@ int rl_probe(struct rl_probe_info *info, unsigned entries, unsigned want_flags)
 	info->setup_err = rl_ring_init(&r, entries, entries * 4, want_flags);
 	if (info->setup_err)
 		return info->setup_err;
-	info->setup_flags = r->setup_flags;
+	info->setup_flags = r->st.setup_flags;
 	info->features = r->ring.features;
 	p = io_uring_get_probe_ring(&r->ring);
 	if (p) {

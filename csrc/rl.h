@@ -64,13 +64,40 @@ enum {
 	RL_SETUP_TASKRUN_FLAG = 1 << 4,
 };
 
+/* The kernel's largest completion queue (IORING_MAX_CQ_ENTRIES); a larger
+ * cq_entries is clamped to it. */
+#define RL_MAX_CQ_ENTRIES 65536
+
 struct rl_ring;
 
-/* Sets up a ring with entries SQEs and cq_entries CQEs, trying
- * SINGLE_ISSUER|DEFER_TASKRUN, then COOP_TASKRUN, then plain; want_flags
- * masks which RL_SETUP_* flags may be tried at all (tests use it to force
- * the retry path). On success *out is set and the return is 0; otherwise a
- * negative errno. */
+/* What the ring is and what the last rl_tick did, kept by the C layer in
+ * the ring's own memory. Go reads it in place on the ring's thread (see
+ * rl_ring_status), so learning it costs no extra cgo call. */
+struct rl_status {
+	uint64_t enters;           /* io_uring_enter calls made */
+	uint64_t retries;          /* submissions retried after EINTR, EAGAIN or EBUSY */
+	uint64_t overflow_flushes; /* enters made to move an overflowed CQ's backlog in */
+	uint32_t taken;            /* ops of the last rl_tick placed in the SQ; the rest stay the caller's */
+	uint32_t submitted;        /* SQEs the kernel consumed during the last rl_tick */
+	uint32_t setup_flags;      /* RL_SETUP_* the kernel accepted */
+	uint32_t features;         /* IORING_FEAT_* the kernel reported */
+	uint32_t cq_entries;       /* completion queue size the kernel granted */
+	uint32_t cq_dropped;       /* completions the kernel dropped (CQ overflow without memory); never expected */
+};
+
+/* Sets up a ring with entries SQEs and cq_entries CQEs (0: the kernel's
+ * default of twice entries; above RL_MAX_CQ_ENTRIES: clamped). It walks a
+ * ladder of setup flags, most capable first:
+ *   SINGLE_ISSUER|DEFER_TASKRUN|CQSIZE, SINGLE_ISSUER|DEFER_TASKRUN,
+ *   COOP_TASKRUN|TASKRUN_FLAG|CQSIZE, COOP_TASKRUN|TASKRUN_FLAG,
+ *   COOP_TASKRUN|CQSIZE, COOP_TASKRUN, CQSIZE, none
+ * moving to the next rung only when the kernel answers EINVAL (a flag it
+ * does not know); each mode is tried with CQSIZE and then without, so a
+ * refused CQ size costs only that flag. want_flags masks which RL_SETUP_*
+ * flags may be tried at all: a rung with a flag outside it is skipped as
+ * if refused, and want_flags equal to one rung's flags lands exactly on
+ * that rung (tests walk every rung this way). On success *out is set and
+ * the return is 0; otherwise a negative errno. */
 int rl_ring_init(struct rl_ring **out, unsigned entries, unsigned cq_entries, unsigned want_flags);
 void rl_ring_free(struct rl_ring *r);
 unsigned rl_ring_setup_flags(struct rl_ring *r);
@@ -85,21 +112,48 @@ void *rl_buf_ring_setup(struct rl_ring *r, unsigned nbufs, unsigned bgid, void *
 /* Registers a sparse fixed-file table of n slots. Returns 0 or -errno. */
 int rl_files_sparse(struct rl_ring *r, unsigned n);
 
-/* The one entry point per loop iteration: preps ops[0..nops), submits them,
- * and if wait_nr > 0 waits (bounded by timeout_ns when >= 0) for that many
- * completions; then copies up to cap completions into out. With
- * min_wait_usec > 0 (and a kernel with IORING_FEAT_MIN_TIMEOUT) the wait
- * for wait_nr completions lasts at most min_wait_usec, after which it
+/* The one entry point per loop iteration. It publishes buf_tail as the
+ * provided buffer ring's tail with a release store (when buf_tail >= 0 and a
+ * buffer ring is registered: Go wrote the entries before the call), preps
+ * ops[0..nops) in SQ-sized chunks, submitting whenever the SQ is full and
+ * never splitting a link chain (ops linked with RL_F_LINK go into one
+ * submission; a chain longer than the SQ is refused with -EINVAL), and if
+ * wait_nr > 0 waits (bounded by timeout_ns when >= 0) for that many
+ * completions; then copies up to cap completions into out, entering again
+ * to move an overflowed CQ's backlog in while out has room.
+ *
+ * With min_wait_usec > 0 (and a kernel with IORING_FEAT_MIN_TIMEOUT) the
+ * wait for wait_nr completions lasts at most min_wait_usec, after which it
  * returns as soon as one is there: batching under load, little added
- * latency when idle. Returns the number of completions copied, or a
- * negative errno when submission itself failed. Never blocks when
- * completions are already waiting. */
+ * latency when idle. Never blocks when completions are already waiting.
+ *
+ * Errors from io_uring_enter are handled as the kernel means them: EINTR
+ * on a submission is retried; EINTR during a wait returns what is there
+ * (the caller re-enters with its timeout recomputed); EAGAIN (no memory
+ * for requests) and EBUSY (older kernels: CQ overflow backlog) mean the
+ * kernel wants completions consumed first, so the tick reaps, waits at
+ * most 1 ms for completions instead of blocking, and stops taking ops.
+ * SQEs the kernel did not consume stay in the SQ and go with the next
+ * submission; ops not taken (rl_status.taken < nops) are still the
+ * caller's to pass again. Returns the number of completions copied, or a
+ * negative errno for a failure that retrying cannot fix (then too,
+ * rl_status.taken says which ops were taken). */
 int rl_tick(struct rl_ring *r, const struct rl_op *ops, unsigned nops,
 	    struct rl_cqe *out, unsigned cap, unsigned wait_nr, int64_t timeout_ns,
-	    unsigned min_wait_usec);
+	    unsigned min_wait_usec, int32_t buf_tail);
 
 /* Ops submitted by the last rl_tick. */
 unsigned rl_last_submitted(struct rl_ring *r);
+
+/* The ring's status block (stable for the ring's life). */
+const struct rl_status *rl_ring_status(struct rl_ring *r);
+
+/* Fault injection for tests, inert unless called: the next n rl_tick
+ * calls into io_uring_enter that would submit SQEs fail with -err instead
+ * of entering the kernel, as the kernel would fail them (nothing consumed,
+ * no wait). Safe from any thread. Returns how many injected failures were
+ * still pending before this call. */
+unsigned rl_test_fail_submits(struct rl_ring *r, int err, unsigned n);
 
 /* Whether the kernel honours min_wait_usec (IORING_FEAT_MIN_TIMEOUT). */
 int rl_has_min_timeout(struct rl_ring *r);

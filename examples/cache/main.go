@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"log"
-	"net"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -68,14 +67,6 @@ func main() {
 	}
 	if o.MaxValue, err = parseSize(*maxValue); err != nil || o.MaxValue == 0 {
 		log.Fatalf("cache: -max-value: must be a positive size, got %q", *maxValue)
-	}
-	// ringline binds with SO_REUSEPORT, so a second ringline process on
-	// the same address would silently share its connections; a plain
-	// listener first makes any holder of the port an error.
-	if l, err := net.Listen("tcp", *addr); err != nil {
-		log.Fatalf("cache: %v\ncache: %s is taken (is redis-server or another cache running there?); pick another -addr", err, *addr)
-	} else {
-		l.Close()
 	}
 	srv, err := server.Start(o)
 	if err != nil {

@@ -6,12 +6,14 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"log"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/ringline-go/ringline"
 )
@@ -25,6 +27,7 @@ func (echo) OnAccept(c ringline.ConnCtx) {
 		n := c.WithData(func(b []byte) ringline.ParseResult {
 			fut, err = c.Send(b)
 			if err != nil {
+				c.Close() // WithData then returns 0 instead of waiting for more
 				return ringline.Consumed(0)
 			}
 			return ringline.Consumed(len(b))
@@ -44,6 +47,7 @@ func main() {
 	backend := flag.String("backend", "auto", "backend: auto, iouring or epoll")
 	batchWait := flag.Duration("batch-wait", 0, "io_uring batch wait (Config.BatchWait), e.g. 50us; 0 is off")
 	probe := flag.Bool("probe", false, "print what the kernel offers and which backend auto picks, then exit")
+	grace := flag.Duration("grace", 5*time.Second, "on SIGINT/SIGTERM, how long to wait for connections to close before exiting anyway")
 	flag.Parse()
 	if *probe {
 		fmt.Println(ringline.Probe())
@@ -61,18 +65,32 @@ func main() {
 	default:
 		log.Fatalf("unknown -backend %q", *backend)
 	}
+	// Signals are caught from before the listening line is printed: a
+	// supervisor that signals as soon as it sees the line gets a clean
+	// shutdown, not the default action.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	rt, err := ringline.New(cfg).Bind(*addr).Launch(func(int) ringline.AsyncEventHandler { return echo{} })
 	if err != nil {
 		log.Fatal(err)
 	}
 	fmt.Printf("echo: listening on %s with %d workers; backend %s: %s\n", rt.Addr(), rt.Workers(), rt.Backend(), rt.Features())
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	select {
 	case s := <-sig:
-		fmt.Printf("echo: %v, shutting down\n", s)
-		rt.Shutdown()
+		fmt.Printf("echo: %v, shutting down (again to exit at once)\n", s)
+		go func() {
+			<-sig
+			os.Exit(1)
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), *grace)
+		err := rt.ShutdownContext(ctx)
+		cancel()
+		if err != nil {
+			// A handler that never yields cannot be stopped; exit anyway.
+			fmt.Fprintf(os.Stderr, "echo: %v; exiting\n", err)
+			os.Exit(1)
+		}
 	case <-rt.Done():
 	}
 	rt.Wait()

@@ -254,4 +254,3 @@ func GreaterOrEqual(t check.T, a, b any, msgAndArgs ...any) bool {
 	}
 	return true
 }
-

@@ -177,4 +177,3 @@ func GreaterOrEqual(t check.T, a, b any, msgAndArgs ...any) {
 		t.FailNow()
 	}
 }
-

@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"sync/atomic"
+	"time"
 
 	"github.com/ringline-go/ringline"
 	"github.com/ringline-go/ringline/examples/cache/resp"
@@ -15,6 +16,19 @@ type handler struct {
 	srv      *Server
 	worker   int
 	commands *atomic.Uint64
+}
+
+// expirePeriod is how often each worker's start task runs an active
+// expiry cycle (redis's hz is 10).
+const expirePeriod = 100 * time.Millisecond
+
+// OnStart is the worker's start task: it reclaims expired keys nobody
+// touches, also while no command arrives (under load, command batches run
+// cycles too: Engine.Tick). The worker stops it at shutdown.
+func (h *handler) OnStart(t ringline.TaskCtx) {
+	for t.Sleep(expirePeriod) == nil {
+		h.srv.eng.ExpireCycle(store.Now())
+	}
 }
 
 // OnAccept is the connection's task.
@@ -230,7 +244,8 @@ func (s *session) send(b []byte) bool {
 	for len(b) > 0 {
 		k := min(len(b), sendChunk)
 		fut, err := s.c.Send(b[:k])
-		if errors.Is(err, ringline.ErrSendPoolExhausted) && s.unacked > 0 {
+		full := errors.Is(err, ringline.ErrSendPoolExhausted) || errors.Is(err, ringline.ErrSendQueueFull)
+		if full && s.unacked > 0 {
 			// Our own queued bytes free slots as they go out.
 			if _, err := s.last.Await(); err != nil {
 				return false
@@ -238,9 +253,11 @@ func (s *session) send(b []byte) bool {
 			s.unacked, s.hasMid = 0, false
 			continue
 		}
-		if errors.Is(err, ringline.ErrSendPoolExhausted) {
+		if full {
 			// Other connections hold the whole pool and ringline offers no
-			// way to wait for space: give up on this connection.
+			// way to wait for space: give up on this connection. (Queue
+			// full cannot happen here: maxUnacked is far below
+			// Config.MaxSendQueue, and an empty queue takes any send.)
 			s.srv.log.Warn("cache: closing connection", "worker", s.c.WorkerID(), "reason", errPoolExhausted.Error())
 			return false
 		}

@@ -59,11 +59,11 @@ func (e *Engine) Closed() { e.clients.Add(-1) }
 // Processed adds n to the commands counter (called once per batch).
 func (e *Engine) Processed(n int) { e.commands.Add(uint64(n)) }
 
-// activeExpireEvery is how often (store clock, ms) some connection's batch
-// runs an active expiry cycle; activeExpireShards is how many shards a
-// cycle visits. With 256 shards every shard is sampled every 160 ms while
-// commands flow. There are no timers in ringline yet, so an idle server
-// reclaims expired keys only lazily, when they are touched.
+// Active expiry runs from two places. Under load, the batch of commands
+// that notices one is due (activeExpireEvery ms since the last, on the
+// store clock) runs a cycle over activeExpireShards shards: Tick. And a
+// server with its own timers (the ringline one: a start task per worker
+// that sleeps between cycles) also runs cycles when idle: ExpireCycle.
 const (
 	activeExpireEvery  = 10
 	activeExpireShards = 16
@@ -77,6 +77,13 @@ func (e *Engine) Tick(now int64) {
 		return
 	}
 	e.Store.ActiveExpire(now, activeExpireShards)
+}
+
+// ExpireCycle runs an active expiry cycle now (a timer's); it returns the
+// number of keys reclaimed.
+func (e *Engine) ExpireCycle(now int64) int {
+	e.lastExpire.Store(now)
+	return e.Store.ActiveExpire(now, activeExpireShards)
 }
 
 type cmdID uint8

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/ringline-go/ringline"
+	"github.com/ringline-go/ringline/examples/cache/resp"
+	"github.com/ringline-go/ringline/examples/cache/store"
 	"github.com/ringline-go/ringline/internal/require"
 )
 
@@ -429,19 +431,17 @@ func TestCrossWorker(t *testing.T) {
 }
 
 // TestExpiryWaitedOut: a key with a short TTL disappears once it is due,
-// whether touched (lazy expiry) or not (active expiry, driven by other
-// connections' commands).
+// whether touched (lazy expiry) or not: untouched keys are reclaimed by the
+// workers' timer-driven cycles with no command arriving at all.
 func TestExpiryWaitedOut(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be ringline.Backend) {
-		srv := start(t, Options{Backend: be})
+		srv := start(t, Options{Backend: be, Workers: 2})
 		c := dial(t, srv)
 		c.do(cmd("SET", "short", "v", "PX", "100"), "+OK\r\n")
 		c.do(cmd("GET", "short"), bulk("v"))
 		time.Sleep(200 * time.Millisecond)
 		c.do(cmd("GET", "short"), "$-1\r\n")
 		c.do(cmd("TTL", "short"), ":-2\r\n")
-		// Untouched keys: 2000 of them, reclaimed by sampling while other
-		// commands run.
 		var req strings.Builder
 		for i := 0; i < 2000; i++ {
 			req.WriteString(cmd("SET", fmt.Sprintf("vol:%d", i), "v", "PX", "50"))
@@ -449,16 +449,37 @@ func TestExpiryWaitedOut(t *testing.T) {
 		c.write(req.String())
 		c.expect(strings.Repeat("+OK\r\n", 2000))
 		c.do(cmd("SET", "keep", "v"), "+OK\r\n")
-		time.Sleep(100 * time.Millisecond)
-		eventually(t, 30*time.Second, func() bool {
-			c.do("PING\r\n", "+PONG\r\n")
-			c.write("DBSIZE\r\n")
-			return c.readReply() == ":1\r\n"
-		}, "expired keys reclaimed by active expiry")
+		st := srv.Engine().Store
+		eventually(t, 30*time.Second, func() bool { return st.Len() == 1 },
+			"expired keys reclaimed while no command arrives")
 		c.write("INFO stats\r\n")
 		require.Contains(t, c.readReply(), "expired_keys:2001\r\n")
 		c.do(cmd("GET", "keep"), bulk("v"))
 	})
+}
+
+// TestCommandDrivenExpiry: under load, command batches run expiry cycles
+// too (Engine.Tick), at most every activeExpireEvery ms of store clock.
+func TestCommandDrivenExpiry(t *testing.T) {
+	eng := NewEngine(store.New(store.Options{Shards: 16}), resp.DefaultMaxBulk)
+	var cl Client
+	var r resp.Reply
+	for i := 0; i < 1000; i++ {
+		eng.Exec(&cl, [][]byte{[]byte("SET"), []byte(fmt.Sprintf("k%d", i)), []byte("v"), []byte("PX"), []byte("5")}, &r, 1000)
+	}
+	eng.Exec(&cl, [][]byte{[]byte("SET"), []byte("keep"), []byte("v")}, &r, 1000)
+	now := int64(1010)
+	for i := 0; i < 1000 && eng.Store.Len() > 1; i++ {
+		now += activeExpireEvery
+		eng.Tick(now)
+	}
+	require.Equal(t, int64(1), eng.Store.Len())
+	// Within a period, batches do not run another cycle.
+	eng.Exec(&cl, [][]byte{[]byte("SET"), []byte("k"), []byte("v"), []byte("PX"), []byte("1")}, &r, now)
+	eng.Tick(now + activeExpireEvery - 1)
+	require.Equal(t, int64(2), eng.Store.Len())
+	eng.Tick(now + activeExpireEvery)
+	require.Equal(t, int64(1), eng.Store.Len())
 }
 
 // TestMaxMemory: writes beyond -maxmemory evict keys instead of growing.

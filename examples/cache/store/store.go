@@ -617,8 +617,8 @@ func (s *Store) evictOne(sh *shard, now int64) bool {
 // the next few shards (a cursor shared by all callers) and, in each,
 // samples up to 20 keys that have a deadline, deleting the expired ones,
 // and samples again while more than a quarter of a sample had expired (at
-// most 8 rounds). Callers drive it from command processing, since the
-// server has no timers. It returns the number of keys reclaimed.
+// most 8 rounds). Callers drive it: a timer, and command processing. It
+// returns the number of keys reclaimed.
 func (s *Store) ActiveExpire(now int64, shards int) int {
 	total := 0
 	for k := 0; k < shards; k++ {

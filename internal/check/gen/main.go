@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"go/format"
 	"os"
 	"strings"
 )
@@ -167,6 +168,12 @@ func main() {
 	}
 	return true`, o.want, o.op))
 		}
-		os.WriteFile("../"+pkg+"/"+pkg+".go", []byte(b.String()), 0o644)
+		src, err := format.Source([]byte(b.String()))
+		if err != nil {
+			panic(err)
+		}
+		if err := os.WriteFile("../"+pkg+"/"+pkg+".go", src, 0o644); err != nil {
+			panic(err)
+		}
 	}
 }

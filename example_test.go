@@ -1,0 +1,260 @@
+package ringline_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/ringline-go/ringline"
+)
+
+// handlerFunc turns a task body into an AsyncEventHandler.
+type handlerFunc func(c ringline.ConnCtx)
+
+func (f handlerFunc) OnAccept(c ringline.ConnCtx) { f(c) }
+
+// launch starts a one-worker runtime on a free loopback port running task
+// for every connection.
+func launch(cfg ringline.Config, task func(c ringline.ConnCtx)) *ringline.Runtime {
+	cfg.Workers = 1
+	rt, err := ringline.New(cfg).Bind("127.0.0.1:0").
+		Launch(func(workerID int) ringline.AsyncEventHandler { return handlerFunc(task) })
+	if err != nil {
+		log.Fatal(err)
+	}
+	return rt
+}
+
+// dial connects to rt as a client would, with a deadline so that a broken
+// server fails the example instead of hanging it.
+func dial(rt *ringline.Runtime) net.Conn {
+	c, err := net.DialTimeout("tcp", rt.Addr().String(), 10*time.Second)
+	if err != nil {
+		log.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	return c
+}
+
+// stop shuts the runtime down and waits until its workers have released
+// everything.
+func stop(rt *ringline.Runtime) {
+	rt.Shutdown()
+	rt.Wait()
+}
+
+// echo is the connection's task: it sends back whatever arrives, awaiting
+// each send, until the peer closes.
+type echo struct{}
+
+func (echo) OnAccept(c ringline.ConnCtx) {
+	for {
+		var fut ringline.SendFuture
+		var err error
+		n := c.WithData(func(b []byte) ringline.ParseResult {
+			// b may be the kernel's own receive buffer: Send copies it
+			// into the send pool before the closure returns.
+			fut, err = c.Send(b)
+			if err != nil {
+				// Close makes WithData return 0 rather than wait for
+				// more bytes.
+				c.Close()
+				return ringline.Consumed(0)
+			}
+			return ringline.Consumed(len(b))
+		})
+		if n == 0 || err != nil {
+			return // the peer closed, or the connection failed
+		}
+		if _, err := fut.Await(); err != nil {
+			return
+		}
+	}
+}
+
+// An echo server: one handler per worker, one task per connection.
+func Example() {
+	rt, err := ringline.New(ringline.Config{Workers: 1}).
+		Bind("127.0.0.1:0").
+		Launch(func(workerID int) ringline.AsyncEventHandler { return echo{} })
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer stop(rt)
+
+	c := dial(rt)
+	defer c.Close()
+	fmt.Fprint(c, "hello, ringline")
+	buf := make([]byte, len("hello, ringline"))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(string(buf))
+	// Output: hello, ringline
+}
+
+// A parse loop over a line protocol. The closure sees everything received
+// and not yet consumed; with no complete line it returns NeedMore, and
+// WithData runs it again once more bytes arrive, however the peer split
+// them.
+func ExampleConnCtx_WithData() {
+	rt := launch(ringline.Config{}, func(c ringline.ConnCtx) {
+		for {
+			n := c.WithData(func(b []byte) ringline.ParseResult {
+				i := bytes.IndexByte(b, '\n')
+				if i < 0 {
+					return ringline.NeedMore()
+				}
+				reply := "you said " + strings.ToUpper(string(b[:i])) + "\n"
+				if err := c.SendNowait([]byte(reply)); err != nil {
+					c.Close()
+				}
+				return ringline.Consumed(i + 1)
+			})
+			if n == 0 {
+				return
+			}
+		}
+	})
+	defer stop(rt)
+
+	c := dial(rt)
+	defer c.Close()
+	r := bufio.NewReader(c)
+	// Two lines in three writes, split mid-line; each write waits for
+	// nothing, so the server sees them in whatever pieces TCP delivers.
+	for _, part := range []string{"hel", "lo\nwor", "ld\n"} {
+		fmt.Fprint(c, part)
+	}
+	for range 2 {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Print(line)
+	}
+	// Output:
+	// you said HELLO
+	// you said WORLD
+}
+
+// Length-prefixed frames: NeedAtLeast tells WithData how many bytes must be
+// buffered before the closure is worth running again.
+func ExampleNeedAtLeast() {
+	rt := launch(ringline.Config{}, func(c ringline.ConnCtx) {
+		for {
+			n := c.WithData(func(b []byte) ringline.ParseResult {
+				if len(b) < 2 {
+					return ringline.NeedAtLeast(2)
+				}
+				size := 2 + int(binary.BigEndian.Uint16(b))
+				if len(b) < size {
+					return ringline.NeedAtLeast(size)
+				}
+				if err := c.SendNowait([]byte(fmt.Sprintf("frame of %d bytes\n", size-2))); err != nil {
+					c.Close()
+				}
+				return ringline.Consumed(size)
+			})
+			if n == 0 {
+				return
+			}
+		}
+	})
+	defer stop(rt)
+
+	c := dial(rt)
+	defer c.Close()
+	var msg []byte
+	for _, payload := range []string{"ping", "a longer payload"} {
+		msg = binary.BigEndian.AppendUint16(msg, uint16(len(payload)))
+		msg = append(msg, payload...)
+	}
+	c.Write(msg[:3]) // the first frame arrives in two pieces
+	c.Write(msg[3:])
+	r := bufio.NewReader(c)
+	for range 2 {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Print(line)
+	}
+	// Output:
+	// frame of 4 bytes
+	// frame of 16 bytes
+}
+
+// Send with backpressure: a task that streams a large response awaits each
+// chunk's SendFuture, so it never queues more than the peer takes. A slow
+// reader slows the task down instead of filling the send pool.
+// SendNowait, which returns no future, suits replies that are small next to
+// the pool; when the pool is full either call returns
+// ErrSendPoolExhausted and queues nothing.
+func ExampleConnCtx_Send() {
+	const total = 4 << 20
+	rt := launch(ringline.Config{}, func(c ringline.ConnCtx) {
+		chunk := bytes.Repeat([]byte{'x'}, 64<<10)
+		for sent := 0; sent < total; sent += len(chunk) {
+			fut, err := c.Send(chunk)
+			if err != nil {
+				// ErrSendPoolExhausted: other connections filled the
+				// worker's pool (this task never has more than one
+				// chunk queued). Here it gives up; a service might
+				// await an earlier send and retry.
+				return
+			}
+			if _, err := fut.Await(); err != nil {
+				return // the peer went away
+			}
+		}
+		c.Close() // after the queued bytes are sent
+	})
+	defer stop(rt)
+
+	c := dial(rt)
+	defer c.Close()
+	n, err := io.Copy(io.Discard, c)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("received", n, "bytes")
+	// Output: received 4194304 bytes
+}
+
+// Choosing a backend. Probe says what this build and kernel offer, which
+// backend Auto would pick and, when that is epoll, why (p.String() renders
+// it all for a log line); a runtime reports what it runs on. IOUring
+// refuses to fall back: where io_uring is unusable, Launch fails with an
+// error wrapping ErrIOUringUnavailable and the kernel's errno.
+func ExampleProbe() {
+	p := ringline.Probe()
+
+	rt := launch(ringline.Config{Backend: ringline.Auto}, echo{}.OnAccept)
+	fmt.Println("Auto runs where Probe said:", rt.Backend() == p.Auto)
+	stop(rt)
+
+	rt, err := ringline.New(ringline.Config{Workers: 1, Backend: ringline.IOUring}).
+		Bind("127.0.0.1:0").Launch(func(int) ringline.AsyncEventHandler { return echo{} })
+	if err == nil {
+		stop(rt)
+	}
+	agrees := (err == nil && p.AutoReason == nil) ||
+		(errors.Is(err, ringline.ErrIOUringUnavailable) && p.AutoReason != nil)
+	fmt.Println("IOUring launches exactly where Probe found io_uring usable:", agrees)
+
+	rt = launch(ringline.Config{Backend: ringline.Epoll}, echo{}.OnAccept)
+	fmt.Println("forced:", rt.Backend())
+	stop(rt)
+	// Output:
+	// Auto runs where Probe said: true
+	// IOUring launches exactly where Probe found io_uring usable: true
+	// forced: epoll
+}

@@ -1,0 +1,119 @@
+package ringline
+
+import (
+	"context"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ringline-go/ringline/internal/assert"
+	"github.com/ringline-go/ringline/internal/require"
+)
+
+// A handler that blocks (time.Sleep) stalls its worker; the watchdog,
+// running off the worker's thread, notices while it is still blocked,
+// counts it once and logs it.
+func TestWatchdogReportsBlockingHandler(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		var logs syncBuffer
+		cfg := testConfig(be)
+		cfg.Logger = newTestLogger(&logs)
+		cfg.StallThreshold = 100 * time.Millisecond
+		rt := serve(t, cfg, func(c ConnCtx) {
+			c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
+			time.Sleep(600 * time.Millisecond) // the misuse
+			echoTask(c)
+		})
+		cl := dial(t, rt)
+		_, err := cl.Write([]byte("s"))
+		require.NoError(t, err)
+		require.True(t, settle(2*time.Second, func() bool { return Total(rt.Stats()).Stalls > 0 }), "stall not reported")
+		require.Equal(t, []byte("after"), roundTrip(t, cl, []byte("after")))
+		assert.Equal(t, uint64(1), Total(rt.Stats()).Stalls, "one stall, counted once")
+		assert.Contains(t, logs.String(), "worker stalled")
+	})
+}
+
+// A busy but healthy worker is never reported.
+func TestWatchdogQuietUnderLoad(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		rt := serve(t, testConfig(be), echoTask)
+		c := dial(t, rt)
+		msg := pattern(32<<10, 1)
+		for i := 0; i < 50; i++ {
+			roundTrip(t, c, msg)
+		}
+		assert.Zero(t, Total(rt.Stats()).Stalls)
+	})
+}
+
+// ShutdownContext bounds the wait for a worker whose task never yields,
+// naming it, instead of hanging like Wait.
+func TestShutdownContextNamesStuckWorker(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		release := make(chan struct{})
+		blocked := make(chan struct{})
+		cfg := testConfig(be)
+		cfg.Workers = 1
+		rt, err := New(cfg).Bind("127.0.0.1:0").Launch(func(int) AsyncEventHandler {
+			return handlerFunc(func(c ConnCtx) {
+				close(blocked)
+				<-release // the misuse: a task blocked on a channel
+			})
+		})
+		require.NoError(t, err)
+		cl, err := net.Dial("tcp", rt.Addr().String())
+		require.NoError(t, err)
+		defer cl.Close()
+		<-blocked
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		err = rt.ShutdownContext(ctx)
+		require.Error(t, err)
+		assert.Less(t, time.Since(start), 5*time.Second)
+		assert.ErrorIs(t, err, context.DeadlineExceeded)
+		assert.Contains(t, err.Error(), "worker 0")
+		assert.Contains(t, err.Error(), "without yielding")
+		close(release)
+		require.NoError(t, rt.ShutdownContext(context.Background()), "once the task lets go, shutdown completes")
+	})
+}
+
+// By default a second server cannot take a port another socket holds;
+// with ReusePort it may share it.
+func TestBindRefusesSharedPortUnlessReusePort(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be)
+		cfg.Workers = 2
+		first := serve(t, cfg, echoTask)
+		addr := first.Addr().String()
+		_, err := New(cfg).Bind(addr).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
+		require.ErrorIs(t, err, syscall.EADDRINUSE)
+		assert.Contains(t, err.Error(), "ReusePort")
+
+		// Both opt in: they share.
+		cfg.ReusePort = true
+		a := serve(t, cfg, echoTask)
+		b, err := New(cfg).Bind(a.Addr().String()).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
+		require.NoError(t, err)
+		defer func() { b.Shutdown(); b.Wait() }()
+	})
+}
+
+// Config errors say what is valid, and print durations as durations.
+func TestConfigErrorText(t *testing.T) {
+	_, err := New(Config{Workers: -1}).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "0 (one per CPU) or 1..1024")
+	_, err = New(Config{BatchWait: 20 * time.Millisecond}).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "= 20ms")
+	assert.False(t, strings.Contains(err.Error(), "20000000"))
+	_, err = New(Config{SendPoolSlots: 4, SendSlotSize: 4096, MaxSendQueue: 1 << 20}).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
+	var ce *ConfigError
+	require.ErrorAs(t, err, &ce)
+	assert.Equal(t, "MaxSendQueue", ce.Field)
+}
