@@ -167,8 +167,13 @@ func TestCommands(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be ringline.Backend) {
 		srv := start(t, Options{Backend: be})
 		c := dial(t, srv)
+		inScript := map[string]bool{}
 		for _, s := range commandScript {
 			c.do(s.req, s.want)
+			inScript[s.req] = true
+		}
+		for req := range notRedis {
+			require.True(t, inScript[req], "notRedis names %q, which is not in the script", req)
 		}
 		pttl := func(k string) int {
 			c.write("PTTL " + k + "\r\n")
