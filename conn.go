@@ -465,12 +465,13 @@ func (cn *conn) setDeadline(dl *int64, n *timerNode, kind uint8, t time.Time) {
 	}
 	at := max(w.clockAt(t), 1)
 	*dl = at
-	n.kind, n.conn = kind, cn
 	// A later deadline leaves an armed timer where it is: it fires, sees
-	// the deadline moved and re-arms once (deadlineFired).
-	if !n.armed() || at < n.at {
-		w.timers.set(n, at)
+	// the deadline moved and re-arms once (deadlineFired). That is the
+	// idle-timeout renewal after every parse, so it is only a store.
+	if n.armed() && at >= n.at {
+		return
 	}
+	w.timers.set(n, at)
 	// Waiters re-check: a deadline already past ends their wait now.
 	if at <= w.now() {
 		ev := waitRecv

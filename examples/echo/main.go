@@ -2,7 +2,8 @@
 // reads whatever arrived and sends it back with Send, awaiting each send:
 // when a client stops reading, the server stops consuming its input (TCP
 // then throttles the client) and no byte is lost. When a client half-closes,
-// everything it sent is still echoed before the server closes.
+// everything it sent is still echoed before the server closes. With
+// -idle-timeout, a connection silent for that long is closed.
 package main
 
 import (
@@ -18,10 +19,17 @@ import (
 	"github.com/ringline-go/ringline"
 )
 
-type echo struct{}
+// echo is the handler; idle, when set, closes a connection that sends
+// nothing for that long (a read deadline renewed before every read).
+type echo struct {
+	idle time.Duration
+}
 
-func (echo) OnAccept(c ringline.ConnCtx) {
+func (e echo) OnAccept(c ringline.ConnCtx) {
 	for {
+		if e.idle > 0 {
+			c.SetReadDeadline(time.Now().Add(e.idle))
+		}
 		var fut ringline.SendFuture
 		var err error
 		n := c.WithData(func(b []byte) ringline.ParseResult {
@@ -48,6 +56,7 @@ func main() {
 	batchWait := flag.Duration("batch-wait", 0, "io_uring batch wait (Config.BatchWait), e.g. 50us; 0 is off")
 	probe := flag.Bool("probe", false, "print what the kernel offers and which backend auto picks, then exit")
 	grace := flag.Duration("grace", 5*time.Second, "on SIGINT/SIGTERM, how long to wait for connections to close before exiting anyway")
+	idle := flag.Duration("idle-timeout", 0, "close a connection that sends nothing for this long (0: never)")
 	flag.Parse()
 	if *probe {
 		fmt.Println(ringline.Probe())
@@ -70,7 +79,7 @@ func main() {
 	// shutdown, not the default action.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	rt, err := ringline.New(cfg).Bind(*addr).Launch(func(int) ringline.AsyncEventHandler { return echo{} })
+	rt, err := ringline.New(cfg).Bind(*addr).Launch(func(int) ringline.AsyncEventHandler { return echo{idle: *idle} })
 	if err != nil {
 		log.Fatal(err)
 	}
