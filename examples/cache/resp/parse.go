@@ -85,6 +85,23 @@ type Parser struct {
 // NewParser returns a Parser refusing bulk arguments over maxBulk.
 func NewParser(maxBulk int64) *Parser { return &Parser{MaxBulk: maxBulk} }
 
+// Shrink drops the argument slices once a request with very many
+// arguments has made them large, so a connection does not keep that
+// memory; the next requests grow them again as needed. It keeps the
+// progress of a partially parsed request. Arguments returned by Next stay
+// valid (they are not overwritten, only no longer reused).
+func (p *Parser) Shrink() {
+	if p.inFrame {
+		return // spans hold a partial request's progress
+	}
+	if cap(p.args) > 1024 {
+		p.args, p.spans = nil, nil
+	}
+	if cap(p.inline) > MaxInlineSize/4 {
+		p.inline = nil
+	}
+}
+
 // Reset forgets a partially parsed frame.
 func (p *Parser) Reset() {
 	p.inFrame, p.want, p.pos, p.scanned = false, 0, 0, 0

@@ -102,7 +102,7 @@ func (s *session) parse(data []byte) ringline.ParseResult {
 			break
 		}
 		if n == 0 {
-			if need > bigFrame {
+			if need > s.srv.bigFrame {
 				// Too big to leave in ringline's accumulator (which must
 				// stay small: it is also what a non-reading task lets
 				// pile up). Take the partial frame over; the parser's
@@ -137,10 +137,11 @@ func (s *session) done(cmds int, now int64) {
 		s.commands.Add(uint64(cmds))
 		s.eng.Tick(now)
 	}
+	s.p.Shrink()
 }
 
 func (s *session) enterBig(partial []byte, need int) {
-	s.big = append(make([]byte, 0, max(2*len(partial), min(need, 2*bigFrame))), partial...)
+	s.big = append(make([]byte, 0, max(2*len(partial), min(need, 2*s.srv.bigFrame))), partial...)
 	s.bigOff = 0
 	s.bigNeed = need
 }
@@ -232,6 +233,9 @@ func (s *session) flush() bool {
 	r.Reset()
 	if cap(r.B) > replyKeep {
 		r.B = nil
+	}
+	if cap(r.Refs) > 1024 {
+		r.Refs = nil
 	}
 	return ok
 }

@@ -54,14 +54,16 @@ const (
 	// before its task waits for the kernel to take some: the backpressure
 	// that throttles a client that pipelines without reading.
 	maxUnacked = 256 << 10
-	// recvLimit is ringline's MaxRecvAccumulator for the server: what a
-	// connection buffers while its task is not reading (it then pauses
-	// receiving). A frame that needs more than bigFrame bytes is taken
-	// over by the task instead, up to the query limit.
+	// recvLimit is ringline's MaxRecvAccumulator for the server (unless
+	// Options.Ring sets one): what a connection buffers while its task is
+	// not reading (it then pauses receiving). A request that needs more
+	// than half of it is taken over by the task instead, up to the query
+	// limit.
 	recvLimit = 1 << 20
-	bigFrame  = recvLimit / 2
-	// replyKeep is the reply buffer capacity kept between batches.
-	replyKeep = 1 << 20
+	// replyKeep is the reply buffer capacity kept between batches: a
+	// batch's replies stop growing near flushAt, and an idle connection
+	// should not keep what one huge reply needed.
+	replyKeep = flushAt + 16<<10
 )
 
 // Server is a running cache server.
@@ -71,6 +73,7 @@ type Server struct {
 	log      *slog.Logger
 	maxBulk  int64
 	maxQuery int
+	bigFrame int // requests needing more are taken over by the task
 
 	mu       sync.Mutex
 	counters map[int]*atomic.Uint64 // commands, per worker
@@ -103,6 +106,7 @@ func Start(o Options) (*Server, error) {
 	// A request may carry two maximal values (MSET k v k v) and change;
 	// redis's client-query-buffer-limit plays this role.
 	s.maxQuery = int(min(2*o.MaxValue+1<<20, 1<<40))
+	s.bigFrame = cfg.MaxRecvAccumulator / 2
 	s.eng.Info = s.info
 	s.eng.CountCommands = s.Commands
 	rt, err := ringline.New(cfg).Bind(o.Addr).Launch(func(id int) ringline.AsyncEventHandler {
