@@ -29,6 +29,7 @@ type Error struct {
 	Msg string // without "-ERR " and CRLF
 }
 
+// Error returns the message as the error reply carries it ("ERR ...").
 func (e *Error) Error() string { return "ERR " + e.Msg }
 
 // AppendReply appends the error reply to b.
