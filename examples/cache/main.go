@@ -47,10 +47,11 @@ func main() {
 	backend := flag.String("backend", "auto", "backend: auto, iouring or epoll")
 	maxMemory := flag.String("maxmemory", "0", "memory bound for keys and values, e.g. 100mb; 0 is unbounded (keys are evicted approximately LRU)")
 	maxValue := flag.String("max-value", strconv.Itoa(resp.DefaultMaxBulk), "largest bulk argument accepted (redis's proto-max-bulk-len), e.g. 1mb")
+	batchWait := flag.Duration("batch-wait", 0, "io_uring batch wait (ringline Config.BatchWait), e.g. 50us; 0 is off")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
 	flag.Parse()
 
-	o := server.Options{Addr: *addr, Workers: *workers}
+	o := server.Options{Addr: *addr, Workers: *workers, Ring: ringline.Config{BatchWait: *batchWait}}
 	switch *backend {
 	case "auto":
 		o.Backend = ringline.Auto

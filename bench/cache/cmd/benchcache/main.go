@@ -56,6 +56,7 @@ func main() {
 	serverCPU := flag.Int("server-cpu", 0, "CPU the server is pinned to")
 	clientCPU := flag.Int("client-cpu", 1, "CPU redis-benchmark is pinned to")
 	warmup := flag.Int("warmup", 100000, "requests of each test sent before measuring")
+	batchWait := flag.String("batch-wait", "0", "the ringline cache's -batch-wait (io_uring Config.BatchWait), e.g. 50us")
 	flag.Parse()
 
 	if runtime.NumCPU() < 2 {
@@ -68,7 +69,7 @@ func main() {
 	}
 	kinds := map[string]serverKind{
 		"iouring": {"ringline io_uring", func(p string) []string {
-			return []string{*cacheBin, "-addr", "127.0.0.1:" + p, "-workers", "1", "-backend", "iouring"}
+			return []string{*cacheBin, "-addr", "127.0.0.1:" + p, "-workers", "1", "-backend", "iouring", "-batch-wait", *batchWait}
 		}},
 		"epoll": {"ringline epoll", func(p string) []string {
 			return []string{*cacheBin, "-addr", "127.0.0.1:" + p, "-workers", "1", "-backend", "epoll"}
