@@ -154,6 +154,14 @@ func (m *Mailbox[T]) Put(v T) error {
 	m.mu.Unlock()
 	if post {
 		if err := m.w.post(m.notifyFn); err != nil {
+			// The worker stopped between the check and the post: take
+			// the value back, so ErrClosed means it was not put.
+			m.mu.Lock()
+			var zero T
+			m.n--
+			m.buf[(m.head+m.n)%len(m.buf)] = zero
+			m.notify = false
+			m.mu.Unlock()
 			return err
 		}
 	}
@@ -226,9 +234,12 @@ func (m *Mailbox[T]) Recv() (T, error) {
 		closed := m.closed
 		m.mu.Unlock()
 		if ok {
+			m.waiters = removeWaiter(m.waiters, t)
 			return v, nil
 		}
 		if closed || m.w.stopped {
+			m.waiters = removeWaiter(m.waiters, t)
+			t.spinGuard()
 			return zero, ErrClosed
 		}
 		m.await(t)
@@ -244,6 +255,8 @@ type mailReady[T any] struct{ m *Mailbox[T] }
 
 func (r mailReady[T]) owner() *worker { return r.m.w }
 
+func (r mailReady[T]) drop(t *task) { r.m.waiters = removeWaiter(r.m.waiters, t) }
+
 func (r mailReady[T]) poll(t *task) (bool, uint8) {
 	m := r.m
 	m.mu.Lock()
@@ -256,11 +269,4 @@ func (r mailReady[T]) poll(t *task) (bool, uint8) {
 	return false, waitMail
 }
 
-func (m *Mailbox[T]) await(t *task) {
-	for _, x := range m.waiters {
-		if x == t {
-			return
-		}
-	}
-	m.waiters = append(m.waiters, t)
-}
+func (m *Mailbox[T]) await(t *task) { m.waiters = addWaiter(m.waiters, t) }

@@ -92,7 +92,9 @@ type conn struct {
 // does nothing and returns ErrNotInWorker (or, for methods without an
 // error, its zero value), and the misuse is logged and counted in
 // WorkerStats.ForeignCalls. The check is exact, not a racy read, and costs
-// about 2 ns per call.
+// a few nanoseconds per call (docs/BENCHMARKS.md). A coroutine a task makes
+// itself (with iter.Pull) is another goroutine, so calls from it are
+// refused too.
 //
 // The receive methods (WithData, WithBytes, TryWithData, SetRecvSink,
 // TakeRecvSink, RecvReady) are further reserved to the task that owns the
@@ -111,7 +113,9 @@ type ConnCtx struct {
 // ConnToken identifies a connection (worker, slot index and generation)
 // without a pointer: it is comparable, usable as a map key, and may be
 // handed to other goroutines, which reach the connection with
-// Runtime.Send or Runtime.Post.
+// Runtime.Send or Runtime.Post. It names a connection of one runtime only:
+// kept across a restart, or used with another runtime, it may name an
+// unrelated connection there.
 type ConnToken struct {
 	Worker uint32
 	Index  uint32
@@ -135,7 +139,9 @@ type AsyncEventHandler interface {
 	// Config.StallThreshold). It must never call runtime.LockOSThread or
 	// runtime.UnlockOSThread: the Go runtime kills the process when a
 	// coroutine's thread locking changes. Wait only through ringline's
-	// suspending calls (WithData, WithBytes, RecvReady, SendFuture.Await).
+	// suspending calls (WithData, WithBytes, RecvReady, SendFuture.Await,
+	// TaskCtx.Sleep, Timer.Await, JoinHandle.Join, Select, JoinAll,
+	// Mailbox.Recv).
 	OnAccept(c ConnCtx)
 }
 
@@ -155,6 +161,11 @@ func (c ConnCtx) get() *conn {
 // onWorker reports whether the caller is the worker's loop goroutine or
 // the task it is running.
 func (w *worker) onWorker() bool {
+	// A worker that has exited no longer owns its goroutine identity: the
+	// runtime reuses g structs, so a new goroutine could match it.
+	if w.exited.Load() {
+		return false
+	}
 	g := gid.Get()
 	return g == w.curG.Load() || g == w.g
 }
@@ -259,6 +270,9 @@ func (c ConnCtx) Err() error {
 	cn, err := c.own("Err")
 	if err != nil {
 		return err
+	}
+	if cn.err == nil && cn.w.stopped {
+		return ErrShutdown
 	}
 	if cn.err == nil && cn.rdTimedOut {
 		return errReadDeadline
@@ -388,20 +402,15 @@ func (f SendFuture) poll(t *task) (bool, uint8) {
 		return true, 0 // Await reports the deadline
 	}
 	if t != cn.task {
-		cn.addSendWaiter(t)
+		cn.sendWaiters = addWaiter(cn.sendWaiters, t)
 	}
 	return false, waitSend
 }
 
-// addSendWaiter registers another connection's task awaiting this one's
-// sends (once).
-func (cn *conn) addSendWaiter(t *task) {
-	for _, x := range cn.sendWaiters {
-		if x == t {
-			return
-		}
+func (f SendFuture) drop(t *task) {
+	if cn := f.c.get(); cn != nil {
+		cn.sendWaiters = removeWaiter(cn.sendWaiters, t)
 	}
-	cn.sendWaiters = append(cn.sendWaiters, t)
 }
 
 func (cn *conn) sendable() error {
@@ -542,7 +551,7 @@ func (cn *conn) requestClose() {
 		cn.startClose()
 	} else if !cn.draining && cn.state == connOpen {
 		cn.draining = true
-		cn.w.timers.set(&cn.drainT, cn.w.now()+int64(cn.w.cfg.CloseDrainTimeout))
+		cn.w.timers.set(&cn.drainT, addClock(cn.w.now(), cn.w.cfg.CloseDrainTimeout))
 	}
 }
 

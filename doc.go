@@ -38,7 +38,10 @@
 // must not call runtime.LockOSThread either (the worker's goroutine already
 // is locked, and the Go runtime aborts a coroutine switch whose lock state
 // changed). Wait only through ringline's suspending calls: WithData,
-// WithBytes, RecvReady and SendFuture.Await. Work that must block belongs on
+// WithBytes, RecvReady, SendFuture.Await, TaskCtx.Sleep, Timer.Await,
+// JoinHandle.Join, Select, JoinAll and Mailbox.Recv. A coroutine the task
+// makes itself (iter.Pull) is another goroutine: ringline refuses calls
+// from it like any foreign goroutine's. Work that must block belongs on
 // an ordinary goroutine.
 //
 // A parse closure (the function given to WithData, WithBytes or
@@ -54,7 +57,7 @@
 //     nothing and returns [ErrNotInWorker] (or its zero value); the misuse
 //     is logged at most once a second, naming the caller, and counted in
 //     WorkerStats.ForeignCalls. The check is exact (the caller's goroutine
-//     identity, about 4 ns), never a racy read. The receiving methods
+//     identity, a few nanoseconds), never a racy read. The receiving methods
 //     (WithData, WithBytes, TryWithData, SetRecvSink, TakeRecvSink,
 //     RecvReady) belong to the task that owns the connection and return 0
 //     or false in any other task; any task of the worker may send on a

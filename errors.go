@@ -21,8 +21,8 @@ var (
 	ErrSendPoolExhausted = errors.New("ringline: send pool exhausted")
 	// ErrSendQueueFull is returned by SendNowait and Send when the bytes
 	// would take the connection's queue (bytes waiting for the kernel)
-	// past Config.MaxSendQueue, typically because its peer does not read.
-	// A send made with nothing queued is never refused this way. Nothing was
+	// past Config.MaxSendQueue, typically because its peer does not read
+	// (or because one send is larger than MaxSendQueue). Nothing was
 	// queued; other connections are unaffected. Await an earlier
 	// SendFuture before sending more, or close the connection.
 	ErrSendQueueFull = errors.New("ringline: connection send queue full (Config.MaxSendQueue)")

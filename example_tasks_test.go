@@ -159,7 +159,7 @@ func ExampleMailbox() {
 	defer conn.Close()
 	go func() {
 		for _, s := range []string{"one\n", "two\n", "three\n"} {
-			for mb.Put(s) != nil { // full: try again later
+			for errors.Is(mb.Put(s), ringline.ErrMailboxFull) { // full: try again later
 				time.Sleep(time.Millisecond)
 			}
 		}

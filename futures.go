@@ -64,16 +64,17 @@ var (
 	ErrOtherWorker = errors.New("ringline: future belongs to another worker")
 )
 
-// Sleep suspends the calling task for d (d <= 0 yields once: other
-// runnable tasks of the worker run first). Only the timer wakes it. It
-// returns ErrNotInTask or ErrNotInWorker when called outside a task of
-// the worker, and panics inside a parse closure, like any suspension.
+// Sleep suspends the calling task for d. Only the timer wakes it, or the
+// runtime's shutdown, which ends the sleep early with ErrShutdown so the
+// task can wind down. It returns ErrNotInTask or ErrNotInWorker when
+// called outside a task of the worker, and panics inside a parse closure,
+// like any suspension.
 func (t TaskCtx) Sleep(d time.Duration) error {
 	cur, err := t.cur()
 	if err != nil {
 		return err
 	}
-	return cur.sleepUntil(cur.w.now() + int64(max(d, 0)))
+	return cur.sleepUntil(addClock(cur.w.now(), d))
 }
 
 // SleepUntil suspends the calling task until the wall clock reaches at
@@ -92,6 +93,10 @@ func (t *task) sleepUntil(at int64) error {
 	n.fired = false
 	w.timers.set(n, at)
 	for !n.fired {
+		if t.tellStop() {
+			w.timers.remove(n)
+			return ErrShutdown
+		}
 		t.suspend(waitTimer)
 	}
 	return nil
@@ -137,8 +142,9 @@ type JoinHandle struct {
 // returns how it ended: nil when it returned, a *PanicError when it
 // panicked, ErrAborted when it was aborted or stopped at shutdown,
 // ErrGoexit when it called runtime.Goexit. It must be called from a task
-// of the same worker (ErrOtherWorker otherwise); any number of tasks may
-// join the same one.
+// of the same worker (ErrNotInWorker otherwise); any number of tasks may
+// join the same one. At shutdown a Join still waiting returns
+// ErrShutdown (once; see Select).
 func (h JoinHandle) Join() error {
 	if h.t == nil {
 		return nil
@@ -194,13 +200,49 @@ func (h JoinHandle) poll(t *task) (bool, uint8) {
 	if h.t == t {
 		return true, 0 // joining oneself: Join would never return
 	}
-	for _, j := range h.t.joiners {
-		if j == t {
-			return false, waitJoin
+	h.t.joiners = addWaiter(h.t.joiners, t)
+	return false, waitJoin
+}
+
+func (h JoinHandle) drop(t *task) {
+	if h.t != nil {
+		h.t.joiners = removeWaiter(h.t.joiners, t)
+	}
+}
+
+// addWaiter adds t to a waiter list once, dropping tasks that have ended
+// on the way (so a list never outgrows the tasks that wait).
+func addWaiter(ws []*task, t *task) []*task {
+	found := false
+	n := 0
+	for _, x := range ws {
+		if x.done {
+			continue
+		}
+		if x == t {
+			found = true
+		}
+		ws[n] = x
+		n++
+	}
+	clear(ws[n:])
+	ws = ws[:n]
+	if !found {
+		ws = append(ws, t)
+	}
+	return ws
+}
+
+// removeWaiter removes t from a waiter list.
+func removeWaiter(ws []*task, t *task) []*task {
+	for i, x := range ws {
+		if x == t {
+			copy(ws[i:], ws[i+1:])
+			ws[len(ws)-1] = nil
+			return ws[:len(ws)-1]
 		}
 	}
-	h.t.joiners = append(h.t.joiners, t)
-	return false, waitJoin
+	return ws
 }
 
 // Future is something a task can wait for: a SendFuture, a Timer, a
@@ -213,6 +255,9 @@ type Future interface {
 	// arranges for t to be woken by an event in the returned mask when it
 	// may have.
 	poll(t *task) (ready bool, mask uint8)
+	// drop undoes what poll arranged for t (the wait is over), so waiter
+	// lists hold only tasks that still wait.
+	drop(t *task)
 	owner() *worker
 }
 
@@ -223,12 +268,25 @@ type Future interface {
 // called outside a task of their worker; nil futures are ignored.
 //
 // A task suspended in Select is woken only by events of the futures it
-// waits for.
+// waits for. At shutdown, the first Select (or Sleep, or JoinAll) a task
+// is in or makes returns ErrShutdown, so the task can wind down; later
+// ones wait normally until Config.ShutdownTimeout stops the task.
 func Select(fs ...Future) (int, error) {
 	t, err := waitingTask(fs)
 	if err != nil {
 		return -1, err
 	}
+	if t == nil {
+		// No future has a worker: all are nil or zero values, which are
+		// resolved.
+		for i, f := range fs {
+			if f != nil {
+				return i, nil
+			}
+		}
+		return -1, nil
+	}
+	defer dropAll(fs, t)
 	for {
 		var mask uint8
 		for i, f := range fs {
@@ -241,7 +299,19 @@ func Select(fs ...Future) (int, error) {
 			}
 			mask |= m
 		}
+		if t.tellStop() {
+			return -1, ErrShutdown
+		}
 		t.suspend(mask)
+	}
+}
+
+// dropAll ends t's registrations with fs.
+func dropAll(fs []Future, t *task) {
+	for _, f := range fs {
+		if f != nil {
+			f.drop(t)
+		}
 	}
 }
 
@@ -250,9 +320,10 @@ func Select(fs ...Future) (int, error) {
 // once). Errors are Select's.
 func JoinAll(fs ...Future) error {
 	t, err := waitingTask(fs)
-	if err != nil {
+	if err != nil || t == nil {
 		return err
 	}
+	defer dropAll(fs, t)
 	for {
 		var mask uint8
 		all := true
@@ -267,6 +338,9 @@ func JoinAll(fs ...Future) error {
 		}
 		if all {
 			return nil
+		}
+		if t.tellStop() {
+			return ErrShutdown
 		}
 		t.suspend(mask)
 	}
@@ -330,6 +404,8 @@ type readable struct{ c ConnCtx }
 
 func (r readable) owner() *worker { return r.c.w }
 
+func (r readable) drop(*task) {}
+
 func (r readable) poll(t *task) (bool, uint8) {
 	cn := r.c.get()
 	if cn == nil || cn.task != t || cn.buffered() > 0 || cn.eof || cn.closeWanted || cn.state != connOpen {
@@ -374,7 +450,7 @@ func (t TaskCtx) After(d time.Duration) Timer {
 	}
 	n.fired = false
 	n.task = nil
-	w.timers.set(n, w.now()+int64(max(d, 0)))
+	w.timers.set(n, addClock(w.now(), d))
 	return Timer{w: w, n: n, gen: n.gen}
 }
 
@@ -405,7 +481,9 @@ func (tm Timer) ended() (over, stopped bool) {
 
 // Await suspends the calling task until the timer fires and returns nil,
 // or ErrTimerStopped if it was stopped first. Only one task may wait on a
-// timer at a time.
+// timer at a time. A Timer's outcome is remembered while its pooled node
+// has been reused fewer than 64 times since: awaiting a stopped timer much
+// later than that reports nil.
 func (tm Timer) Await() error {
 	if tm.w == nil {
 		return ErrNotInWorker
@@ -439,6 +517,12 @@ func (tm Timer) Stop() bool {
 }
 
 func (tm Timer) owner() *worker { return tm.w }
+
+func (tm Timer) drop(t *task) {
+	if tm.w != nil && tm.n.gen == tm.gen && tm.n.task == t {
+		tm.n.task = nil
+	}
+}
 
 func (tm Timer) poll(t *task) (bool, uint8) {
 	if tm.w == nil {

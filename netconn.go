@@ -28,9 +28,10 @@ import (
 //     records) and returns once it is queued and the connection has at
 //     most 64 KiB still waiting for the kernel: past that it awaits the
 //     send, which is the backpressure a peer that does not read exerts. A
-//     write larger than 256 KiB (or a quarter of the send pool) is queued
-//     in pieces; concurrent Writes by different tasks may interleave at
-//     piece boundaries only. Any task of the worker may write.
+//     write larger than 256 KiB (or a quarter of the send pool or of
+//     Config.MaxSendQueue) is queued in pieces; concurrent Writes by
+//     different tasks may interleave at piece boundaries only. Any task of
+//     the worker may write.
 //   - SetDeadline, SetReadDeadline and SetWriteDeadline are the
 //     connection's deadlines: a Read or Write that waits past one returns
 //     an error satisfying errors.Is(err, os.ErrDeadlineExceeded) whose
@@ -123,7 +124,9 @@ func (v *netConn) Write(p []byte) (int, error) {
 	if cn.wrDeadline != 0 && w.now() >= cn.wrDeadline {
 		return 0, errWriteDeadline
 	}
-	piece := min(viewMaxPiece, w.cfg.SendPoolSlots*w.cfg.SendSlotSize/4)
+	// A piece, with its TLS record overhead, fits an empty queue and a
+	// quarter of the pool, so a Write always makes progress.
+	piece := max(1, min(viewMaxPiece, w.cfg.SendPoolSlots*w.cfg.SendSlotSize/4, w.cfg.MaxSendQueue/4))
 	done := 0
 	for done < len(p) {
 		if err := cn.sendable(); err != nil {

@@ -271,19 +271,14 @@ func (cn *conn) limitClose() {
 	cn.requestClose()
 }
 
-// stopped is what a receive returns at EOF. While the worker shuts down, a
-// task that keeps calling after being told 0 is suspended instead, so the
-// worker can stop it rather than spin in it forever.
+// stopped is what a receive returns at EOF. While the worker shuts down it
+// tells the task once, then guards against a spin (task.spinGuard).
 func (cn *conn) stopped() int {
 	if cn == nil {
 		return 0
 	}
-	t := cn.w.cur
-	if t != nil && cn.w.stopped {
-		if t.toldStop {
-			t.suspend(waitNone)
-		}
-		t.toldStop = true
+	if t := cn.w.cur; t != nil {
+		t.spinGuard()
 	}
 	return 0
 }

@@ -112,11 +112,9 @@ func (c *conn) poolRoom(n int) bool {
 	return rest <= 0 || (rest+int(p.slotSize)-1)/int(p.slotSize) <= len(p.free)
 }
 
-// queueRoom reports whether n more bytes stay within MaxSendQueue (a send
-// made with nothing queued is taken whatever its size).
+// queueRoom reports whether n more bytes stay within MaxSendQueue.
 func (c *conn) queueRoom(n int) bool {
-	out := int(c.queued - c.sent)
-	return out == 0 || out+n <= c.w.cfg.MaxSendQueue
+	return int(c.queued-c.sent)+n <= c.w.cfg.MaxSendQueue
 }
 
 // appendQueue copies b behind the queued bytes; the caller has checked

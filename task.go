@@ -156,10 +156,40 @@ func (t *task) suspend(mask uint8) {
 		panic(taskKilled{})
 	}
 	t.waiting = mask
-	if !t.yield(struct{}{}) {
+	// An Abort made while this task waited stops it here, even if it was
+	// woken in the same loop turn before the loop could stop it.
+	if !t.yield(struct{}{}) || t.abort {
 		panic(taskKilled{})
 	}
 	t.waiting = waitNone
+}
+
+// Telling a task the worker stops: the first wait it makes (or is in) once
+// shutdown began returns early (WithData 0, Sleep or Select ErrShutdown,
+// Mailbox.Recv ErrClosed), so a long sleep or an idle read does not hold
+// the shutdown up. After that, waits behave normally, so the task can wind
+// down (sleep a little, send a goodbye and await it) within
+// Config.ShutdownTimeout; receives, which would now return at once for
+// ever, suspend instead (a task looping on them would spin, and a
+// spinning task never lets the loop stop) until the task is stopped at
+// the deadline.
+
+// tellStop reports whether this wait should return early to tell t.
+func (t *task) tellStop() bool {
+	if !t.w.stopped || t.toldStop {
+		return false
+	}
+	t.toldStop = true
+	return true
+}
+
+// spinGuard suspends a told task that waits again on a receive that would
+// return at once, until the shutdown deadline stops it.
+func (t *task) spinGuard() {
+	if t.w.stopped && t.toldStop {
+		t.suspend(waitNone)
+	}
+	t.toldStop = t.toldStop || t.w.stopped
 }
 
 // wake queues t to run if it waits for any event in ev.
@@ -254,6 +284,9 @@ func (w *worker) kill(t *task) {
 	w.cur = t
 	w.step(func() (struct{}, bool) { t.stop(); return struct{}{}, false })
 	w.cur = prev
+	if t.result == nil {
+		t.result = ErrAborted // stopped before it ever ran, or while it ran on
+	}
 	w.taskDone(t)
 }
 

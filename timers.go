@@ -140,7 +140,22 @@ func (w *worker) now() int64 { return int64(time.Since(w.epoch)) }
 
 // clockAt converts a wall time to the worker's clock (through the
 // monotonic reading when t has one).
-func (w *worker) clockAt(t time.Time) int64 { return int64(t.Sub(w.epoch)) }
+// A time before the worker started (the zero time.Time, an unset
+// deadline) is 0: already past, never a negative that would overflow
+// nextTimeout.
+func (w *worker) clockAt(t time.Time) int64 { return max(int64(t.Sub(w.epoch)), 0) }
+
+// addClock is now+d on the worker clock, saturating: a huge d (a "park
+// for ever" Sleep) is the far future, not an overflow into the past.
+func addClock(now int64, d time.Duration) int64 {
+	if d <= 0 {
+		return now
+	}
+	if at := now + int64(d); at >= now {
+		return at
+	}
+	return 1<<63 - 1
+}
 
 // nextTimeout is how long the loop may block before the earliest timer is
 // due: negative when there is none.
@@ -162,6 +177,7 @@ func (w *worker) fireTimers() {
 		switch n.kind {
 		case tmAcceptRetry:
 			w.acceptPaused = false
+			w.reserveSpare()
 			w.armAccept()
 		case tmDrain:
 			n.conn.drainExpired()

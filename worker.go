@@ -22,6 +22,8 @@ type worker struct {
 	det     detacher
 	handler AsyncEventHandler
 	lfd     int // listener, -1 when none
+	// exitReady is Launch's setup channel, for a factory that Goexits.
+	exitReady chan<- error
 
 	conns     []*conn
 	freeSlots []uint32
@@ -67,6 +69,10 @@ type worker struct {
 	// be accepted and refused at once instead of left hanging.
 	spareFd   int
 	acceptLog logLimiter
+	// rearmStreak counts accept errors re-armed at once since the last
+	// accepted connection: a "per-client" error that repeats with no
+	// client getting through (an LSM denying accept says EPERM) pauses.
+	rearmStreak int
 
 	stopping atomic.Bool
 	stopped  bool // the loop has begun stopping (loop-local view of stopping)
@@ -84,16 +90,24 @@ type worker struct {
 	posts2      []func()
 	postClosed  bool
 
-	// busySince is the worker clock when the current loop iteration
-	// began, 0 while the loop waits in the kernel: the watchdog reads it
-	// to spot a task that runs without yielding.
-	busySince     atomic.Int64
-	stallReported int64 // watchdog goroutine only
+	// busyIter numbers the loop iteration running now, 0 while the loop
+	// waits in the kernel: the watchdog samples it to spot an iteration
+	// (a task that does not yield) that lasts too long. Two stores per
+	// iteration, no clock read.
+	busyIter atomic.Uint64
+	// Watchdog state: the iteration it last saw and since when (worker
+	// clock); stuckSince is that time while the same busy iteration has
+	// been seen twice, for ShutdownContext.
+	wdIter     uint64
+	wdSince    int64
+	wdReported bool
+	stuckSince atomic.Int64
 
 	foreign foreignLog
 
-	st  counters
-	pub publishedCounters
+	st       counters
+	pub      publishedCounters
+	pubLoops uint64 // st.loops at the last publish
 }
 
 // detacher is the backend hook that ties a socket to ring operations and
@@ -146,12 +160,9 @@ func (w *worker) setup(kind Backend) error {
 		return err
 	}
 	w.conns = make([]*conn, 0, 64)
-	if w.lfd >= 0 {
-		// Best effort: without it EMFILE leaves the backlog waiting.
-		if fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
-			w.spareFd = fd
-		}
-	}
+	// Best effort: without it EMFILE would leave the backlog waiting; a
+	// missing spare is retried at the next accept pause.
+	w.reserveSpare()
 	return nil
 }
 
@@ -182,7 +193,10 @@ func (w *worker) pin() {
 // run is the worker loop. It returns once shutdown was requested and every
 // connection and operation has wound down.
 func (w *worker) run() {
-	defer w.busySince.Store(0) // a stopped worker is not a stalled one
+	defer w.busyIter.Store(0) // a stopped worker is not a stalled one
+	// The first iteration (the start task, the first accepts) is watched
+	// too.
+	w.busyIter.Store(1)
 	w.startTask()
 	w.armAccept()
 	var drainDeadline time.Time
@@ -199,7 +213,6 @@ func (w *worker) run() {
 		}
 		w.flushSends()
 		w.rearmParked()
-		w.publish()
 
 		if w.stopping.Load() {
 			if drainDeadline.IsZero() {
@@ -207,7 +220,7 @@ func (w *worker) run() {
 				w.beginStop()
 				continue
 			}
-			if (w.live == 0 && !w.acceptArmed) || time.Now().After(drainDeadline) {
+			if (w.live == 0 && w.tasks == 0 && !w.acceptArmed) || time.Now().After(drainDeadline) {
 				return
 			}
 		}
@@ -220,10 +233,11 @@ func (w *worker) run() {
 		if wait {
 			w.yieldToScheduler()
 		}
-		w.busySince.Store(0)
+		w.maybePublish(wait)
+		w.busyIter.Store(0)
 		cqes, err := w.be.enter(wait, timeout)
-		w.busySince.Store(max(w.now(), 1))
 		w.st.loops++
+		w.busyIter.Store(w.st.loops + 1)
 		if err != nil {
 			w.log.Error("ringline: backend enter failed; worker stopping", "worker", w.id, "err", err)
 			w.stopping.Store(true)
@@ -233,6 +247,17 @@ func (w *worker) run() {
 			w.complete(&cqes[i])
 		}
 		w.fireTimers()
+	}
+}
+
+// maybePublish copies the counters for other goroutines before the loop
+// may block, and every 64 iterations while it is busy: publishing is
+// about 20 atomic stores, too many to pay on every iteration under load;
+// every 64 iterations bounds the lag.
+func (w *worker) maybePublish(wait bool) {
+	if wait || w.st.loops-w.pubLoops >= 64 {
+		w.pubLoops = w.st.loops
+		w.publish()
 	}
 }
 
@@ -440,6 +465,7 @@ func (w *worker) onAccept(e *cqEntry) {
 		return
 	}
 	fd := int(e.res)
+	w.rearmStreak = 0
 	w.armAccept()
 	if w.stopping.Load() {
 		unix.Close(fd)
@@ -507,7 +533,7 @@ func (w *worker) runAborts() {
 // startTask runs the handler's OnStart, when it has one, as the worker's
 // start task.
 func (w *worker) startTask() {
-	if s, ok := w.handler.(Starter); ok {
+	if s, ok := w.handler.(Starter); ok && !w.stopping.Load() {
 		w.spawn(s.OnStart)
 	}
 }
@@ -531,14 +557,16 @@ func (w *worker) acceptError(errno syscall.Errno) {
 	}
 	switch acceptAction(errno) {
 	case acceptRearm:
-		w.armAccept()
-		return
+		if w.rearmStreak++; w.rearmStreak < 64 {
+			w.armAccept()
+			return
+		}
 	case acceptRefuse:
 		w.refuseBacklog()
 	}
 	w.acceptPaused = true
 	w.acceptT.kind = tmAcceptRetry
-	w.timers.set(&w.acceptT, w.now()+int64(acceptRest))
+	w.timers.set(&w.acceptT, addClock(w.now(), acceptRest))
 }
 
 // What the loop does after a failed accept.
@@ -568,6 +596,7 @@ func acceptAction(errno syscall.Errno) int {
 // each gets a prompt ECONNRESET instead of hanging until its own timeout,
 // and takes the spare back.
 func (w *worker) refuseBacklog() {
+	w.reserveSpare()
 	if w.spareFd < 0 || w.lfd < 0 {
 		return
 	}
@@ -581,6 +610,16 @@ func (w *worker) refuseBacklog() {
 		_ = unix.SetsockoptLinger(nfd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 		unix.Close(nfd)
 		w.st.acceptRefused++
+	}
+	w.reserveSpare()
+}
+
+// reserveSpare (re)opens the spare descriptor when it is missing: at
+// setup, or after refuseBacklog released it and another thread took the
+// number before it could be opened again.
+func (w *worker) reserveSpare() {
+	if w.spareFd >= 0 || w.lfd < 0 {
+		return
 	}
 	if fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
 		w.spareFd = fd
@@ -636,41 +675,30 @@ func (w *worker) beginStop() {
 		unix.Close(w.lfd)
 		w.lfd = -1
 	}
+	// Connections stop receiving (WithData returns 0, Err says
+	// ErrShutdown) but keep sending, so a task can still say goodbye; each
+	// closes when its task returns, or at the deadline.
 	for _, cn := range w.conns {
-		if cn == nil || cn.state == connFree {
+		if cn == nil || cn.state != connOpen {
 			continue
-		}
-		if !cn.sending {
-			cn.dropQueue()
-		} else {
-			w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: packUD(udSend, cn.idx, cn.gen, 0)})
-			cn.pending++
 		}
 		cn.eof = true
-		cn.fail(ErrShutdown)
-		cn.requestClose()
-		if cn.state == connOpen && !cn.sending {
-			cn.startClose()
+		if cn.recvArmed {
+			w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: packUD(udRecv, cn.idx, cn.gen, 0)})
+			cn.pending++
+		}
+		if cn.task == nil {
+			cn.requestClose()
 		}
 	}
-	// Every task gets one last resume to see its connections closed (and
-	// spawned ones, whatever they wait for, a wake-up) and return; those
-	// that do not are stopped.
-	var live []*task
+	// Every task is woken, whatever it waits for: its waits now return
+	// (WithData 0, Sleep and Select ErrShutdown, Await the connection's
+	// ErrShutdown, Mailbox.Recv ErrClosed) so it can wind down and return.
+	// Those still running at Config.ShutdownTimeout are stopped then
+	// (teardown), and one that waits again after being told is stopped
+	// at once (task.told).
 	for t := w.allTasks; t != nil; t = t.nextT {
-		live = append(live, t)
-	}
-	for _, t := range live {
-		if t.done {
-			continue
-		}
-		if len(t.owned) > 0 {
-			t.waiting |= waitRecv | waitSend
-			w.resume(t)
-		}
-		if !t.done {
-			w.kill(t)
-		}
+		t.wake(^uint8(0))
 	}
 	w.closePosts()
 }
@@ -755,7 +783,7 @@ func (w *worker) onWake() {
 // ErrClosed once the worker has stopped taking posts.
 func (w *worker) post(fn func()) error {
 	w.postMu.Lock()
-	if w.postClosed {
+	if w.postClosed || w.stopping.Load() {
 		w.postMu.Unlock()
 		return ErrClosed
 	}
