@@ -97,7 +97,7 @@ type conn struct {
 // refused too.
 //
 // The receive methods (WithData, WithBytes, TryWithData, SetRecvSink,
-// TakeRecvSink, RecvReady) are further reserved to the task that owns the
+// TakeRecvSink, RecvReady, and NetConn's Read) are further reserved to the task that owns the
 // connection; any task of the worker may send on it, close it or await its
 // sends.
 //

@@ -419,7 +419,13 @@ func (t *tlsConn) sealedBound(n int) int {
 }
 
 // queueSend queues b for the peer: copied into the send pool, or on a TLS
-// connection sealed into records that are.
+// connection sealed into records that are. Every path that queues bytes
+// for the peer must come through here (or through tlsConn.write) so that
+// a TLS connection never sends plaintext: a gathered send seals its parts
+// as one write, a forwarded receive buffer holds plaintext already copied
+// out of the kernel (a TLS connection is never lent one) and is sealed
+// like any bytes, and a half-close sends close_notify (tls.Conn.CloseWrite)
+// before its FIN.
 func (cn *conn) queueSend(b []byte) error {
 	if cn.tls != nil {
 		return cn.tls.write(b)
