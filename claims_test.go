@@ -496,17 +496,7 @@ func readmeDefault(typ reflect.Type, s string) (any, error) {
 // run as a binary, it serves, and on the signal exits 0 after printing its
 // final "echo: stopped; ..." line with the connection it served counted.
 func TestEchoExampleSignals(t *testing.T) {
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = "/usr/local/go/bin/go"
-	}
-	bin := filepath.Join(t.TempDir(), "echo")
-	args := []string{"build", "-o", bin}
-	if !uringCompiled {
-		args = append(args, "-tags", "ringline_epoll") // as this test binary was built
-	}
-	out, err := exec.Command(goBin, append(args, "./examples/echo")...).CombinedOutput()
-	require.NoError(t, err, "build examples/echo: %s", out)
+	bin := buildEchoExample(t)
 
 	forEachBackend(t, func(t *testing.T, be Backend) {
 		for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {

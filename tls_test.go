@@ -1107,21 +1107,42 @@ func TestTLSClientHandshake(t *testing.T) {
 	})
 }
 
-// buildEchoExample builds examples/echo into a temporary directory, as
-// this test binary was built (io_uring compiled in or not).
+var echoExample struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// buildEchoExample builds examples/echo once per test binary, as this
+// binary was built (io_uring compiled in or not), into a fixed path under
+// the user's cache directory (so runs leave nothing behind), for the tests
+// that run it.
 func buildEchoExample(t *testing.T) string {
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = "/usr/local/go/bin/go"
-	}
-	bin := filepath.Join(t.TempDir(), "echo")
-	args := []string{"build", "-o", bin}
-	if !uringCompiled {
-		args = append(args, "-tags", "ringline_epoll")
-	}
-	out, err := exec.Command(goBin, append(args, "./examples/echo")...).CombinedOutput()
-	require.NoError(t, err, "build examples/echo: %s", out)
-	return bin
+	e := &echoExample
+	e.once.Do(func() {
+		goBin, err := exec.LookPath("go")
+		if err != nil {
+			goBin = "/usr/local/go/bin/go"
+		}
+		cache, err := os.UserCacheDir()
+		if err != nil {
+			e.err = err
+			return
+		}
+		name := "echo-iouring"
+		args := []string{"build"}
+		if !uringCompiled {
+			name = "echo-epoll"
+			args = append(args, "-tags", "ringline_epoll")
+		}
+		e.path = filepath.Join(cache, "ringline", "test", name)
+		out, err := exec.Command(goBin, append(args, "-o", e.path, "./examples/echo")...).CombinedOutput()
+		if err != nil {
+			e.err = fmt.Errorf("build examples/echo: %v: %s", err, out)
+		}
+	})
+	require.NoError(t, e.err)
+	return e.path
 }
 
 // TestEchoExampleTLS: the echo example serves TLS with -tls-self-signed
