@@ -52,6 +52,21 @@ type Config struct {
 	// quarter of the pool (SendPoolSlots*SendSlotSize/4), 8 MiB with the
 	// default pool.
 	MaxSendQueue int
+	// SendZCThreshold (io_uring only) is the smallest send, in bytes,
+	// that goes out zero-copy (IORING_OP_SEND_ZC/SENDMSG_ZC): the kernel
+	// reads the queued memory (pool slots, SendBuilder.Ref parts,
+	// forwarded buffers) in place instead of copying it, and ringline
+	// releases that memory only on the kernel's notification that it is
+	// done. A send is one submission: everything queued on the
+	// connection, up to 32 segments. A worker whose kernel refuses zero
+	// copy, or reports that it copied anyway (always over loopback and
+	// veth, whose receive side copies; devices without scatter-gather),
+	// falls back to copied sends for good and counts it in
+	// WorkerStats.ZeroCopyFallbacks. Default 64 KiB (see
+	// docs/BENCHMARKS.md: below it the notification and page pinning cost
+	// more than the copy they save); negative disables zero copy. Ignored
+	// on epoll, which always copies.
+	SendZCThreshold int
 	// CloseDrainTimeout bounds how long a closed connection (Close, or
 	// its task returned) may take to hand its queued bytes to a peer that
 	// is not reading them; after it the connection is reset, its pool
@@ -97,6 +112,9 @@ type Config struct {
 	ringFlagMask uint32
 	// plainFDs skips the fixed-file table (benchmarks compare the two).
 	plainFDs bool
+	// zcKeepCopied keeps zero copy on when the kernel reports it copied
+	// (benchmarks and tests measure zero copy over loopback and veth).
+	zcKeepCopied bool
 }
 
 // DefaultConfig returns the defaults Launch fills in.
@@ -145,6 +163,9 @@ func (c *Config) fill() {
 		if c.MaxSendQueue < c.SendSlotSize {
 			c.MaxSendQueue = c.SendSlotSize
 		}
+	}
+	if c.SendZCThreshold == 0 {
+		c.SendZCThreshold = 64 << 10
 	}
 	if c.CloseDrainTimeout == 0 {
 		c.CloseDrainTimeout = 10 * time.Second

@@ -68,6 +68,19 @@ type conn struct {
 	// sendWaiters are tasks of other connections awaiting this one's
 	// SendFutures; the connection's own task is woken through task.
 	sendWaiters []*task
+	sendUD      uint64 // user_data of the send in flight (what a cancel names)
+	// Zero-copy sends are numbered from 1 (zcSeq is the last issued);
+	// every one up to zcBase is done (notified, or never promised a
+	// notification), and bit i of zcMask says zcBase+1+i is done too.
+	zcSeq, zcBase uint32
+	zcMask        uint64
+	// held are segments already sent whose memory a zero-copy send may
+	// still read, in send order, from heldHead.
+	held     []sendSeg
+	heldHead int
+	refsOut  int          // SendBuilder.Ref parts queued or held
+	fwdBufs  int          // provided buffers queued or held by ForwardRecvBuf
+	builder  *SendBuilder // SendParts' builder, reused
 }
 
 // ConnCtx is a connection handle: a small value (worker, slot index,
@@ -384,7 +397,7 @@ func (cn *conn) drainExpired() {
 		_ = unix.SetsockoptLinger(int(cn.fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 	}
 	if cn.sending {
-		w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: packUD(udSend, cn.idx, cn.gen, 0)})
+		w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: cn.sendUD})
 		cn.pending++
 		return // onSendCQE drops the queue and closes
 	}
@@ -455,6 +468,7 @@ func (cn *conn) maybeFree() {
 	}
 	cn.wakeSendWaiters()
 	cn.dropQueue()
+	cn.abandonBatch()
 	w.st.closed++
 	w.live--
 	cn.state = connFree

@@ -278,7 +278,9 @@ func (cn *conn) runParse(f func([]byte) ParseResult, fb func(Bytes) ParseResult)
 		data := cn.lentData()
 		r = f(data)
 		n = clampConsumed(r.consumed, len(data))
-		poison(data[:n])
+		if !w.heldBuf(uint16(cn.lent)) { // forwarded bytes are still to be sent
+			poison(data[:n])
+		}
 		cn.lentOff += uint32(n)
 		if cn.lentOff == cn.lentEnd {
 			w.recycle(uint16(cn.lent))

@@ -12,6 +12,10 @@ type counters struct {
 	taskGoexits                  uint64
 	acceptErrors, acceptRefused  uint64
 	drainTimeouts, sendQueueFull uint64
+	bytesCopied, sendWaits       uint64
+	zcSends, zcCopied            uint64
+	zcFallbacks                  uint64
+	forwarded, forwardCopies     uint64
 }
 
 // publishedCounters are the same, copied once per loop iteration so other
@@ -21,6 +25,8 @@ type publishedCounters struct {
 	enobufs, poolExhausted, taskPanics, limitCloses               atomic.Uint64
 	taskGoexits, acceptErrors, acceptRefused                      atomic.Uint64
 	drainTimeouts, sendQueueFull                                  atomic.Uint64
+	bytesCopied, sendWaits, zcSends, zcCopied, zcFallbacks        atomic.Uint64
+	forwarded, forwardCopies                                      atomic.Uint64
 	cgoCalls, enters                                              atomic.Uint64
 	poolInUse                                                     atomic.Uint64
 	// stalls is written by the watchdog goroutine, not by publish.
@@ -45,6 +51,13 @@ func (w *worker) publish() {
 	p.acceptRefused.Store(s.acceptRefused)
 	p.drainTimeouts.Store(s.drainTimeouts)
 	p.sendQueueFull.Store(s.sendQueueFull)
+	p.bytesCopied.Store(s.bytesCopied)
+	p.sendWaits.Store(s.sendWaits)
+	p.zcSends.Store(s.zcSends)
+	p.zcCopied.Store(s.zcCopied)
+	p.zcFallbacks.Store(s.zcFallbacks)
+	p.forwarded.Store(s.forwarded)
+	p.forwardCopies.Store(s.forwardCopies)
 	p.poolInUse.Store(uint64(w.pool.inUse()))
 	p.cgoCalls.Store(w.be.cgoCalls())
 	p.enters.Store(w.be.enters())
@@ -81,6 +94,22 @@ type WorkerStats struct {
 	SendSlotsInUse uint64
 	// SendQueueFull counts sends refused with ErrSendQueueFull.
 	SendQueueFull uint64
+	// BytesCopied counts bytes copied into the send pool (SendNowait,
+	// Send, SendWait, SendBuilder.Copy, ForwardRecvBuf when it copies):
+	// divided by messages, the user-space copying a benchmark pays.
+	BytesCopied uint64
+	// SendWaits counts SendWait calls that had to wait for room.
+	SendWaits uint64
+	// ZeroCopySends counts zero-copy sends submitted (io_uring, sends of
+	// at least Config.SendZCThreshold); ZeroCopyCopied counts their
+	// notifications that said the kernel copied anyway;
+	// ZeroCopyFallbacks counts workers that turned zero copy off (the
+	// kernel refused it or copied): at most one per worker.
+	ZeroCopySends, ZeroCopyCopied, ZeroCopyFallbacks uint64
+	// ForwardedBuffers counts ForwardRecvBuf calls that queued the
+	// received buffer itself; ForwardCopies those that copied (the bytes
+	// were not in a lent buffer, or the forwarding bounds were reached).
+	ForwardedBuffers, ForwardCopies uint64
 	// TaskPanics counts tasks that panicked and TaskGoexits tasks that
 	// called runtime.Goexit (each closed its connection only);
 	// LimitCloses counts connections closed for exceeding
@@ -116,6 +145,9 @@ func (rt *Runtime) Stats() []WorkerStats {
 			CgoCalls: p.cgoCalls.Load(), RingEnters: p.enters.Load(),
 			ENOBUFS: p.enobufs.Load(), SendPoolExhausted: p.poolExhausted.Load(),
 			SendSlotsInUse: p.poolInUse.Load(), SendQueueFull: p.sendQueueFull.Load(),
+			BytesCopied: p.bytesCopied.Load(), SendWaits: p.sendWaits.Load(),
+			ZeroCopySends: p.zcSends.Load(), ZeroCopyCopied: p.zcCopied.Load(), ZeroCopyFallbacks: p.zcFallbacks.Load(),
+			ForwardedBuffers: p.forwarded.Load(), ForwardCopies: p.forwardCopies.Load(),
 			TaskPanics: p.taskPanics.Load(), TaskGoexits: p.taskGoexits.Load(), LimitCloses: p.limitCloses.Load(),
 			AcceptErrors: p.acceptErrors.Load(), AcceptRefused: p.acceptRefused.Load(),
 			DrainTimeouts: p.drainTimeouts.Load(), ForeignCalls: w.foreign.calls.Load(), Wakeups: w.wakeups.Load(), Stalls: p.stalls.Load()}
@@ -140,6 +172,13 @@ func Total(stats []WorkerStats) WorkerStats {
 		t.SendPoolExhausted += s.SendPoolExhausted
 		t.SendSlotsInUse += s.SendSlotsInUse
 		t.SendQueueFull += s.SendQueueFull
+		t.BytesCopied += s.BytesCopied
+		t.SendWaits += s.SendWaits
+		t.ZeroCopySends += s.ZeroCopySends
+		t.ZeroCopyCopied += s.ZeroCopyCopied
+		t.ZeroCopyFallbacks += s.ZeroCopyFallbacks
+		t.ForwardedBuffers += s.ForwardedBuffers
+		t.ForwardCopies += s.ForwardCopies
 		t.TaskPanics += s.TaskPanics
 		t.TaskGoexits += s.TaskGoexits
 		t.LimitCloses += s.LimitCloses

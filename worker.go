@@ -29,6 +29,7 @@ type worker struct {
 
 	pool   *sendPool
 	iovMem region
+	sendState // zero copy, references, forwarded buffers, SendWait (sendparts.go)
 
 	cur *task
 	// g is the loop goroutine's identity and curG the task coroutine the
@@ -136,6 +137,7 @@ func (w *worker) setup(kind Backend) error {
 		be.close()
 		return err
 	}
+	w.setupSend()
 	w.conns = make([]*conn, 0, 64)
 	if w.lfd >= 0 {
 		// Best effort: without it EMFILE leaves the backlog waiting.
@@ -177,6 +179,7 @@ func (w *worker) run() {
 	w.armAccept()
 	var drainDeadline time.Time
 	for {
+		w.serveSendWaits()
 		// Tasks run to their next suspension; what they queue is flushed
 		// below, so one enter carries every send of this iteration.
 		for len(w.runq) > 0 {
@@ -239,6 +242,10 @@ func (w *worker) yieldToScheduler() {
 }
 
 func (w *worker) flushSends() {
+	// Releases and waiters first: a release callback may send, and slots
+	// freed by tasks that ended must reach SendWait callers before the
+	// loop blocks.
+	w.serveSendWaits()
 	for _, c := range w.flushq {
 		c.flushPending = false
 		if c.state == connOpen {
@@ -330,7 +337,7 @@ func (w *worker) complete(e *cqEntry) {
 	switch kind {
 	case udRecv:
 		w.onRecvCQE(cn, e)
-	case udSend:
+	case udSend, udSendZC:
 		w.onSendCQE(cn, e)
 	case udCancel, udFilesUpdate:
 		cn.pending--
@@ -391,14 +398,39 @@ func (w *worker) onRecvCQE(cn *conn, e *cqEntry) {
 	}
 }
 
+// onSendCQE handles a send's completion. A zero-copy send completes
+// twice exactly when its first completion carries cqeFMore: the result,
+// then a notification (cqeFNotif) once the kernel no longer reads its
+// memory, which is only then released; a connection's slot is not reused
+// before its notifications have come (each counts in pending).
 func (w *worker) onSendCQE(cn *conn, e *cqEntry) {
+	res := e.res
+	if udKind(e.ud) == udSendZC {
+		seq := cn.zcSeqOf(udPayload(e.ud))
+		if e.flags&cqeFNotif != 0 {
+			cn.pending--
+			w.onZCNotif(uint32(res))
+			cn.zcDone(seq)
+			return
+		}
+		if e.flags&cqeFMore != 0 {
+			cn.pending++ // its notification
+		} else {
+			cn.zcDone(seq)
+		}
+		if res < 0 && zcRefused(res) {
+			// Nothing went out: the same bytes go again, copied.
+			w.zcFallback("the kernel refused a zero-copy send", syscall.Errno(-res))
+			res = 0
+		}
+	}
 	cn.sending = false
 	cn.pending--
-	if e.res >= 0 {
-		w.st.bytesOut += uint64(e.res)
-		cn.sentBytes(int(e.res))
+	if res >= 0 {
+		w.st.bytesOut += uint64(res)
+		cn.sentBytes(int(res))
 	} else {
-		cn.fail(errnoErr("send", e.res))
+		cn.fail(errnoErr("send", res))
 		cn.eof = true
 		cn.closeWanted = true
 	}
@@ -535,7 +567,7 @@ func (w *worker) allocConn() *conn {
 }
 
 func (w *worker) openConn(cn *conn, fd int, outbound bool) {
-	gen, q := cn.gen, cn.q[:0]
+	gen, q, held, sb := cn.gen, cn.q[:0], cn.held[:0], cn.builder
 	if cap(q) == 0 {
 		// Allocated here, on the worker's stack, not on the task's first
 		// Send: growing a slice on a fresh 2 KiB coroutine stack doubles
@@ -543,7 +575,7 @@ func (w *worker) openConn(cn *conn, fd int, outbound bool) {
 		// connection, measured).
 		q = make([]sendSeg, 0, 4)
 	}
-	*cn = conn{w: w, idx: cn.idx, gen: gen, state: connOpen, fd: int32(fd), lent: -1, outbound: outbound, q: q}
+	*cn = conn{w: w, idx: cn.idx, gen: gen, state: connOpen, fd: int32(fd), lent: -1, outbound: outbound, q: q, held: held, builder: sb}
 	w.live++
 	cn.opFd, cn.opFlags = w.det.attach(cn.idx, int32(fd), cn.gen)
 	if cn.opFlags&opFFixed != 0 {
@@ -573,7 +605,7 @@ func (w *worker) beginStop() {
 		if !cn.sending {
 			cn.dropQueue()
 		} else {
-			w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: packUD(udSend, cn.idx, cn.gen, 0)})
+			w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: cn.sendUD})
 			cn.pending++
 		}
 		cn.eof = true
@@ -629,6 +661,8 @@ func (w *worker) teardown() {
 		w.wakeMu.Unlock()
 		w.publish() // after close, so its C calls are counted too
 	}
+	// After the ring: the kernel reads no more of what is still held.
+	w.releaseSendsAtStop()
 	if w.pool != nil {
 		w.pool.close()
 	}
