@@ -27,8 +27,8 @@ type worker struct {
 	freeSlots []uint32
 	live      int
 
-	pool   *sendPool
-	iovMem region
+	pool      *sendPool
+	iovMem    region
 	sendState // zero copy, references, forwarded buffers, SendWait (sendparts.go)
 
 	cur *task
