@@ -48,6 +48,8 @@ type conn struct {
 	lent        int32 // provided buffer lent to WithData, or -1
 	lentOff     uint32
 	lentEnd     uint32
+	lentq       []lentBuf // received behind the lent buffer, unread (recv.go)
+	lentqBytes  int
 	acc         []byte // accumulator: acc[accOff:] is unread
 	accOff      int
 	accShared   bool // a retained Bytes may point into acc: never move it
@@ -462,10 +464,7 @@ func (cn *conn) maybeFree() {
 		return
 	}
 	w := cn.w
-	if cn.lent >= 0 {
-		w.recycle(uint16(cn.lent))
-		cn.lent = -1
-	}
+	cn.dropLent()
 	cn.wakeSendWaiters()
 	cn.dropQueue()
 	cn.abandonBatch()

@@ -282,7 +282,8 @@ func (w *worker) lentBuffer(b []byte) (bid uint16, off uint32, ok bool) {
 // What one connection may hold is bounded so the receive ring does not run
 // dry for the others: at most BufferCount/16 buffers (at least one) per
 // connection, and no forward takes the worker's free buffers below
-// BufferCount/8; past either, ForwardRecvBuf copies. Both backends forward
+// BufferCount/8; past either, ForwardRecvBuf copies. Forwarding more bytes
+// of a buffer that is already held counts once. Both backends forward
 // (on epoll the send is written at once, so the buffer returns within the
 // loop iteration). WorkerStats.ForwardedBuffers and ForwardCopies count
 // which way each call went.
@@ -302,21 +303,33 @@ func (c ConnCtx) ForwardRecvBuf(b []byte) error {
 		return nil
 	}
 	w := cn.w
-	if bid, off, ok := w.lentBuffer(b); ok && cn.fwdBufs < w.fwdPerConn() && w.be.buffersFree() >= w.fwdReserve() {
-		if err := cn.queueRoom(len(b)); err != nil {
-			w.st.sendQueueFull++
-			return err
+	if bid, off, ok := w.lentBuffer(b); ok {
+		// A buffer already held by a forward costs the ring nothing more.
+		held := w.heldBuf(bid)
+		if held || cn.fwdBufs < w.fwdPerConn() && w.be.buffersFree() >= w.fwdReserve() {
+			return cn.forward(bid, off, len(b), !held)
 		}
-		w.holdBuf(bid)
-		cn.fwdBufs++
-		cn.q = append(cn.q, sendSeg{kind: segFwd, id: uint32(bid), off: off, end: off + uint32(len(b))})
-		cn.queued += uint64(len(b))
-		w.st.forwarded++
-		cn.scheduleFlush()
-		return nil
 	}
 	w.st.forwardCopies++
 	return cn.enqueue(b)
+}
+
+// forward queues n bytes of provided buffer bid from off.
+func (cn *conn) forward(bid uint16, off uint32, n int, counted bool) error {
+	w := cn.w
+	if err := cn.queueRoom(n); err != nil {
+		w.st.sendQueueFull++
+		return err
+	}
+	w.holdBuf(bid)
+	if counted {
+		cn.fwdBufs++
+	}
+	cn.q = append(cn.q, sendSeg{kind: segFwd, id: uint32(bid), off: off, end: off + uint32(n), counted: counted})
+	cn.queued += uint64(n)
+	w.st.forwarded++
+	cn.scheduleFlush()
+	return nil
 }
 
 // SendBuilder assembles one scatter-gather send: parts copied into the

@@ -103,6 +103,10 @@ type sendSeg struct {
 	// send's notification (and every earlier one's) has come.
 	zc   uint32
 	kind uint8
+	// counted: this forward took its buffer from the ring on behalf of
+	// the connection (conn.fwdBufs); a buffer forwarded again while held
+	// takes nothing more.
+	counted bool
 }
 
 // iovecs per send; more segments go out in the next send of the chain.
@@ -317,7 +321,9 @@ func (c *conn) releaseSeg(s *sendSeg) {
 		c.refsOut--
 		w.releaseRef(s.id)
 	case segFwd:
-		c.fwdBufs--
+		if s.counted {
+			c.fwdBufs--
+		}
 		w.unholdBuf(uint16(s.id))
 	}
 }

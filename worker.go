@@ -567,7 +567,7 @@ func (w *worker) allocConn() *conn {
 }
 
 func (w *worker) openConn(cn *conn, fd int, outbound bool) {
-	gen, q, held, sb := cn.gen, cn.q[:0], cn.held[:0], cn.builder
+	gen, q, held, sb, lq := cn.gen, cn.q[:0], cn.held[:0], cn.builder, cn.lentq[:0]
 	if cap(q) == 0 {
 		// Allocated here, on the worker's stack, not on the task's first
 		// Send: growing a slice on a fresh 2 KiB coroutine stack doubles
@@ -575,7 +575,7 @@ func (w *worker) openConn(cn *conn, fd int, outbound bool) {
 		// connection, measured).
 		q = make([]sendSeg, 0, 4)
 	}
-	*cn = conn{w: w, idx: cn.idx, gen: gen, state: connOpen, fd: int32(fd), lent: -1, outbound: outbound, q: q, held: held, builder: sb}
+	*cn = conn{w: w, idx: cn.idx, gen: gen, state: connOpen, fd: int32(fd), lent: -1, outbound: outbound, q: q, held: held, builder: sb, lentq: lq}
 	w.live++
 	cn.opFd, cn.opFlags = w.det.attach(cn.idx, int32(fd), cn.gen)
 	if cn.opFlags&opFFixed != 0 {
