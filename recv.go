@@ -58,8 +58,16 @@ func (cn *conn) lentData() []byte {
 }
 
 // spillLent copies the unread part of the lent buffers into the
-// accumulator and gives the buffers back to the ring.
+// accumulator, in front of what it holds (bytes that came after them),
+// and gives the buffers back to the ring.
 func (cn *conn) spillLent() {
+	if cn.lent < 0 {
+		return
+	}
+	if cn.accOff < len(cn.acc) {
+		cn.prependLent()
+		return
+	}
 	for cn.lent >= 0 {
 		if cn.lentOff < cn.lentEnd {
 			cn.appendAcc(cn.lentData())
@@ -68,6 +76,32 @@ func (cn *conn) spillLent() {
 		cn.lent = -1
 		cn.promoteLent()
 	}
+}
+
+// prependLent is spillLent when the accumulator holds bytes that came
+// after the lent ones (a burst longer than the lent queue): they move up
+// in place when no retained Bytes can point at them and the array has
+// room, otherwise into a fresh array.
+func (cn *conn) prependLent() {
+	lentN := int(cn.lentEnd-cn.lentOff) + cn.lentqBytes
+	unread := len(cn.acc) - cn.accOff
+	need := lentN + unread
+	var na []byte
+	if !cn.accShared && cap(cn.acc) >= need {
+		na = cn.acc[:need]
+		copy(na[lentN:], cn.acc[cn.accOff:]) // overlapping: copy moves
+	} else {
+		na = make([]byte, need, (need+63)&^63)
+		copy(na[lentN:], cn.acc[cn.accOff:])
+	}
+	k := 0
+	for cn.lent >= 0 {
+		k += copy(na[k:], cn.lentData())
+		cn.w.recycle(uint16(cn.lent))
+		cn.lent = -1
+		cn.promoteLent()
+	}
+	cn.acc, cn.accOff, cn.accShared = na, 0, false
 }
 
 // appendAcc appends b to the accumulator. Unread bytes are moved to the
@@ -142,7 +176,7 @@ func (cn *conn) onRecv(bid uint16, n int) {
 		cn.lent = int32(bid)
 		cn.lentOff = uint32(n - len(data))
 		cn.lentEnd = uint32(n)
-	} else if waiting && cn.lent >= 0 && len(cn.lentq) < w.lentQMax() && cn.sink == nil {
+	} else if waiting && cn.lent >= 0 && len(cn.acc) == cn.accOff && len(cn.lentq) < w.lentQMax() && cn.sink == nil {
 		// Behind the lent one, for the closure's next run.
 		if cn.lentq == nil {
 			cn.lentq = make([]lentBuf, 0, 8)
@@ -150,7 +184,8 @@ func (cn *conn) onRecv(bid uint16, n int) {
 		cn.lentq = append(cn.lentq, lentBuf{bid: bid, n: uint32(n)})
 		cn.lentqBytes += n
 	} else {
-		cn.spillLent()
+		// Accumulated behind whatever is lent (the lent bytes come
+		// first: spillLent puts them in front).
 		cn.appendAcc(data)
 		w.recycle(bid)
 	}
@@ -212,7 +247,10 @@ func (cn *conn) park() {
 // handle is stale; Err then tells a clean close from a failure.
 //
 // The slice f sees is valid only during the call: it may be the kernel's
-// receive buffer itself. Use WithBytes to keep received bytes. f runs
+// receive buffer itself. Use WithBytes to keep received bytes. When
+// several receive buffers are waiting, f may be shown the first one only
+// (so a task that consumes whole buffers reads them without a copy); when
+// f consumes nothing from it, f runs again at once over all unread bytes. f runs
 // synchronously and must not suspend: calling Await, WithData or RecvReady
 // inside it panics (closing only this connection), as does parsing the same
 // connection again from inside it. It may send (SendNowait, Send without
@@ -320,13 +358,14 @@ func (cn *conn) runParse(f func([]byte) ParseResult, fb func(Bytes) ParseResult)
 	cn.parsing = true
 	w.parsing = append(w.parsing, cn)
 	lentDone := false
-	if f != nil && cn.lent >= 0 && cn.accOff == len(cn.acc) {
+	if f != nil && cn.lent >= 0 {
 		data := cn.lentData()
 		r = f(data)
 		n = clampConsumed(r.consumed, len(data))
-		// Nothing consumed with buffers queued behind: f needs bytes
-		// across them, and runs again below over them joined.
-		if lentDone = n > 0 || len(cn.lentq) == 0; lentDone {
+		// Nothing consumed with more bytes behind (queued buffers, the
+		// accumulator): f needs bytes across them, and runs again below
+		// over them joined.
+		if lentDone = n > 0 || len(cn.lentq) == 0 && cn.accOff == len(cn.acc); lentDone {
 			if !w.heldBuf(uint16(cn.lent)) { // forwarded bytes are still to be sent
 				poison(data[:n])
 			}

@@ -748,3 +748,18 @@ func TestZeroCopyOnlyOnIOUring(t *testing.T) {
 		}
 	})
 }
+
+// Debug builds poison what ringline takes back, including the bytes a
+// WithData closure consumed; forwarded bytes must be spared until the
+// kernel has sent them. Run with -tags ringline_debug (make test-debug).
+func TestDebugForwardedBytesNotPoisoned(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		rt := serve(t, testConfig(be), forwardEcho)
+		cl := dial(t, rt)
+		for i := 0; i < 20; i++ {
+			msg := pattern(3000+i, byte(i))
+			require.True(t, bytes.Equal(msg, roundTrip(t, cl, msg)), "round %d", i)
+		}
+		assert.Greater(t, Total(rt.Stats()).ForwardedBuffers, uint64(0))
+	})
+}

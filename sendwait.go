@@ -62,12 +62,12 @@ func (c ConnCtx) SendWait(b []byte) error {
 	if t == nil {
 		return ErrNotInTask
 	}
-	need := w.pool.slotsFor(max(len(b)-cn.tailRoom(), 0))
-	if need > cap(w.pool.free) {
+	if w.pool.slotsFor(len(b)) > cap(w.pool.free) {
 		w.st.poolExhausted++
 		return ErrSendPoolExhausted
 	}
 	w.st.sendWaits++
+	need := w.pool.slotsFor(max(len(b)-cn.tailRoom(), 0))
 	w.pw = append(w.pw, poolWaiter{t: t, cn: cn, gen: cn.gen, n: len(b), need: need})
 	for {
 		t.suspend(waitPool)
