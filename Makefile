@@ -131,11 +131,19 @@ test-consumer: $(LIBURING) | distro-liburing
 # The figures in docs/BENCHMARKS.md (a few minutes; not part of make test).
 # The gnet peer is built from the bench/ module, which keeps gnet out of
 # ringline's own module graph.
-bench: $(LIBURING)
+bench: $(LIBURING) bin/cepoll
 	cd bench && $(GO) build -o ../bin/gnetecho ./gnetecho
 	RINGLINE_BENCH_GNET=$(CURDIR)/bin/gnetecho $(GO) test -run '^$$' -bench PipelinedEcho -benchtime 200000x .
 	RINGLINE_BENCH_GNET=$(CURDIR)/bin/gnetecho $(GO) test -run '^$$' -bench PingPongLatency -benchtime 20000x .
 	$(GO) test -run '^$$' -bench IdleConnRSS -benchtime 1x .
+	RINGLINE_BENCH_GNET=$(CURDIR)/bin/gnetecho RINGLINE_BENCH_CEPOLL=$(CURDIR)/bin/cepoll \
+	  $(GO) test -run '^$$' -bench LargeEcho -benchtime 50000x .
+	$(GO) test -run '^$$' -bench ZeroCopySend -benchtime 20000x .
+
+# The plain-C epoll echo server the epoll backend is measured against.
+bin/cepoll: bench/cepoll/cepoll.c
+	@mkdir -p bin
+	$(CC) -O2 -Wall -o $@ bench/cepoll/cepoll.c
 
 clean:
 	rm -rf bin csrc/rl_test csrc/rl_test_distro

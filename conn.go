@@ -261,13 +261,15 @@ func (c ConnCtx) Close() {
 //
 // Errors (nothing was queued for any of them):
 //   - ErrSendPoolExhausted: the worker's pool is full. The connection
-//     keeps working; retry after this connection's earlier sends
-//     complete (await the SendFuture of one of them) or after other
-//     connections' sends drain. Awaiting a future of a connection with
-//     nothing queued returns at once, so do not retry in a loop on it.
+//     keeps working. SendWait waits for room instead (first come, first
+//     served across the worker's connections); or retry after this
+//     connection's earlier sends complete (await the SendFuture of one of
+//     them). Awaiting a future of a connection with nothing queued
+//     returns at once, so do not retry in a loop on it.
 //   - ErrSendQueueFull: b would take this connection's queue past
-//     Config.MaxSendQueue (a peer that does not read). Await an earlier
-//     SendFuture, or close the connection.
+//     Config.MaxSendQueue (a peer that does not read). SendWait waits
+//     until it has room; or await an earlier SendFuture, or close the
+//     connection.
 //   - ErrClosed or ErrStale; ErrNotInWorker off the worker; or the
 //     connection's failure (Err), e.g. an error wrapping ECONNRESET.
 func (c ConnCtx) SendNowait(b []byte) error {

@@ -17,7 +17,9 @@
 // Every connection is a task: the body of [AsyncEventHandler].OnAccept, run
 // as a coroutine (iter.Pull) on its worker's goroutine. A task reads and
 // parses with [ConnCtx.WithData] and replies with [ConnCtx.Send] or
-// [ConnCtx.SendNowait]; when it has to wait (no data yet, a send not taken
+// [ConnCtx.SendNowait] (copies), [ConnCtx.SendParts] (copied and
+// caller-owned parts) or [ConnCtx.ForwardRecvBuf] (the receive buffer
+// itself); when it has to wait (no data yet, a send not taken
 // by the kernel yet) it yields to the worker loop, which resumes it when the
 // completion arrives. One loop iteration hands all the work its tasks
 // staged (sends, re-armed receives) to the kernel in one call (on io_uring:
@@ -139,6 +141,10 @@
 //   - ExampleConnCtx_Send: streaming a large reply with Send and
 //     SendFuture.Await (backpressure).
 //   - ExampleProbe: choosing a backend; Probe, Auto and IOUring's refusal.
+//   - ExampleConnCtx_SendParts: a cache reply, a header copied and the
+//     value referenced (SendParts, Ref and its release).
+//   - ExampleConnCtx_SendWait: streaming through a small pool, waiting for
+//     room instead of failing.
 //
 // # Errors
 //
@@ -148,5 +154,6 @@
 // ErrClosed); off the worker [ErrNotInWorker]. A send that finds the send
 // pool full returns [ErrSendPoolExhausted], one that would take its
 // connection's queue past Config.MaxSendQueue [ErrSendQueueFull]; both queue
-// nothing and leave the connection working.
+// nothing and leave the connection working ([ConnCtx.SendWait] waits for
+// room instead).
 package ringline

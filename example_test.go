@@ -10,6 +10,7 @@ import (
 	"log"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/ringline-go/ringline"
@@ -257,4 +258,99 @@ func ExampleProbe() {
 	// Auto runs where Probe said: true
 	// IOUring launches exactly where Probe found io_uring usable: true
 	// forced: epoll
+}
+
+// A cache: each GET is answered with a small header built per request,
+// copied into the send pool, and the cached value itself, sent from where
+// it lives without a copy (on io_uring, zero-copy when the reply is large:
+// Config.SendZCThreshold). The value must not change until its release
+// runs: here values are immutable, so release only counts; a cache that
+// evicts or overwrites values would keep a reference count and free the
+// value when the last release comes.
+func ExampleConnCtx_SendParts() {
+	cache := map[string][]byte{
+		"small": []byte("a small value"),
+		"large": bytes.Repeat([]byte("0123456789abcdef"), 64<<10), // 1 MiB
+	}
+	var released atomic.Int64
+	release := func() { released.Add(1) } // one func value, reused: no allocation per reply
+
+	rt := launch(ringline.Config{}, func(c ringline.ConnCtx) {
+		var header []byte
+		for {
+			n := c.WithData(func(b []byte) ringline.ParseResult {
+				i := bytes.IndexByte(b, '\n')
+				if i < 0 {
+					return ringline.NeedMore()
+				}
+				key := strings.TrimPrefix(string(b[:i]), "GET ")
+				value := cache[key]
+				header = fmt.Appendf(header[:0], "VALUE %s %d\n", key, len(value))
+				// The builder is the connection's own, reused: valid until
+				// Submit. On error nothing is sent and release has run.
+				err := c.SendParts().Copy(header).Ref(value, release).Submit()
+				if err != nil {
+					c.Close()
+				}
+				return ringline.Consumed(i + 1)
+			})
+			if n == 0 {
+				return
+			}
+		}
+	})
+
+	c := dial(rt)
+	fmt.Fprint(c, "GET small\nGET large\n")
+	r := bufio.NewReader(c)
+	for range 2 {
+		var key string
+		var size int
+		if _, err := fmt.Fscanf(r, "VALUE %s %d\n", &key, &size); err != nil {
+			log.Fatal(err)
+		}
+		value := make([]byte, size)
+		if _, err := io.ReadFull(r, value); err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(key, size, bytes.Equal(value, cache[key]))
+	}
+	c.Close()
+	stop(rt) // every release has run by the time the runtime has stopped
+	fmt.Println("released:", released.Load())
+	// Output:
+	// small 13 true
+	// large 1048576 true
+	// released: 2
+}
+
+// SendWait waits for room in the send pool instead of failing: a task that
+// streams to a slow reader through a small pool suspends until slots free
+// up, while other connections' waiters are served in turn, first come,
+// first served. It returns once the bytes are queued; an error means the
+// connection closed or failed while it waited (nothing was queued).
+func ExampleConnCtx_SendWait() {
+	const total = 1 << 20
+	cfg := ringline.Config{SendPoolSlots: 4, SendSlotSize: 16 << 10} // a 64 KiB pool
+	rt := launch(cfg, func(c ringline.ConnCtx) {
+		chunk := bytes.Repeat([]byte{'x'}, 16<<10)
+		for sent := 0; sent < total; sent += len(chunk) {
+			// SendNowait would fail with ErrSendPoolExhausted here, as
+			// soon as four chunks are queued.
+			if err := c.SendWait(chunk); err != nil {
+				return
+			}
+		}
+		c.Close()
+	})
+	defer stop(rt)
+
+	c := dial(rt)
+	defer c.Close()
+	n, err := io.Copy(io.Discard, c)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("received", n, "bytes")
+	// Output: received 1048576 bytes
 }
