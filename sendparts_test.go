@@ -1,11 +1,16 @@
 package ringline
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -244,7 +249,6 @@ func TestSendPartsRefusedBatch(t *testing.T) {
 			name    string
 			err     error
 			inside  bool // every release ran before Submit returned
-			partial bool
 		}
 		results := make(chan outcome, 16)
 		rel := newReleases(200)
@@ -761,5 +765,73 @@ func TestDebugForwardedBytesNotPoisoned(t *testing.T) {
 			require.True(t, bytes.Equal(msg, roundTrip(t, cl, msg)), "round %d", i)
 		}
 		assert.Greater(t, Total(rt.Stats()).ForwardedBuffers, uint64(0))
+	})
+}
+
+// The echo example in each -mode echoes exactly, on each backend, and its
+// final line's counters show the mode at work: copy copies every byte into
+// the send pool, forward forwards receive buffers, parts copies only the
+// first 16 bytes of each read.
+func TestEchoExampleModes(t *testing.T) {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = "/usr/local/go/bin/go"
+	}
+	bin := filepath.Join(t.TempDir(), "echo")
+	args := []string{"build", "-o", bin}
+	if !uringCompiled {
+		args = append(args, "-tags", "ringline_epoll")
+	}
+	out, err := exec.Command(goBin, append(args, "./examples/echo")...).CombinedOutput()
+	require.NoError(t, err, "build examples/echo: %s", out)
+	final := regexp.MustCompile(`^echo: stopped; accepted 1, closed 1, bytes in (\d+) out (\d+), copied into the send pool (\d+), buffers forwarded (\d+)$`)
+
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		for _, mode := range []string{"copy", "forward", "parts"} {
+			t.Run(mode, func(t *testing.T) {
+				cmd := exec.Command(bin, "-addr", "127.0.0.1:0", "-workers", "1", "-backend", be.String(), "-mode", mode)
+				stdout, err := cmd.StdoutPipe()
+				require.NoError(t, err)
+				require.NoError(t, cmd.Start())
+				defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+				sc := bufio.NewScanner(stdout)
+				require.True(t, sc.Scan(), "no listening line")
+				m := regexp.MustCompile(`listening on (\S+) with`).FindStringSubmatch(sc.Text())
+				require.NotNil(t, m, "first line: %q", sc.Text())
+
+				c, err := dialTCP(m[1])
+				require.NoError(t, err)
+				total := 0
+				for _, size := range []int{1, 100, 5000, 1 << 20} {
+					msg := pattern(size, byte(size))
+					require.True(t, bytes.Equal(msg, roundTrip(t, c, msg)), "%d bytes", size)
+					total += size
+				}
+				c.Close()
+				require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+				var last string
+				for sc.Scan() {
+					last = sc.Text()
+				}
+				f := final.FindStringSubmatch(last)
+				require.NotNil(t, f, "final line: %q", last)
+				in, _ := strconv.Atoi(f[1])
+				copied, _ := strconv.Atoi(f[3])
+				forwarded, _ := strconv.Atoi(f[4])
+				assert.Equal(t, total, in)
+				assert.Equal(t, f[1], f[2], "bytes out")
+				switch mode {
+				case "copy":
+					assert.Equal(t, total, copied)
+					assert.Zero(t, forwarded)
+				case "forward":
+					assert.Greater(t, forwarded, 0)
+					assert.Less(t, copied, total)
+				case "parts":
+					assert.Less(t, copied, total/2, "parts copies 16 bytes per read")
+					assert.Zero(t, forwarded)
+				}
+			})
+		}
 	})
 }
