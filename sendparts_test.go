@@ -246,9 +246,9 @@ func TestSendPartsRefusedBatch(t *testing.T) {
 		require.NoError(t, err)
 		defer unix.Munmap(huge)
 		type outcome struct {
-			name    string
-			err     error
-			inside  bool // every release ran before Submit returned
+			name   string
+			err    error
+			inside bool // every release ran before Submit returned
 		}
 		results := make(chan outcome, 16)
 		rel := newReleases(200)
