@@ -835,3 +835,42 @@ func TestEchoExampleModes(t *testing.T) {
 		}
 	})
 }
+
+// A burst of several receive buffers reaches a task that consumes whole
+// buffers without a copy: the buffers behind the lent one wait for it
+// (the lent queue), so each is forwarded as it is; a closure that needs
+// bytes across them still gets them joined.
+func TestLentQueueBurst(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be)
+		cfg.BufferCount = 256 // forwarding bounds: 16 per connection, 32 kept free
+		cfg.SendZCThreshold = -1
+		rt := serve(t, cfg, func(c ConnCtx) {
+			// First a 32 KiB frame, which needs its buffers joined; then
+			// forward whatever comes.
+			if c.WithData(func(b []byte) ParseResult {
+				if len(b) < 32<<10 {
+					return NeedAtLeast(32 << 10)
+				}
+				if err := c.SendNowait(b[:32<<10]); err != nil {
+					panic(err)
+				}
+				return Consumed(32 << 10)
+			}) == 0 {
+				return
+			}
+			forwardEcho(c)
+		})
+		cl := dial(t, rt)
+		frame := pattern(32<<10, 1)
+		require.True(t, bytes.Equal(frame, roundTrip(t, cl, frame)), "the joined frame")
+		before := Total(rt.Stats())
+		burst := pattern(32<<10, 2) // 8 buffers, in one write
+		require.True(t, bytes.Equal(burst, roundTrip(t, cl, burst)))
+		st := Total(rt.Stats())
+		fwd, cp := st.ForwardedBuffers-before.ForwardedBuffers, st.ForwardCopies-before.ForwardCopies
+		t.Logf("burst: %d buffers forwarded, %d copies", fwd, cp)
+		assert.GreaterOrEqual(t, fwd, uint64(8), "every buffer of the burst forwarded")
+		assert.Zero(t, cp, "no part of the burst copied")
+	})
+}

@@ -217,35 +217,34 @@ func TestSendWaitConnectionClosed(t *testing.T) {
 func TestSendWaitImmediate(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
 		cfg := testConfig(be)
-		res := make(chan [3]error, 1)
+		res := make(chan error, 3)
 		rt := serve(t, cfg, func(c ConnCtx) {
 			if c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) }) == 0 {
 				return
 			}
-			var r [3]error
-			r[0] = c.SendWait([]byte("now"))
-			r[1] = c.SendWait(make([]byte, cfg.SendPoolSlots*cfg.SendSlotSize+1))
-			done := make(chan struct{})
-			_ = c.w.post(func() {
-				defer close(done)
-				r[2] = c.SendWait([]byte("!"))
-			})
+			res <- c.SendWait([]byte("now"))
+			res <- c.SendWait(make([]byte, cfg.SendPoolSlots*cfg.SendSlotSize+1))
+			_ = c.w.post(func() { res <- c.SendWait([]byte("!")) })
 			c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
-			<-done
-			res <- r
 		})
 		cl := dial(t, rt)
 		_, err := cl.Write([]byte("go"))
 		require.NoError(t, err)
+		var r [3]error
+		for i := range r {
+			select {
+			case r[i] = <-res:
+			case <-time.After(20 * time.Second):
+				t.Fatalf("SendWait call %d did not return", i)
+			}
+		}
+		assert.NoError(t, r[0])
+		assert.ErrorIs(t, r[1], ErrSendPoolExhausted)
+		assert.NoError(t, r[2], "room: queued from the loop without waiting")
 		got := make([]byte, 4)
 		_, err = io.ReadFull(cl, got)
 		require.NoError(t, err)
 		assert.Equal(t, "now!", string(got))
-		_, _ = cl.Write([]byte("x"))
-		r := <-res
-		assert.NoError(t, r[0])
-		assert.ErrorIs(t, r[1], ErrSendPoolExhausted)
-		assert.NoError(t, r[2], "room: queued from the loop without waiting")
 		assert.Zero(t, Total(rt.Stats()).SendWaits)
 	})
 }
@@ -285,7 +284,11 @@ func TestSendPartsNoAllocsPerMessage(t *testing.T) {
 				pipelinedRequests(t, rt, conns, msgs, depth, value)
 				runtime.ReadMemStats(&m1)
 				perMsg := float64(m1.Mallocs-m0.Mallocs) / float64(conns*msgs)
-				t.Logf("%.5f allocations per message (%d over %d messages, client included)", perMsg, m1.Mallocs-m0.Mallocs, conns*msgs)
+				t.Logf("%.5f allocations per message (%d over %d messages, client included); %d zero-copy sends",
+					perMsg, m1.Mallocs-m0.Mallocs, conns*msgs, Total(rt.Stats()).ZeroCopySends)
+				if mode == "zerocopy" {
+					assert.Greater(t, Total(rt.Stats()).ZeroCopySends, uint64(1000), "the zero-copy path (pins) measured")
+				}
 				assert.Less(t, perMsg, 0.01)
 			})
 		}
