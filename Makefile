@@ -20,7 +20,7 @@ export CGO_CPPFLAGS := $(strip $(CGO_CPPFLAGS) -DRINGLINE_CSRC=$(CSRC_HASH))
 TEST_LDFLAGS := -ldflags='-s=false -w=false'
 
 .PHONY: all build run test test-c test-go test-race test-epoll test-nocgo test-debug test-consumer \
-	vet vet-arm64 lint bench clean distro-liburing
+	vet vet-arm64 lint bench clean distro-liburing run-cache test-cache bench-cache redis-tools
 
 all: build
 
@@ -38,8 +38,9 @@ run: build
 # liburing), the Go suite: the default build (both backends, every scenario
 # once per backend), the race detector, the epoll-only build
 # (-tags ringline_epoll) and a build without cgo; then the three ways a
-# service builds ringline as a dependency (.ci/consumer_build.sh).
-test: $(LIBURING) vet vet-arm64 lint test-c test-go test-race test-epoll test-nocgo test-debug test-consumer
+# service builds ringline as a dependency (.ci/consumer_build.sh); then the
+# cache example with redis's own programs and go-redis.
+test: $(LIBURING) vet vet-arm64 lint test-c test-go test-race test-epoll test-nocgo test-debug test-consumer test-cache
 
 vet: $(LIBURING)
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || ls *.go)); \
@@ -144,6 +145,39 @@ bench: $(LIBURING) bin/cepoll
 bin/cepoll: bench/cepoll/cepoll.c
 	@mkdir -p bin
 	$(CC) -O2 -Wall -o $@ bench/cepoll/cepoll.c
+
+# The cache example (examples/cache). `make run-cache` serves RESP on
+# 127.0.0.1:7379; flags: ./bin/cache -h.
+run-cache: $(LIBURING)
+	$(GO) build -o bin/cache ./examples/cache
+	./bin/cache
+
+# redis-cli, redis-benchmark and redis-server (Debian's redis-tools and
+# redis-server packages) drive the cache's client tests and its benchmark.
+redis-tools:
+	@if ! command -v redis-cli >/dev/null || ! command -v redis-benchmark >/dev/null || \
+	    ! command -v redis-server >/dev/null; then \
+	  echo "installing redis-tools and redis-server (Debian packages)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools redis-server; \
+	fi
+
+# The cache's tests with real redis programs (the redistools tag) and the
+# go-redis interop tests of the bench module (a module of its own, so
+# go-redis and redcon stay out of ringline's module graph). The parser's
+# fuzz corpus runs in every plain go test above.
+test-cache: $(LIBURING) redis-tools
+	$(GO) vet -tags redistools ./examples/cache/...
+	$(GO) test -tags redistools -count=1 -timeout 5m -run 'RedisCLI|RedisBenchmark|Differential' ./examples/cache/server
+	cd bench && $(GO) vet ./cache/... && $(GO) test -count=1 -timeout 5m ./cache/...
+
+# The cache's figures: ringline (io_uring, epoll), redis-server and the
+# redcon peer under redis-benchmark, pinned with taskset (minutes; not part
+# of make test). BENCH_CACHE_FLAGS=-h lists what can change.
+BENCH_CACHE_FLAGS ?= -n 2000000
+bench-cache: $(LIBURING) redis-tools
+	$(GO) build -o bin/cache ./examples/cache
+	cd bench && $(GO) build -o ../bin/cache-redcon ./cache/redcon && $(GO) build -o ../bin/benchcache ./cache/cmd/benchcache
+	./bin/benchcache $(BENCH_CACHE_FLAGS)
 
 clean:
 	rm -rf bin csrc/rl_test csrc/rl_test_distro

@@ -207,3 +207,26 @@ func TestAcceptPersistentErrorPauses(t *testing.T) {
 		rt.wg.Wait()
 	})
 }
+
+// A "per-client" accept error that repeats with no client getting through
+// (an LSM that denies every accept says EPERM) pauses accepting instead of
+// spinning the loop (found in review).
+func TestAcceptRearmStreakPauses(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		rt := serve(t, testConfig(be), echoTask)
+		w := rt.workers[0]
+		out := make(chan [2]bool, 1)
+		require.NoError(t, w.post(func() {
+			w.acceptError(syscall.EPERM)
+			first := w.acceptPaused
+			for i := 0; i < 70; i++ {
+				w.acceptError(syscall.EPERM)
+			}
+			out <- [2]bool{first, w.acceptPaused}
+		}))
+		r := <-out
+		assert.False(t, r[0], "one EPERM re-arms at once")
+		assert.True(t, r[1], "a streak of them pauses")
+		echoOnce(t, rt) // and accepting resumes
+	})
+}

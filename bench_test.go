@@ -1282,6 +1282,10 @@ func BenchmarkIdleConnRSS(b *testing.B) {
 	for _, be := range availableBackends() {
 		servers = append(servers, server{name: "ringline-" + be.String(),
 			argv: []string{echoBin, "-addr", "127.0.0.1:0", "-workers", "1", "-backend", be.String()}})
+		// The same with an idle-timeout read deadline on every connection
+		// (armed, never firing): what a deadline costs per connection.
+		servers = append(servers, server{name: "ringline-" + be.String() + "-idle-timeout",
+			argv: []string{echoBin, "-addr", "127.0.0.1:0", "-workers", "1", "-backend", be.String(), "-idle-timeout", "1h"}})
 	}
 	servers = append(servers, server{name: "gonet-goroutine-per-conn",
 		argv: []string{os.Args[0], "-test.run=^$", "-test.bench=^$"},

@@ -45,12 +45,12 @@ type Config struct {
 	// the kernel (sent with SendNowait/Send and not yet taken by the
 	// kernel), so a peer that never reads cannot take the worker's whole
 	// send pool from the other connections. A send that would take the
-	// queue past it fails with ErrSendQueueFull and nothing is queued; a
-	// send made while nothing is queued is taken whatever its size (the
-	// pool permitting), so a task that awaits each send always makes
-	// progress. SendSlotSize..pool size. Default: a
-	// quarter of the pool (SendPoolSlots*SendSlotSize/4), 8 MiB with the
-	// default pool.
+	// queue past it fails with ErrSendQueueFull and nothing is queued
+	// (a single send larger than MaxSendQueue always fails: split it).
+	// SendSlotSize..pool size. Default: a quarter of the pool
+	// (SendPoolSlots*SendSlotSize/4, 8 MiB with the default pool), raised
+	// to MaxRecvAccumulator (within the pool), so echoing everything a
+	// parse was shown always fits.
 	MaxSendQueue int
 	// SendZCThreshold (io_uring only) is the smallest send, in bytes,
 	// that goes out zero-copy (IORING_OP_SEND_ZC/SENDMSG_ZC): the kernel
@@ -159,10 +159,8 @@ func (c *Config) fill() {
 		c.ListenBacklog = 1024
 	}
 	if c.MaxSendQueue == 0 {
-		c.MaxSendQueue = c.SendPoolSlots * c.SendSlotSize / 4
-		if c.MaxSendQueue < c.SendSlotSize {
-			c.MaxSendQueue = c.SendSlotSize
-		}
+		pool := c.SendPoolSlots * c.SendSlotSize
+		c.MaxSendQueue = min(max(pool/4, c.MaxRecvAccumulator, c.SendSlotSize), pool)
 	}
 	if c.SendZCThreshold == 0 {
 		c.SendZCThreshold = 64 << 10

@@ -2,7 +2,9 @@ package ringline
 
 import (
 	"net"
+	"os"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -67,6 +69,13 @@ type conn struct {
 	flushPending bool
 	closeWanted  bool
 	draining     bool // a drain deadline is armed (Close with sends queued)
+
+	// Deadlines (worker clock, 0: none) and their timers. A receive that
+	// gave up at the read deadline sets rdTimedOut, which Err reports
+	// until the deadline moves or data is read.
+	rdDeadline, wrDeadline int64
+	rdTimedOut             bool
+	drainT, rdT, wrT       timerNode
 	// sendWaiters are tasks of other connections awaiting this one's
 	// SendFutures; the connection's own task is woken through task.
 	sendWaiters []*task
@@ -95,7 +104,9 @@ type conn struct {
 // does nothing and returns ErrNotInWorker (or, for methods without an
 // error, its zero value), and the misuse is logged and counted in
 // WorkerStats.ForeignCalls. The check is exact, not a racy read, and costs
-// about 2 ns per call.
+// a few nanoseconds per call (docs/BENCHMARKS.md). A coroutine a task makes
+// itself (with iter.Pull) is another goroutine, so calls from it are
+// refused too.
 //
 // The receive methods (WithData, WithBytes, TryWithData, SetRecvSink,
 // TakeRecvSink, RecvReady) are further reserved to the task that owns the
@@ -111,10 +122,15 @@ type ConnCtx struct {
 	gen uint32
 }
 
-// ConnToken identifies a connection (slot index and generation) without a
-// worker pointer; it is comparable and usable as a map key.
+// ConnToken identifies a connection (worker, slot index and generation)
+// without a pointer: it is comparable, usable as a map key, and may be
+// handed to other goroutines, which reach the connection with
+// Runtime.Send or Runtime.Post. It names a connection of one runtime only:
+// kept across a restart, or used with another runtime, it may name an
+// unrelated connection there.
 type ConnToken struct {
-	Index uint32
+	Worker uint32
+	Index  uint32
 	// Generation counts the slot's reuses; with 32 bits a stale handle
 	// would need 4 billion reuses of its slot to look live again.
 	Generation uint32
@@ -135,7 +151,9 @@ type AsyncEventHandler interface {
 	// Config.StallThreshold). It must never call runtime.LockOSThread or
 	// runtime.UnlockOSThread: the Go runtime kills the process when a
 	// coroutine's thread locking changes. Wait only through ringline's
-	// suspending calls (WithData, WithBytes, RecvReady, SendFuture.Await).
+	// suspending calls (WithData, WithBytes, RecvReady, SendFuture.Await,
+	// TaskCtx.Sleep, Timer.Await, JoinHandle.Join, Select, JoinAll,
+	// Mailbox.Recv).
 	OnAccept(c ConnCtx)
 }
 
@@ -155,6 +173,11 @@ func (c ConnCtx) get() *conn {
 // onWorker reports whether the caller is the worker's loop goroutine or
 // the task it is running.
 func (w *worker) onWorker() bool {
+	// A worker that has exited no longer owns its goroutine identity: the
+	// runtime reuses g structs, so a new goroutine could match it.
+	if w.exited.Load() {
+		return false
+	}
 	g := gid.Get()
 	return g == w.curG.Load() || g == w.g
 }
@@ -194,7 +217,22 @@ func (c ConnCtx) Index() int { return int(c.idx) }
 
 // Token returns the connection's identity (index and generation). Safe
 // from any goroutine.
-func (c ConnCtx) Token() ConnToken { return ConnToken{Index: c.idx, Generation: c.gen} }
+func (c ConnCtx) Token() ConnToken {
+	if c.w == nil {
+		return ConnToken{Index: c.idx, Generation: c.gen}
+	}
+	return ConnToken{Worker: uint32(c.w.id), Index: c.idx, Generation: c.gen}
+}
+
+// Conn returns the handle for the connection tok names, for a task of its
+// worker; a stale token's handle, or one of another worker's connection,
+// is refused by every method (ErrStale).
+func (t TaskCtx) Conn(tok ConnToken) ConnCtx {
+	if t.w == nil || int(tok.Worker) != t.w.id {
+		return ConnCtx{}
+	}
+	return ConnCtx{w: t.w, idx: tok.Index, gen: tok.Generation}
+}
 
 // WorkerID returns the index of the worker that owns the connection, or -1
 // for the zero ConnCtx. Safe from any goroutine.
@@ -232,12 +270,24 @@ func (c ConnCtx) PeerAddr() (net.Addr, bool) {
 // wraps the kernel's errno (errors.Is(err, syscall.ECONNRESET)); a
 // connection the runtime closed reports why: ErrRecvLimit,
 // ErrDrainTimeout, ErrShutdown. Only the first cause is kept: a send that
-// fails with EPIPE after a reset does not replace the reset. It returns
-// ErrStale for a stale handle and ErrNotInWorker off the worker.
+// fails with EPIPE after a reset does not replace the reset.
+//
+// While the connection is healthy, after a receive (WithData, WithBytes,
+// RecvReady) returned early because the read deadline passed, Err returns
+// an error satisfying errors.Is(err, os.ErrDeadlineExceeded) until the
+// deadline is moved or a receive returns data; the connection stays
+// usable. It returns ErrStale for a stale handle and ErrNotInWorker off
+// the worker.
 func (c ConnCtx) Err() error {
 	cn, err := c.own("Err")
 	if err != nil {
 		return err
+	}
+	if cn.err == nil && cn.w.stopped {
+		return ErrShutdown
+	}
+	if cn.err == nil && cn.rdTimedOut {
+		return errReadDeadline
 	}
 	return cn.err
 }
@@ -340,14 +390,37 @@ func (f SendFuture) Await() (int, error) {
 		if cn.state == connClosing || cn.state == connClosed {
 			return 0, ErrClosed
 		}
+		if cn.wrDeadline != 0 && cn.w.now() >= cn.wrDeadline {
+			return 0, errWriteDeadline
+		}
 		t := cn.w.cur
 		if t == nil {
 			return 0, ErrNotInTask
 		}
-		if t != cn.task {
-			cn.sendWaiters = append(cn.sendWaiters, t)
-		}
-		t.suspend(waitSend)
+		_, mask := f.poll(t)
+		t.suspend(mask)
+	}
+}
+
+func (f SendFuture) owner() *worker { return f.c.w }
+
+func (f SendFuture) poll(t *task) (bool, uint8) {
+	cn := f.c.get()
+	if cn == nil || cn.sent >= f.mark || cn.err != nil || cn.state == connClosing || cn.state == connClosed {
+		return true, 0
+	}
+	if cn.wrDeadline != 0 && cn.w.now() >= cn.wrDeadline {
+		return true, 0 // Await reports the deadline
+	}
+	if t != cn.task {
+		cn.sendWaiters = addWaiter(cn.sendWaiters, t)
+	}
+	return false, waitSend
+}
+
+func (f SendFuture) drop(t *task) {
+	if cn := f.c.get(); cn != nil {
+		cn.sendWaiters = removeWaiter(cn.sendWaiters, t)
 	}
 }
 
@@ -359,6 +432,112 @@ func (cn *conn) sendable() error {
 		return ErrClosed
 	}
 	return nil
+}
+
+// The errors a deadline produces: like net.Conn's, they satisfy
+// errors.Is(err, os.ErrDeadlineExceeded) and report Timeout() true.
+var (
+	errReadDeadline  error = &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}
+	errWriteDeadline error = &net.OpError{Op: "write", Net: "tcp", Err: os.ErrDeadlineExceeded}
+)
+
+// SetDeadline sets the read and write deadlines, with net.Conn's meaning.
+func (c ConnCtx) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.SetWriteDeadline(t)
+}
+
+// SetReadDeadline sets the time after which a receive that is waiting
+// (WithData, WithBytes, RecvReady) stops waiting: it returns 0 (or false),
+// and Err reports an error satisfying errors.Is(err,
+// os.ErrDeadlineExceeded). The connection stays usable and data that
+// arrives later is kept. A deadline in the past makes receives that would
+// wait return at once; the zero time removes the deadline. Setting a new
+// deadline re-arms; renewing it after every parse (an idle timeout) is
+// cheap: a later deadline costs a store, not a timer operation. Arming,
+// firing and moving deadlines cost no syscall.
+func (c ConnCtx) SetReadDeadline(t time.Time) error {
+	cn, err := c.own("SetReadDeadline")
+	if err != nil {
+		return err
+	}
+	cn.rdTimedOut = false
+	cn.setDeadline(&cn.rdDeadline, &cn.rdT, tmReadDeadline, t)
+	return nil
+}
+
+// SetWriteDeadline sets the time after which SendFuture.Await of this
+// connection stops waiting and returns an error satisfying errors.Is(err,
+// os.ErrDeadlineExceeded). The bytes stay queued and the connection
+// usable: the deadline bounds the wait, not the send. The zero time
+// removes it.
+func (c ConnCtx) SetWriteDeadline(t time.Time) error {
+	cn, err := c.own("SetWriteDeadline")
+	if err != nil {
+		return err
+	}
+	cn.setDeadline(&cn.wrDeadline, &cn.wrT, tmWriteDeadline, t)
+	return nil
+}
+
+func (cn *conn) setDeadline(dl *int64, n *timerNode, kind uint8, t time.Time) {
+	w := cn.w
+	if t.IsZero() {
+		*dl = 0
+		w.timers.remove(n)
+		return
+	}
+	at := max(w.clockAt(t), 1)
+	*dl = at
+	// A later deadline leaves an armed timer where it is: it fires, sees
+	// the deadline moved and re-arms once (deadlineFired). That is the
+	// idle-timeout renewal after every parse, so it is only a store.
+	if n.armed() && at >= n.at {
+		return
+	}
+	w.timers.set(n, at)
+	// Waiters re-check: a deadline already past ends their wait now.
+	if at <= w.now() {
+		ev := waitRecv
+		if kind == tmWriteDeadline {
+			ev = waitSend
+		}
+		cn.deadlineFired(n, at, ev)
+	}
+}
+
+// deadlineFired runs when a deadline timer goes off: if the deadline has
+// moved later it re-arms, otherwise it wakes who waits on that side.
+func (cn *conn) deadlineFired(n *timerNode, deadline int64, ev uint8) {
+	if deadline == 0 || cn.state == connFree {
+		return
+	}
+	w := cn.w
+	if deadline > w.now() {
+		w.timers.set(n, deadline)
+		return
+	}
+	w.timers.remove(n)
+	if cn.task != nil {
+		cn.task.wake(ev)
+	}
+	if ev == waitSend {
+		for _, t := range cn.sendWaiters {
+			t.wake(waitSend)
+		}
+	}
+}
+
+// readExpired reports whether the read deadline has passed, and notes it
+// for Err.
+func (cn *conn) readExpired() bool {
+	if cn.rdDeadline == 0 || cn.w.now() < cn.rdDeadline {
+		return false
+	}
+	cn.rdTimedOut = true
+	return true
 }
 
 // fail records why the connection failed; the first cause wins.
@@ -380,7 +559,7 @@ func (cn *conn) requestClose() {
 		cn.startClose()
 	} else if !cn.draining && cn.state == connOpen {
 		cn.draining = true
-		cn.w.arm(tmDrain, cn.w.cfg.CloseDrainTimeout, cn.idx, cn.gen)
+		cn.w.timers.set(&cn.drainT, addClock(cn.w.now(), cn.w.cfg.CloseDrainTimeout))
 	}
 }
 
@@ -407,19 +586,6 @@ func (cn *conn) drainExpired() {
 	}
 	cn.dropQueue()
 	cn.startClose()
-}
-
-// connAt returns the live connection in slot idx if it still has
-// generation gen.
-func (w *worker) connAt(idx, gen uint32) *conn {
-	if int(idx) >= len(w.conns) {
-		return nil
-	}
-	cn := w.conns[idx]
-	if cn == nil || cn.gen != gen || cn.state == connFree {
-		return nil
-	}
-	return cn
 }
 
 // startClose cancels the recv and stages the socket's close.
@@ -470,6 +636,9 @@ func (cn *conn) maybeFree() {
 	cn.wakeSendWaiters()
 	cn.dropQueue()
 	cn.abandonBatch()
+	w.timers.remove(&cn.drainT)
+	w.timers.remove(&cn.rdT)
+	w.timers.remove(&cn.wrT)
 	w.st.closed++
 	w.live--
 	cn.state = connFree

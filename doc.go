@@ -40,7 +40,10 @@
 // must not call runtime.LockOSThread either (the worker's goroutine already
 // is locked, and the Go runtime aborts a coroutine switch whose lock state
 // changed). Wait only through ringline's suspending calls: WithData,
-// WithBytes, RecvReady and SendFuture.Await. Work that must block belongs on
+// WithBytes, RecvReady, SendFuture.Await, TaskCtx.Sleep, Timer.Await,
+// JoinHandle.Join, Select, JoinAll and Mailbox.Recv. A coroutine the task
+// makes itself (iter.Pull) is another goroutine: ringline refuses calls
+// from it like any foreign goroutine's. Work that must block belongs on
 // an ordinary goroutine.
 //
 // A parse closure (the function given to WithData, WithBytes or
@@ -56,7 +59,7 @@
 //     nothing and returns [ErrNotInWorker] (or its zero value); the misuse
 //     is logged at most once a second, naming the caller, and counted in
 //     WorkerStats.ForeignCalls. The check is exact (the caller's goroutine
-//     identity, about 4 ns), never a racy read. The receiving methods
+//     identity, a few nanoseconds), never a racy read. The receiving methods
 //     (WithData, WithBytes, TryWithData, SetRecvSink, TakeRecvSink,
 //     RecvReady) belong to the task that owns the connection and return 0
 //     or false in any other task; any task of the worker may send on a
@@ -67,9 +70,13 @@
 //     until it returns (a [Bytes] from WithBytes may be kept). Build with
 //     -tags ringline_debug while testing handlers: memory ringline takes
 //     back is then poisoned (0xDB), so a slice kept too long shows it.
+//   - [TaskCtx] methods, [Select], [JoinAll], [JoinHandle] and [Timer]
+//     methods, [Mailbox.Recv]: from a task of their worker, like ConnCtx.
 //   - [Runtime] methods (Addr, Backend, Features, Workers, Stats, Shutdown,
-//     ShutdownContext, Wait, Done), [Builder.Launch] and [Probe]: any
-//     goroutine.
+//     ShutdownContext, Wait, Done, Post, Send), [Mailbox.Put],
+//     [Mailbox.TryRecv], [Mailbox.Close], [Builder.Launch] and [Probe]: any
+//     goroutine (Runtime.Send blocks its caller for a round trip, so from a
+//     task it returns [ErrWouldBlock]).
 //   - The handler factory given to Launch: once per worker, on that worker's
 //     goroutine, before it serves.
 //
@@ -88,6 +95,57 @@
 // waiting clients are refused at once. [Runtime.ShutdownContext] bounds a
 // shutdown that a stuck task would otherwise hold up. By default [Bind]
 // refuses a port another socket holds (Config.ReusePort shares it).
+//
+// # Time, other tasks, and the way in
+//
+// A task reaches its worker through a [TaskCtx]: a connection's task from
+// [ConnCtx.Task], a spawned, posted or start task as its argument (Go has
+// no goroutine-local executor, so the handle is passed, not looked up).
+// With it a task can Sleep, SleepUntil, make a [Timer] (After), [TaskCtx.Spawn]
+// a task that is not a connection and Join or Abort it ([JoinHandle]).
+// [Select] waits for the first of several futures (a [SendFuture], a
+// Timer, a JoinHandle, a mailbox's Ready, a connection's
+// [ConnCtx.Readable]), [JoinAll] for all of them; a task waiting on
+// anything is woken only by what it waits for. Timers live in a heap in
+// the core: the earliest is the wait timeout of the loop's one enter, so
+// arming, firing and cancelling them cost no syscall, and Sleep, deadlines
+// and (once the pool has grown) Timers allocate nothing.
+//
+// Deadlines have net.Conn's meaning: [ConnCtx.SetReadDeadline] ends a
+// waiting WithData, WithBytes or RecvReady (it returns 0 or false, and
+// [ConnCtx.Err] reports an error satisfying errors.Is(err,
+// os.ErrDeadlineExceeded)); [ConnCtx.SetWriteDeadline] ends a waiting
+// SendFuture.Await with such an error. The connection stays usable and a
+// new deadline re-arms. An idle timeout is a read deadline renewed after
+// each parse, which costs a store.
+//
+// Ordinary goroutines reach a worker only through these doors, all safe
+// from any goroutine and returning ErrClosed without blocking after
+// shutdown: [Runtime.Post] runs a function as a task on a worker;
+// [Runtime.Send] queues bytes on a connection named by its [ConnToken]
+// (refusing stale tokens); a [Mailbox] carries values to a worker's tasks
+// (Put never blocks; a full mailbox says [ErrMailboxFull]). Each wakes the
+// worker through its eventfd, and wakes coalesce: a burst of 1,000 posts
+// costs one or two.
+//
+// # State shared across workers
+//
+// Workers share nothing on the data path, and state a service shares
+// should follow suit:
+//
+//   - Per-worker state, reached with Post: each worker owns its part (a
+//     cache shard, per-connection tables indexed by [ConnCtx.Index]), only
+//     its tasks touch it, and another worker or goroutine that needs it
+//     posts a function there (see [Runtime.Post]'s example). No locks.
+//   - A short critical section guarded by a sync.Mutex is tolerated in a
+//     task: a lock held for a map lookup or insert (a sharded store whose
+//     shards every worker reads) waits at most for another worker's equally
+//     short section, so the worker stalls for nanoseconds, not for I/O.
+//   - Never hold a lock across a suspension (Await, WithData, Sleep,
+//     Select): the task yields with the lock held, other tasks of the worker
+//     that want it block the worker's thread, and the worker deadlocks.
+//     Never wait on a channel or a sync.WaitGroup in a task; use a Mailbox
+//     or Select.
 //
 // # Backends and how to choose
 //
@@ -141,6 +199,11 @@
 //   - ExampleConnCtx_Send: streaming a large reply with Send and
 //     SendFuture.Await (backpressure).
 //   - ExampleProbe: choosing a backend; Probe, Auto and IOUring's refusal.
+//   - ExampleConnCtx_SetReadDeadline: an idle timeout.
+//   - ExampleSelect: a spawned ticker task, a timer and the client's data,
+//     whichever comes first.
+//   - ExampleRuntime_Post: per-worker state reached with Post.
+//   - ExampleMailbox: values from a goroutine to a connection's task.
 //   - ExampleConnCtx_SendParts: a cache reply, a header copied and the
 //     value referenced (SendParts, Ref and its release).
 //   - ExampleConnCtx_SendWait: streaming through a small pool, waiting for

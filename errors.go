@@ -23,11 +23,12 @@ var (
 	// ErrSendQueueFull is returned by SendNowait, Send, SendParts' Submit
 	// and ForwardRecvBuf when the bytes would take the connection's queue
 	// (bytes waiting for the kernel, copied or not) past
-	// Config.MaxSendQueue, typically because its peer does not read. A
-	// send made with nothing queued is never refused this way. Nothing
-	// was queued; other connections are unaffected. SendWait waits until
-	// the queue has room; otherwise await an earlier SendFuture before
-	// sending more, or close the connection.
+	// Config.MaxSendQueue, typically because its peer does not read (or
+	// because one send is larger than MaxSendQueue). Nothing was queued;
+	// other connections are unaffected. SendWait waits until the queue
+	// has room (and fails at once for a send larger than MaxSendQueue);
+	// otherwise await an earlier SendFuture before sending more, or close
+	// the connection.
 	ErrSendQueueFull = errors.New("ringline: connection send queue full (Config.MaxSendQueue)")
 	// ErrNotInTask is returned when a suspending method is called on the
 	// connection's worker but outside any task (for example from the

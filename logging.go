@@ -49,7 +49,10 @@ func (w *worker) foreignCall(method string) {
 	if now < next || !w.foreign.next.CompareAndSwap(next, now+int64(time.Second)) {
 		return
 	}
-	w.log.Error("ringline: ConnCtx."+method+" called from a goroutine that is not its worker's; refused with ErrNotInWorker (a ConnCtx belongs to its worker: see the package documentation on thread safety)",
+	if !strings.Contains(method, ".") {
+		method = "ConnCtx." + method
+	}
+	w.log.Error("ringline: "+method+" called from a goroutine that is not its worker's; refused with ErrNotInWorker (ConnCtx, TaskCtx and futures belong to their worker: see the package documentation on which goroutine may call what)",
 		"worker", w.id, "caller", callerOutside(), "refused_so_far", n)
 }
 

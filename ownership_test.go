@@ -283,3 +283,77 @@ func BenchmarkConnCtxCheck(b *testing.B) {
 		}
 	}
 }
+
+// Every method refuses a stale handle (its slot now holds another
+// connection): each returns its documented refusal, and the connection
+// now in the slot is untouched: its buffered bytes, its deadlines, its
+// sink, its open state.
+func TestStaleHandleEveryMethod(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		var first atomic.Pointer[ConnCtx]
+		out := make(chan map[string]bool, 1)
+		rt := serve(t, testConfig(be), func(c ConnCtx) {
+			if first.CompareAndSwap(nil, &c) {
+				c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
+				return
+			}
+			old := *first.Load()
+			r := map[string]bool{"sameSlot": old.Index() == c.Index() && old.Token() != c.Token()}
+			c.RecvReady() // the new connection's bytes are buffered now
+			called := false
+			parse := func(b []byte) ParseResult { called = true; return Consumed(len(b)) }
+			r["Index"] = old.Index() == c.Index()
+			r["WorkerID"] = old.WorkerID() == c.WorkerID()
+			r["IsOutbound"] = !old.IsOutbound()
+			a, ok := old.PeerAddr()
+			r["PeerAddr"] = a == nil && !ok
+			r["Err"] = errors.Is(old.Err(), ErrStale)
+			r["SendNowait"] = errors.Is(old.SendNowait([]byte("LEAK")), ErrStale)
+			f, err := old.Send([]byte("LEAK"))
+			r["Send"] = errors.Is(err, ErrStale) && f == SendFuture{}
+			r["WithData"] = old.WithData(parse) == 0 && !called
+			r["WithBytes"] = old.WithBytes(func(b Bytes) ParseResult { called = true; return Consumed(len(b)) }) == 0 && !called
+			_, ok = old.TryWithData(parse)
+			r["TryWithData"] = !ok && !called
+			old.SetRecvSink(make([]byte, 16))
+			r["SetRecvSink"] = c.get().sink == nil
+			r["TakeRecvSink"] = old.TakeRecvSink() == 0
+			r["RecvReady"] = !old.RecvReady()
+			r["SetDeadline"] = errors.Is(old.SetDeadline(time.Now()), ErrStale) && c.get().rdDeadline == 0
+			r["SetReadDeadline"] = errors.Is(old.SetReadDeadline(time.Now()), ErrStale)
+			r["SetWriteDeadline"] = errors.Is(old.SetWriteDeadline(time.Now()), ErrStale) && c.get().wrDeadline == 0
+			i, err := Select(old.Readable())
+			r["Readable"] = i == 0 && err == nil
+			old.Close()
+			r["Close"] = c.get().state == connOpen && !c.get().closeWanted
+			var got string
+			c.WithData(func(b []byte) ParseResult { got = string(b); return Consumed(len(b)) })
+			r["new connection's bytes intact"] = got == "mine"
+			out <- r
+			c.SendNowait([]byte("new"))
+			echoTask(c)
+		})
+		c1 := dial(t, rt)
+		_, err := c1.Write([]byte("a"))
+		require.NoError(t, err)
+		c1.Close()
+		require.True(t, settle(5*time.Second, func() bool { return Total(rt.Stats()).Closed == 1 }))
+		c2 := dial(t, rt)
+		_, err = c2.Write([]byte("mine"))
+		require.NoError(t, err)
+		var r map[string]bool
+		select {
+		case r = <-out:
+		case <-time.After(10 * time.Second):
+			t.Fatal("timeout")
+		}
+		for name, ok := range r {
+			assert.True(t, ok, "%s on a stale handle", name)
+		}
+		assert.Len(t, r, 20, "every method checked")
+		got, err := readWithin(c2, 3, 5*time.Second)
+		require.NoError(t, err)
+		require.Equal(t, "new", string(got), "the stale handle wrote nothing")
+		require.Equal(t, []byte("alive"), roundTrip(t, c2, []byte("alive")))
+	})
+}

@@ -243,8 +243,11 @@ func (cn *conn) park() {
 // f consumed. When nothing is buffered, or f returned NeedMore, Consumed(0)
 // or NeedAtLeast, the task suspends until more bytes arrive and f runs again
 // over all unread bytes. It returns 0 when the peer closed (FIN or reset)
-// with nothing more to read, when the connection is closed, or when the
-// handle is stale; Err then tells a clean close from a failure.
+// with nothing more to read, when the connection is closed, when the
+// handle is stale, or when the read deadline passed; Err then tells which
+// (nil for a clean close, the failure, or an error satisfying
+// errors.Is(err, os.ErrDeadlineExceeded), after which the connection is
+// still usable).
 //
 // The slice f sees is valid only during the call: it may be the kernel's
 // receive buffer itself. Use WithBytes to keep received bytes. When
@@ -287,6 +290,7 @@ func (c ConnCtx) withData(f func([]byte) ParseResult, fb func(Bytes) ParseResult
 		if avail := cn.buffered(); avail >= want {
 			r, n := cn.runParse(f, fb)
 			if n > 0 {
+				cn.rdTimedOut = false
 				return n
 			}
 			want = avail + 1
@@ -302,6 +306,9 @@ func (c ConnCtx) withData(f func([]byte) ParseResult, fb func(Bytes) ParseResult
 		}
 		if cn.eof {
 			return cn.stopped()
+		}
+		if cn.readExpired() {
+			return 0 // Err reports the deadline; the connection stays usable
 		}
 		cn.resumeRecv()
 		cn.task.suspend(waitRecv)
@@ -326,19 +333,14 @@ func (cn *conn) limitClose() {
 	cn.requestClose()
 }
 
-// stopped is what a receive returns at EOF. While the worker shuts down, a
-// task that keeps calling after being told 0 is suspended instead, so the
-// worker can stop it rather than spin in it forever.
+// stopped is what a receive returns at EOF. While the worker shuts down it
+// tells the task once, then guards against a spin (task.spinGuard).
 func (cn *conn) stopped() int {
 	if cn == nil {
 		return 0
 	}
-	t := cn.w.cur
-	if t != nil && cn.w.stopped {
-		if t.toldStop {
-			t.suspend(waitNone)
-		}
-		t.toldStop = true
+	if t := cn.w.cur; t != nil {
+		t.spinGuard()
 	}
 	return 0
 }
@@ -471,8 +473,9 @@ func (c ConnCtx) TakeRecvSink() int {
 }
 
 // RecvReady suspends the task until the sink holds at least one byte (or,
-// with no sink, until unread bytes are buffered), or the peer closed. It
-// reports whether data is available.
+// with no sink, until unread bytes are buffered), the peer closed, or the
+// read deadline passed (Err then says so). It reports whether data is
+// available.
 func (c ConnCtx) RecvReady() bool {
 	cn := c.owned("RecvReady")
 	if cn == nil {
@@ -483,10 +486,14 @@ func (c ConnCtx) RecvReady() bool {
 			return false
 		}
 		if (cn.sink != nil && cn.sinkN > 0) || (cn.sink == nil && cn.buffered() > 0) {
+			cn.rdTimedOut = false
 			return true
 		}
 		if cn.eof {
 			return cn.buffered() > 0
+		}
+		if cn.readExpired() {
+			return false // Err reports the deadline
 		}
 		cn.resumeRecv()
 		cn.task.suspend(waitRecv)

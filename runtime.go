@@ -45,6 +45,7 @@ type Runtime struct {
 	wg      sync.WaitGroup
 	once    sync.Once
 	done    chan struct{}
+	gate    chan struct{} // closed once every worker is set up
 }
 
 // Launch validates the Config, binds the listeners, starts the workers and
@@ -143,8 +144,12 @@ func (rt *Runtime) ShutdownContext(ctx context.Context) error {
 			continue
 		}
 		msg := fmt.Sprintf("worker %d", w.id)
-		if b := w.busySince.Load(); b != 0 {
-			msg += fmt.Sprintf(" (a task has run %v without yielding)", (time.Duration(w.now() - b)).Round(time.Millisecond))
+		if w.busyIter.Load() != 0 {
+			if since := w.stuckSince.Load(); since != 0 {
+				msg += fmt.Sprintf(" (a task has run at least %v without yielding)", time.Duration(w.now()-since).Round(time.Millisecond))
+			} else {
+				msg += " (a task is running without yielding)"
+			}
 		}
 		stuck = append(stuck, msg)
 	}
@@ -169,14 +174,22 @@ func (rt *Runtime) watchdog() {
 		case <-tick.C:
 		}
 		for _, w := range rt.workers {
-			b := w.busySince.Load()
-			if b == 0 || b == w.stallReported || time.Duration(w.now()-b) < limit {
+			it, now := w.busyIter.Load(), w.now()
+			if it == 0 || it != w.wdIter {
+				// Waiting in the kernel, or a new iteration since the last
+				// look: nothing is stuck.
+				w.wdIter, w.wdSince, w.wdReported = it, now, false
+				w.stuckSince.Store(0)
 				continue
 			}
-			w.stallReported = b
+			w.stuckSince.Store(w.wdSince)
+			if w.wdReported || time.Duration(now-w.wdSince) < limit {
+				continue
+			}
+			w.wdReported = true
 			w.pub.stalls.Add(1)
 			rt.cfg.Logger.Warn("ringline: worker stalled: a task has run without yielding, so every connection of this worker waits (a task must not block: no time.Sleep, channel waits, long mutex holds or net calls)",
-				"worker", w.id, "running_for", time.Duration(w.now()-b).Round(time.Millisecond), "threshold", limit)
+				"worker", w.id, "running_for_at_least", time.Duration(now-w.wdSince).Round(time.Millisecond), "threshold", limit)
 		}
 	}
 }
@@ -289,7 +302,7 @@ func nofileHard() int {
 // start binds the listeners and starts the workers on backend kind; on any
 // failure everything it started is stopped and released.
 func (b *Builder) start(cfg Config, kind Backend, factory func(workerID int) AsyncEventHandler) (*Runtime, error) {
-	rt := &Runtime{cfg: cfg, backend: kind, done: make(chan struct{})}
+	rt := &Runtime{cfg: cfg, backend: kind, done: make(chan struct{}), gate: make(chan struct{})}
 	var lfds []int
 	var err error
 	if b.addr != "" {
@@ -305,6 +318,7 @@ func (b *Builder) start(cfg Config, kind Backend, factory func(workerID int) Asy
 			lfd = lfds[i]
 		}
 		w := newWorker(i, &rt.cfg, lfd)
+		w.exitReady = ready
 		rt.workers = append(rt.workers, w)
 		rt.wg.Add(1)
 		go func() {
@@ -321,8 +335,18 @@ func (b *Builder) start(cfg Config, kind Backend, factory func(workerID int) Asy
 				}
 				return
 			}
-			w.handler = factory(w.id)
+			h, err := w.callFactory(factory)
+			if err != nil {
+				ready <- err
+				w.teardown()
+				return
+			}
+			w.handler = h
 			ready <- nil
+			// Every worker waits until all are set up: a Launch that fails
+			// (or falls back to epoll) must not have served connections or
+			// run start tasks on the workers that did come up.
+			<-rt.gate
 			w.run()
 			w.teardown()
 		}()
@@ -334,10 +358,14 @@ func (b *Builder) start(cfg Config, kind Backend, factory func(workerID int) Asy
 		}
 	}
 	if firstErr != nil {
+		// Stopping is set before the gate opens, so the workers that came
+		// up go straight to their teardown.
 		rt.Shutdown()
+		close(rt.gate)
 		rt.Wait()
 		return nil, firstErr
 	}
+	close(rt.gate)
 	return rt, nil
 }
 
@@ -353,3 +381,31 @@ func (e *workerSetupError) Error() string {
 }
 
 func (e *workerSetupError) Unwrap() error { return e.err }
+
+// callFactory runs the handler factory on the worker's goroutine. A panic
+// in it, or a runtime.Goexit (require.* in a test's factory), fails Launch
+// with an error instead of killing the process or leaving Launch waiting
+// for ever: Goexit cannot be stopped, so its deferred path reports the
+// failure and releases the worker before the goroutine ends.
+func (w *worker) callFactory(factory func(int) AsyncEventHandler) (h AsyncEventHandler, err error) {
+	returned := false
+	defer func() {
+		if returned {
+			return
+		}
+		if r := recover(); r != nil {
+			err = &workerSetupError{worker: w.id, err: fmt.Errorf("handler factory panicked: %v", r)}
+			return
+		}
+		// runtime.Goexit: this goroutine is ending; say so and clean up
+		// here, since nothing after the call will run.
+		w.exitReady <- &workerSetupError{worker: w.id, err: errors.New("handler factory called runtime.Goexit")}
+		w.teardown()
+	}()
+	h = factory(w.id)
+	returned = true
+	if h == nil {
+		return nil, &workerSetupError{worker: w.id, err: errors.New("handler factory returned nil")}
+	}
+	return h, nil
+}

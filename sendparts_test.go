@@ -302,7 +302,7 @@ func TestSendPartsRefusedBatch(t *testing.T) {
 			}, 1)
 			// "x" is still queued (the task has not yielded): past the cap.
 			try("queue full", func(sb *SendBuilder, ids []int) {
-				sb.Ref(make([]byte, cfg.SendPoolSlots*cfg.SendSlotSize/4+1), rel.fn(ids[0]))
+				sb.Ref(make([]byte, c.w.cfg.MaxSendQueue), rel.fn(ids[0])) // with "x" queued: past the cap
 			}, 1)
 			// A builder used after Submit: Submit says so, a late Ref is
 			// released at once.
@@ -324,7 +324,7 @@ func TestSendPartsRefusedBatch(t *testing.T) {
 		queueTests := 0
 		for r := range results {
 			if r.name == "queue taken" {
-				require.NoError(t, r.err, "a batch with nothing queued is taken whatever its size")
+				require.NoError(t, r.err, "a small batch with nothing queued is taken")
 				continue
 			}
 			if r.name == "queue full" {

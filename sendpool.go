@@ -150,10 +150,9 @@ func (c *conn) tailRoom() int {
 }
 
 // queueRoom reports ErrSendQueueFull when n more bytes would take the
-// connection past MaxSendQueue (a send made with nothing queued is taken
-// whatever its size).
+// connection past MaxSendQueue (a single send larger than it never fits).
 func (c *conn) queueRoom(n int) error {
-	if out := int(c.queued - c.sent); out > 0 && out+n > c.w.cfg.MaxSendQueue {
+	if int(c.queued-c.sent)+n > c.w.cfg.MaxSendQueue {
 		return ErrSendQueueFull
 	}
 	return nil

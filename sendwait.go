@@ -30,16 +30,20 @@ type poolWaiter struct {
 // instead of failing. Tasks waiting on the same worker are served in the
 // order they started waiting, whatever their connection, and each is
 // woken only when the slots it needs are free (and set aside for it) and
-// its connection's queue has room, or when the connection it sends on
-// closes, fails or goes stale: SendWait then returns that error (ErrClosed,
-// ErrStale or Err's cause) and nothing of b was queued.
+// its connection's queue has room, or when the wait must end: the
+// connection it sends on closes, fails or goes stale (SendWait returns
+// ErrClosed, ErrStale or Err's cause), its write deadline passes (an error
+// satisfying errors.Is(err, os.ErrDeadlineExceeded)), or the runtime
+// shuts down (ErrShutdown, once; see Runtime.Shutdown). Whatever the
+// error, nothing of b was queued.
 //
 // It returns nil once b is queued, not when it is sent (await a Send's
-// future for that). A b larger than the whole pool can never fit: it fails
-// at once with ErrSendPoolExhausted. It must be called from a task of the
-// connection's worker (ErrNotInTask on the loop itself, e.g. from a Ref
-// release callback, when it would have to wait) and, since it may
-// suspend, never from inside a parse closure.
+// future for that). A b that can never fit fails at once: larger than the
+// whole pool with ErrSendPoolExhausted, larger than Config.MaxSendQueue
+// with ErrSendQueueFull. It must be called from a task of the connection's
+// worker (ErrNotInTask on the loop itself, e.g. from a Ref release
+// callback, when it would have to wait) and, since it may suspend, never
+// from inside a parse closure.
 func (c ConnCtx) SendWait(b []byte) error {
 	cn, err := c.own("SendWait")
 	if err != nil {
@@ -66,6 +70,13 @@ func (c ConnCtx) SendWait(b []byte) error {
 		w.st.poolExhausted++
 		return ErrSendPoolExhausted
 	}
+	if len(b) > w.cfg.MaxSendQueue {
+		w.st.sendQueueFull++
+		return ErrSendQueueFull
+	}
+	if err := cn.sendWaitEnds(t); err != nil {
+		return err
+	}
 	w.st.sendWaits++
 	need := w.pool.slotsFor(max(len(b)-cn.tailRoom(), 0))
 	w.pw = append(w.pw, poolWaiter{t: t, cn: cn, gen: cn.gen, n: len(b), need: need})
@@ -79,7 +90,7 @@ func (c ConnCtx) SendWait(b []byte) error {
 			w.removeWaiter(i)
 			return ErrClosed
 		}
-		if err := cn.sendable(); err != nil {
+		if err := cn.sendWaitEnds(t); err != nil {
 			w.removeWaiter(i)
 			return err
 		}
@@ -93,6 +104,20 @@ func (c ConnCtx) SendWait(b []byte) error {
 		wt.need = w.pool.slotsFor(max(len(b)-cn.tailRoom(), 0))
 		wt.woken = false
 	}
+}
+
+// sendWaitEnds says why a SendWait on cn must stop waiting, or nil.
+func (cn *conn) sendWaitEnds(t *task) error {
+	if err := cn.sendable(); err != nil {
+		return err
+	}
+	if cn.wrDeadline != 0 && cn.w.now() >= cn.wrDeadline {
+		return errWriteDeadline
+	}
+	if t.tellStop() {
+		return ErrShutdown
+	}
+	return nil
 }
 
 func (w *worker) waiterIndex(t *task) int {
@@ -114,8 +139,9 @@ func (w *worker) removeWaiter(i int) {
 // those that can go: the oldest waiter blocked on the pool stops the line
 // (later ones wait behind it), while one blocked only by its own
 // connection's queue cap keeps its place without holding up the others.
-// Waiters whose connection is gone are woken to return their error, and
-// those of tasks that ended (a shutdown stopped them) are dropped.
+// Waiters whose connection is gone, or whose write deadline passed, are
+// woken to return their error, and those of tasks that ended (a shutdown
+// stopped them) are dropped. Shutdown wakes every task itself.
 func (w *worker) servePoolWaiters() {
 	if len(w.pw) == 0 {
 		return
@@ -137,7 +163,7 @@ func (w *worker) servePoolWaiters() {
 			continue
 		}
 		cn := pw.cn
-		if cn.gen != pw.gen || cn.sendable() != nil {
+		if cn.gen != pw.gen || cn.sendable() != nil || cn.wrDeadline != 0 && w.now() >= cn.wrDeadline {
 			pw.woken = true
 			pw.t.wake(waitPool)
 			continue

@@ -63,8 +63,9 @@ func (w *worker) publish() {
 	p.enters.Store(w.be.enters())
 }
 
-// WorkerStats is a snapshot of one worker's counters. They are published
-// once per loop iteration, so a snapshot may lag by one iteration.
+// WorkerStats is a snapshot of one worker's counters. A worker publishes
+// them whenever it is about to wait in the kernel and every 64 loop
+// iterations while busy, so a snapshot lags at most that much.
 type WorkerStats struct {
 	Worker int
 	// Accepted and Closed count connections; Rejected counts accepts

@@ -8,21 +8,30 @@ import (
 	"github.com/ringline-go/ringline/internal/gid"
 )
 
-// waitFor says which event wakes a suspended task; anything else leaves it
+// waitFor says which events wake a suspended task; anything else leaves it
 // asleep, so an event stream on a busy connection does not resume a task
-// that cannot make progress.
+// that cannot make progress, and a sleeping task is woken by its timer
+// only.
 const (
-	waitNone uint8 = 0
-	waitRecv uint8 = 1 << 0
-	waitSend uint8 = 1 << 1
+	waitNone  uint8 = 0
+	waitRecv  uint8 = 1 << iota // data, EOF or a read deadline on an owned connection
+	waitSend                    // a send completed (own connection or a SendFuture awaited)
+	waitTimer                   // a timer this task waits on fired
+	waitJoin                    // a task this one joins ended
+	waitMail                    // a mailbox this task receives from got a value
+	waitConn                    // an outbound connect completed (Connect)
 )
 
 // task is a coroutine (iter.Pull) owned by one worker: created, resumed and
 // stopped only on the worker's locked goroutine. Suspending is a yield back
-// to the loop, ~100 ns, not a goroutine hand-off.
+// to the loop, ~100 ns, not a goroutine hand-off. A task is the body of an
+// accepted connection (OnAccept), a spawned task (TaskCtx.Spawn,
+// Runtime.Post) or a worker's start task (OnStart).
 type task struct {
-	w    *worker
-	conn *conn
+	w *worker
+	// owned lists the connections this task drives: its accepted one and
+	// any it connected. They close when the task ends.
+	owned []*conn
 	// g is the coroutine's goroutine identity (internal/gid), set when it
 	// first runs; ConnCtx methods compare against it through worker.curG.
 	g       uintptr
@@ -33,12 +42,23 @@ type task struct {
 	queued  bool
 	done    bool
 	killed  bool
+	// abort: Abort was called; the task is stopped at its next
+	// suspension (or by the loop, if it is suspended now).
+	abort bool
 	// toldStop: the task was already told the worker is stopping.
 	toldStop bool
+	// prevT, nextT link the worker's live tasks.
+	prevT, nextT *task
+	// sleep is the timer Sleep and deadlines of Select use.
+	sleep timerNode
+	// joiners are tasks waiting in Join for this one to end; result is
+	// how it ended (nil, a *PanicError, ErrAborted).
+	joiners []*task
+	result  error
 }
 
-// taskKilled unwinds a task that the worker stopped (shutdown). Tasks must
-// not swallow it with a blanket recover.
+// taskKilled unwinds a task that the worker stopped (shutdown, Abort).
+// Tasks must not swallow it with a blanket recover.
 type taskKilled struct{}
 
 // taskGoexited is what a task that called runtime.Goexit turns into. Goexit
@@ -49,8 +69,26 @@ type taskKilled struct{}
 // closes, and the worker lives on.
 type taskGoexited struct{}
 
+// PanicError is how a spawned task's panic reaches JoinHandle.Join: the
+// panic is recovered on the task's worker, logged and counted, never
+// re-raised into the joiner.
+type PanicError struct {
+	Value any    // what the task panicked with
+	Stack []byte // the task's stack when it panicked
+}
+
+func (e *PanicError) Error() string { return fmt.Sprintf("ringline: task panicked: %v", e.Value) }
+
+// newTask makes a task that runs body; c, when not nil, is the connection
+// it owns from the start (an accepted one).
 func (w *worker) newTask(c *conn, body func()) *task {
-	t := &task{w: w, conn: c}
+	t := &task{w: w}
+	t.sleep.kind = tmTask
+	t.sleep.task = t
+	if c != nil {
+		t.owned = append(make([]*conn, 0, 1), c)
+		c.task = t
+	}
 	seq := func(yield func(struct{}) bool) {
 		t.yield = yield
 		t.g = gid.Get()
@@ -66,16 +104,22 @@ func (w *worker) newTask(c *conn, body func()) *task {
 			r := recover()
 			if r == nil {
 				if !returned {
-					w.taskGoexit(c)
+					w.taskGoexit(t)
+					t.result = ErrGoexit
 					panic(taskGoexited{})
 				}
 				return
 			}
 			if _, ok := r.(taskKilled); ok {
+				if t.result == nil {
+					t.result = ErrAborted
+				}
 				return
 			}
-			w.log.Error("ringline: task panicked; closing its connection",
-				"worker", w.id, "conn", connIndexOf(c), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			pe := &PanicError{Value: r, Stack: debug.Stack()}
+			t.result = pe
+			w.log.Error("ringline: task panicked; closing its connections",
+				"worker", w.id, "conn", t.connIndex(), "panic", fmt.Sprint(r), "stack", string(pe.Stack))
 			w.st.taskPanics++
 		}()
 		body()
@@ -89,29 +133,63 @@ func (w *worker) newTask(c *conn, body func()) *task {
 // require.* do). Kept out of line so its frame is not on every task stack.
 //
 //go:noinline
-func (w *worker) taskGoexit(c *conn) {
+func (w *worker) taskGoexit(t *task) {
 	w.st.taskGoexits++
-	w.log.Error("ringline: task called runtime.Goexit (t.FailNow, require.*?); closing its connection, the worker goes on",
-		"worker", w.id, "conn", connIndexOf(c))
+	w.log.Error("ringline: task called runtime.Goexit (t.FailNow, require.*?); closing its connections, the worker goes on",
+		"worker", w.id, "conn", t.connIndex())
 }
 
-func connIndexOf(c *conn) int {
-	if c == nil {
+// connIndex names the task's first connection for logs, -1 for none.
+func (t *task) connIndex() int {
+	if len(t.owned) == 0 {
 		return -1
 	}
-	return int(c.idx)
+	return int(t.owned[0].idx)
 }
 
 // suspend yields to the worker loop until an event in mask wakes the task.
 func (t *task) suspend(mask uint8) {
 	if len(t.w.parsing) > 0 {
-		panic("ringline: a WithData/WithBytes/TryWithData closure must not suspend (no Await, WithData or RecvReady inside it): return from the closure first")
+		panic("ringline: a WithData/WithBytes/TryWithData closure must not suspend (no Await, Sleep, WithData or RecvReady inside it): return from the closure first")
+	}
+	if t.abort {
+		panic(taskKilled{})
 	}
 	t.waiting = mask
-	if !t.yield(struct{}{}) {
+	// An Abort made while this task waited stops it here, even if it was
+	// woken in the same loop turn before the loop could stop it.
+	if !t.yield(struct{}{}) || t.abort {
 		panic(taskKilled{})
 	}
 	t.waiting = waitNone
+}
+
+// Telling a task the worker stops: the first wait it makes (or is in) once
+// shutdown began returns early (WithData 0, Sleep or Select ErrShutdown,
+// Mailbox.Recv ErrClosed), so a long sleep or an idle read does not hold
+// the shutdown up. After that, waits behave normally, so the task can wind
+// down (sleep a little, send a goodbye and await it) within
+// Config.ShutdownTimeout; receives, which would now return at once for
+// ever, suspend instead (a task looping on them would spin, and a
+// spinning task never lets the loop stop) until the task is stopped at
+// the deadline.
+
+// tellStop reports whether this wait should return early to tell t.
+func (t *task) tellStop() bool {
+	if !t.w.stopped || t.toldStop {
+		return false
+	}
+	t.toldStop = true
+	return true
+}
+
+// spinGuard suspends a told task that waits again on a receive that would
+// return at once, until the shutdown deadline stops it.
+func (t *task) spinGuard() {
+	if t.w.stopped && t.toldStop {
+		t.suspend(waitNone)
+	}
+	t.toldStop = t.toldStop || t.w.stopped
 }
 
 // wake queues t to run if it waits for any event in ev.
@@ -121,6 +199,12 @@ func (t *task) wake(ev uint8) {
 	}
 	t.queued = true
 	t.w.runq = append(t.w.runq, t)
+}
+
+// start queues a new task for its first run.
+func (t *task) start() {
+	t.waiting = waitRecv
+	t.wake(waitRecv)
 }
 
 // resume runs t until it suspends or returns.
@@ -140,8 +224,10 @@ func (w *worker) resume(t *task) {
 	}
 	// A lent kernel buffer never outlives one resume: the ring gets it
 	// back now and the unread rest moves to the accumulator.
-	if c := t.conn; c != nil && c.lent >= 0 {
-		c.spillLent()
+	for _, c := range t.owned {
+		if c.lent >= 0 {
+			c.spillLent()
+		}
 	}
 }
 
@@ -164,16 +250,27 @@ func (w *worker) step(next func() (struct{}, bool)) (alive bool) {
 	return alive
 }
 
+// taskDone releases what an ended task held: its connections close (after
+// their queued sends drain), its timer is disarmed, joiners wake.
 func (w *worker) taskDone(t *task) {
 	t.done = true
-	if c := t.conn; c != nil {
+	w.timers.remove(&t.sleep)
+	for i, c := range t.owned {
 		if c.lent >= 0 {
 			c.spillLent()
 		}
 		c.task = nil
 		c.requestClose()
 		c.maybeFree()
+		t.owned[i] = nil
 	}
+	t.owned = t.owned[:0]
+	for i, j := range t.joiners {
+		j.wake(waitJoin)
+		t.joiners[i] = nil
+	}
+	t.joiners = nil
+	w.dropTask(t)
 }
 
 // kill stops a suspended task: its pending yield returns false and the
@@ -187,5 +284,16 @@ func (w *worker) kill(t *task) {
 	w.cur = t
 	w.step(func() (struct{}, bool) { t.stop(); return struct{}{}, false })
 	w.cur = prev
+	if t.result == nil {
+		t.result = ErrAborted // stopped before it ever ran, or while it ran on
+	}
 	w.taskDone(t)
+}
+
+// own adds c to the connections t drives.
+//
+//lint:ignore U1000 outbound connections (Connect) use it
+func (t *task) own(c *conn) {
+	c.task = t
+	t.owned = append(t.owned, c)
 }

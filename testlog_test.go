@@ -2,6 +2,7 @@ package ringline
 
 import (
 	"github.com/ringline-go/ringline/internal/gid"
+	"golang.org/x/sys/unix"
 	"io"
 	"log/slog"
 )
@@ -14,3 +15,10 @@ func newTestLogger(w io.Writer) *slog.Logger {
 
 // getgForTest is the identity a test's hand-built worker records.
 func getgForTest() uintptr { return gid.Get() }
+
+// setSmallSndbuf shrinks the connection's kernel send buffer (from its
+// task), so queued bytes stay in the send pool while the peer does not
+// read.
+func setSmallSndbuf(c ConnCtx) {
+	_ = unix.SetsockoptInt(int(c.get().fd), unix.SOL_SOCKET, unix.SO_SNDBUF, 4096)
+}

@@ -3,70 +3,157 @@ package ringline
 import "time"
 
 // The worker's timers: a binary min-heap of deadlines kept in the core, so
-// both backends share one notion of time. The earliest deadline becomes
-// the backend's wait timeout; arming a timer is a heap push (no syscall,
-// no cgo call, no allocation once the heap has grown), and a timer that is
-// no longer wanted is left in place and ignored when it fires (each kind
-// checks that what it was armed for still holds).
+// both backends share one notion of time and one rule for it. The earliest
+// deadline becomes the backend's wait timeout, so arming, firing and
+// cancelling a timer cost no syscall and no cgo call of their own: they
+// ride the loop's one enter per iteration.
+//
+// Nodes live inside what they time (a task's sleep, a connection's read
+// and write deadlines and drain deadline, the listener's accept pause) or
+// in a per-worker pool (Timer futures), and carry their heap position, so
+// arming, moving and cancelling are O(log n) with no allocation. A deadline
+// that is only pushed later (an idle timeout renewed after every parse) is
+// not moved in the heap at all: the node fires at the old time, sees the
+// later one and re-arms once.
+//
+// A heap, not a wheel, by measurement (docs/BENCHMARKS.md): at 100,000
+// timers arm+cancel costs about as much as a wheel slot update, it needs
+// no tick, and most deadlines are renewed lazily as above.
 
-// Timer kinds.
+// Timer kinds: what firing means.
 const (
-	tmAcceptRetry uint8 = iota + 1 // re-arm the listener's accept after an error pause
-	tmDrain                        // a closing connection's unsent bytes ran out of time
+	tmAcceptRetry   uint8 = iota + 1 // re-arm the listener's accept after an error pause
+	tmDrain                          // a closing connection's unsent bytes ran out of time
+	tmReadDeadline                   // a connection's read deadline
+	tmWriteDeadline                  // a connection's write deadline
+	tmTask                           // wake node.task (Sleep, Timer futures)
 )
 
-type timer struct {
-	at   int64 // nanoseconds since the worker's epoch (monotonic)
+// timerNode is one armed (or idle) timer.
+type timerNode struct {
+	at int64 // due, in worker clock nanoseconds
+	// slot is the node's index in the heap plus one; 0 when not armed, so
+	// a zero node (embedded in a connection or a task) is a disarmed one.
+	slot int32
 	kind uint8
-	idx  uint32 // connection slot, for per-connection timers
-	gen  uint32 // its generation when armed
+	// fired is set when a tmTask node goes off (cleared on re-arm).
+	fired bool
+	// pooled: a Timer future's node, back to the pool when it fires.
+	pooled bool
+	conn   *conn // tmDrain, tmReadDeadline, tmWriteDeadline
+	task   *task // tmTask: the task to wake
+	// Pooled Timer futures only: gen names the current use of the node,
+	// and stopped records, for the last 64 uses, which ended by Stop.
+	gen     uint32
+	stopped uint64
 }
 
-type timerHeap []timer
+func (n *timerNode) armed() bool { return n.slot > 0 }
 
-func (h *timerHeap) push(t timer) {
-	*h = append(*h, t)
-	s := *h
-	for i := len(s) - 1; i > 0; {
+type timerHeap []*timerNode
+
+func (h timerHeap) less(i, j int) bool { return h[i].at < h[j].at }
+
+func (h timerHeap) swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].slot = int32(i + 1)
+	h[j].slot = int32(j + 1)
+}
+
+func (h timerHeap) up(i int) {
+	for i > 0 {
 		p := (i - 1) / 2
-		if s[p].at <= s[i].at {
-			break
+		if !h.less(i, p) {
+			return
 		}
-		s[p], s[i] = s[i], s[p]
+		h.swap(i, p)
 		i = p
 	}
 }
 
-func (h *timerHeap) pop() timer {
-	s := *h
-	top := s[0]
-	last := len(s) - 1
-	s[0] = s[last]
-	s = s[:last]
-	for i := 0; ; {
+func (h timerHeap) down(i int) {
+	for {
 		l := 2*i + 1
-		if l >= len(s) {
-			break
+		if l >= len(h) {
+			return
 		}
 		m := l
-		if r := l + 1; r < len(s) && s[r].at < s[l].at {
+		if r := l + 1; r < len(h) && h.less(r, l) {
 			m = r
 		}
-		if s[i].at <= s[m].at {
-			break
+		if !h.less(m, i) {
+			return
 		}
-		s[i], s[m] = s[m], s[i]
+		h.swap(i, m)
 		i = m
 	}
-	*h = s
-	return top
 }
 
-// now is the worker's monotonic clock.
+// set arms n at time at, or moves it there if it is armed.
+func (h *timerHeap) set(n *timerNode, at int64) {
+	if n.slot > 0 {
+		old := n.at
+		n.at = at
+		if at < old {
+			h.up(int(n.slot - 1))
+		} else {
+			h.down(int(n.slot - 1))
+		}
+		return
+	}
+	n.at = at
+	*h = append(*h, n)
+	n.slot = int32(len(*h))
+	h.up(len(*h) - 1)
+}
+
+// remove disarms n; a node that is not armed is left alone.
+func (h *timerHeap) remove(n *timerNode) {
+	i := int(n.slot) - 1
+	if i < 0 {
+		return
+	}
+	s := *h
+	last := len(s) - 1
+	if i != last {
+		s.swap(i, last)
+	}
+	s[last] = nil
+	*h = s[:last]
+	n.slot = 0
+	if i != last {
+		(*h).down(i)
+		(*h).up(i)
+	}
+}
+
+// pop removes and returns the earliest node.
+func (h *timerHeap) pop() *timerNode {
+	n := (*h)[0]
+	h.remove(n)
+	return n
+}
+
+// now is the worker's monotonic clock, in nanoseconds since it started.
 func (w *worker) now() int64 { return int64(time.Since(w.epoch)) }
 
-func (w *worker) arm(kind uint8, d time.Duration, idx, gen uint32) {
-	w.timers.push(timer{at: w.now() + int64(d), kind: kind, idx: idx, gen: gen})
+// clockAt converts a wall time to the worker's clock (through the
+// monotonic reading when t has one).
+// A time before the worker started (the zero time.Time, an unset
+// deadline) is 0: already past, never a negative that would overflow
+// nextTimeout.
+func (w *worker) clockAt(t time.Time) int64 { return max(int64(t.Sub(w.epoch)), 0) }
+
+// addClock is now+d on the worker clock, saturating: a huge d (a "park
+// for ever" Sleep) is the far future, not an overflow into the past.
+func addClock(now int64, d time.Duration) int64 {
+	if d <= 0 {
+		return now
+	}
+	if at := now + int64(d); at >= now {
+		return at
+	}
+	return 1<<63 - 1
 }
 
 // nextTimeout is how long the loop may block before the earliest timer is
@@ -85,14 +172,25 @@ func (w *worker) fireTimers() {
 	}
 	now := w.now()
 	for len(w.timers) > 0 && w.timers[0].at <= now {
-		t := w.timers.pop()
-		switch t.kind {
+		n := w.timers.pop()
+		switch n.kind {
 		case tmAcceptRetry:
 			w.acceptPaused = false
+			w.reserveSpare()
 			w.armAccept()
 		case tmDrain:
-			if cn := w.connAt(t.idx, t.gen); cn != nil {
-				cn.drainExpired()
+			n.conn.drainExpired()
+		case tmReadDeadline:
+			n.conn.deadlineFired(n, n.conn.rdDeadline, waitRecv)
+		case tmWriteDeadline:
+			n.conn.deadlineFired(n, n.conn.wrDeadline, waitSend)
+		case tmTask:
+			n.fired = true
+			if n.task != nil {
+				n.task.wake(waitTimer)
+			}
+			if n.pooled {
+				w.releaseTimer(n, false)
 			}
 		}
 	}

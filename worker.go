@@ -22,6 +22,8 @@ type worker struct {
 	det     detacher
 	handler AsyncEventHandler
 	lfd     int // listener, -1 when none
+	// exitReady is Launch's setup channel, for a factory that Goexits.
+	exitReady chan<- error
 
 	conns     []*conn
 	freeSlots []uint32
@@ -32,6 +34,13 @@ type worker struct {
 	sendState // zero copy, references, forwarded buffers, SendWait (sendparts.go)
 
 	cur *task
+	// tasks counts live tasks; allTasks holds them (intrusive list through
+	// task.prevT/nextT), so shutdown can stop those without a connection.
+	tasks    int
+	allTasks *task
+	// aborts are tasks Abort asked to stop; the loop stops them between
+	// resumes.
+	aborts []*task
 	// g is the loop goroutine's identity and curG the task coroutine the
 	// loop is running (0 between resumes): a ConnCtx method proceeds only
 	// on one of the two (onWorker). curG is atomic because foreign
@@ -51,14 +60,20 @@ type worker struct {
 
 	epoch     time.Time
 	timers    timerHeap
+	timerPool []*timerNode // idle Timer future nodes
 	lastYield time.Time
 
 	acceptArmed  bool
-	acceptPaused bool // an accept error pause is running (tmAcceptRetry)
+	acceptPaused bool      // an accept error pause is running (acceptT)
+	acceptT      timerNode // the pause
 	// spareFd is held in reserve so that at EMFILE the backlog can still
 	// be accepted and refused at once instead of left hanging.
 	spareFd   int
 	acceptLog logLimiter
+	// rearmStreak counts accept errors re-armed at once since the last
+	// accepted connection: a "per-client" error that repeats with no
+	// client getting through (an LSM denying accept says EPERM) pauses.
+	rearmStreak int
 
 	stopping atomic.Bool
 	stopped  bool // the loop has begun stopping (loop-local view of stopping)
@@ -76,16 +91,24 @@ type worker struct {
 	posts2      []func()
 	postClosed  bool
 
-	// busySince is the worker clock when the current loop iteration
-	// began, 0 while the loop waits in the kernel: the watchdog reads it
-	// to spot a task that runs without yielding.
-	busySince     atomic.Int64
-	stallReported int64 // watchdog goroutine only
+	// busyIter numbers the loop iteration running now, 0 while the loop
+	// waits in the kernel: the watchdog samples it to spot an iteration
+	// (a task that does not yield) that lasts too long. Two stores per
+	// iteration, no clock read.
+	busyIter atomic.Uint64
+	// Watchdog state: the iteration it last saw and since when (worker
+	// clock); stuckSince is that time while the same busy iteration has
+	// been seen twice, for ShutdownContext.
+	wdIter     uint64
+	wdSince    int64
+	wdReported bool
+	stuckSince atomic.Int64
 
 	foreign foreignLog
 
-	st  counters
-	pub publishedCounters
+	st       counters
+	pub      publishedCounters
+	pubLoops uint64 // st.loops at the last publish
 }
 
 // detacher is the backend hook that ties a socket to ring operations and
@@ -139,12 +162,9 @@ func (w *worker) setup(kind Backend) error {
 	}
 	w.setupSend()
 	w.conns = make([]*conn, 0, 64)
-	if w.lfd >= 0 {
-		// Best effort: without it EMFILE leaves the backlog waiting.
-		if fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
-			w.spareFd = fd
-		}
-	}
+	// Best effort: without it EMFILE would leave the backlog waiting; a
+	// missing spare is retried at the next accept pause.
+	w.reserveSpare()
 	return nil
 }
 
@@ -175,23 +195,27 @@ func (w *worker) pin() {
 // run is the worker loop. It returns once shutdown was requested and every
 // connection and operation has wound down.
 func (w *worker) run() {
-	defer w.busySince.Store(0) // a stopped worker is not a stalled one
+	defer w.busyIter.Store(0) // a stopped worker is not a stalled one
+	// The first iteration (the start task, the first accepts) is watched
+	// too.
+	w.busyIter.Store(1)
+	w.startTask()
 	w.armAccept()
 	var drainDeadline time.Time
 	for {
 		w.serveSendWaits()
 		// Tasks run to their next suspension; what they queue is flushed
 		// below, so one enter carries every send of this iteration.
-		for len(w.runq) > 0 {
+		for len(w.runq) > 0 || len(w.aborts) > 0 {
 			w.runq, w.runq2 = w.runq2[:0], w.runq
 			for _, t := range w.runq2 {
 				w.resume(t)
 			}
 			clear(w.runq2)
+			w.runAborts()
 		}
 		w.flushSends()
 		w.rearmParked()
-		w.publish()
 
 		if w.stopping.Load() {
 			if drainDeadline.IsZero() {
@@ -199,7 +223,7 @@ func (w *worker) run() {
 				w.beginStop()
 				continue
 			}
-			if (w.live == 0 && !w.acceptArmed) || time.Now().After(drainDeadline) {
+			if (w.live == 0 && w.tasks == 0 && !w.acceptArmed) || time.Now().After(drainDeadline) {
 				return
 			}
 		}
@@ -212,10 +236,11 @@ func (w *worker) run() {
 		if wait {
 			w.yieldToScheduler()
 		}
-		w.busySince.Store(0)
+		w.maybePublish(wait)
+		w.busyIter.Store(0)
 		cqes, err := w.be.enter(wait, timeout)
-		w.busySince.Store(max(w.now(), 1))
 		w.st.loops++
+		w.busyIter.Store(w.st.loops + 1)
 		if err != nil {
 			w.log.Error("ringline: backend enter failed; worker stopping", "worker", w.id, "err", err)
 			w.stopping.Store(true)
@@ -225,6 +250,17 @@ func (w *worker) run() {
 			w.complete(&cqes[i])
 		}
 		w.fireTimers()
+	}
+}
+
+// maybePublish copies the counters for other goroutines before the loop
+// may block, and every 64 iterations while it is busy: publishing is
+// about 20 atomic stores, too many to pay on every iteration under load;
+// every 64 iterations bounds the lag.
+func (w *worker) maybePublish(wait bool) {
+	if wait || w.st.loops-w.pubLoops >= 64 {
+		w.pubLoops = w.st.loops
+		w.publish()
 	}
 }
 
@@ -459,6 +495,7 @@ func (w *worker) onAccept(e *cqEntry) {
 		return
 	}
 	fd := int(e.res)
+	w.rearmStreak = 0
 	w.armAccept()
 	if w.stopping.Load() {
 		unix.Close(fd)
@@ -473,9 +510,54 @@ func (w *worker) onAccept(e *cqEntry) {
 	w.st.accepted++
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	w.openConn(cn, fd, false)
-	cn.task = w.newTask(cn, func() { w.handler.OnAccept(ConnCtx{w: w, idx: cn.idx, gen: cn.gen}) })
-	cn.task.waiting = waitRecv
-	cn.task.wake(waitRecv)
+	c := ConnCtx{w: w, idx: cn.idx, gen: cn.gen}
+	t := w.newTask(cn, func() { w.handler.OnAccept(c) })
+	w.addTask(t)
+	t.start()
+}
+
+// addTask registers a live task (taskDone unregisters it).
+func (w *worker) addTask(t *task) {
+	w.tasks++
+	t.nextT = w.allTasks
+	if w.allTasks != nil {
+		w.allTasks.prevT = t
+	}
+	w.allTasks = t
+}
+
+// dropTask unregisters an ended task.
+func (w *worker) dropTask(t *task) {
+	if t.prevT != nil {
+		t.prevT.nextT = t.nextT
+	} else if w.allTasks == t {
+		w.allTasks = t.nextT
+	}
+	if t.nextT != nil {
+		t.nextT.prevT = t.prevT
+	}
+	t.prevT, t.nextT = nil, nil
+	w.tasks--
+}
+
+// runAborts stops the tasks Abort asked to stop (between resumes: a task
+// is never stopped from inside another).
+func (w *worker) runAborts() {
+	for i := 0; i < len(w.aborts); i++ {
+		if t := w.aborts[i]; !t.done {
+			w.kill(t)
+		}
+		w.aborts[i] = nil
+	}
+	w.aborts = w.aborts[:0]
+}
+
+// startTask runs the handler's OnStart, when it has one, as the worker's
+// start task.
+func (w *worker) startTask() {
+	if s, ok := w.handler.(Starter); ok && !w.stopping.Load() {
+		w.spawn(s.OnStart)
+	}
 }
 
 // acceptRest is how long accepting rests after an error that the next
@@ -497,13 +579,16 @@ func (w *worker) acceptError(errno syscall.Errno) {
 	}
 	switch acceptAction(errno) {
 	case acceptRearm:
-		w.armAccept()
-		return
+		if w.rearmStreak++; w.rearmStreak < 64 {
+			w.armAccept()
+			return
+		}
 	case acceptRefuse:
 		w.refuseBacklog()
 	}
 	w.acceptPaused = true
-	w.arm(tmAcceptRetry, acceptRest, 0, 0)
+	w.acceptT.kind = tmAcceptRetry
+	w.timers.set(&w.acceptT, addClock(w.now(), acceptRest))
 }
 
 // What the loop does after a failed accept.
@@ -533,6 +618,7 @@ func acceptAction(errno syscall.Errno) int {
 // each gets a prompt ECONNRESET instead of hanging until its own timeout,
 // and takes the spare back.
 func (w *worker) refuseBacklog() {
+	w.reserveSpare()
 	if w.spareFd < 0 || w.lfd < 0 {
 		return
 	}
@@ -546,6 +632,16 @@ func (w *worker) refuseBacklog() {
 		_ = unix.SetsockoptLinger(nfd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 		unix.Close(nfd)
 		w.st.acceptRefused++
+	}
+	w.reserveSpare()
+}
+
+// reserveSpare (re)opens the spare descriptor when it is missing: at
+// setup, or after refuseBacklog released it and another thread took the
+// number before it could be opened again.
+func (w *worker) reserveSpare() {
+	if w.spareFd >= 0 || w.lfd < 0 {
+		return
 	}
 	if fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
 		w.spareFd = fd
@@ -576,6 +672,9 @@ func (w *worker) openConn(cn *conn, fd int, outbound bool) {
 		q = make([]sendSeg, 0, 4)
 	}
 	*cn = conn{w: w, idx: cn.idx, gen: gen, state: connOpen, fd: int32(fd), lent: -1, outbound: outbound, q: q, held: held, builder: sb, lentq: lq}
+	cn.drainT = timerNode{kind: tmDrain, conn: cn}
+	cn.rdT = timerNode{kind: tmReadDeadline, conn: cn}
+	cn.wrT = timerNode{kind: tmWriteDeadline, conn: cn}
 	w.live++
 	cn.opFd, cn.opFlags = w.det.attach(cn.idx, int32(fd), cn.gen)
 	if cn.opFlags&opFFixed != 0 {
@@ -598,41 +697,42 @@ func (w *worker) beginStop() {
 		unix.Close(w.lfd)
 		w.lfd = -1
 	}
+	// Connections stop receiving (WithData returns 0, Err says
+	// ErrShutdown) but keep sending, so a task can still say goodbye; each
+	// closes when its task returns, or at the deadline.
 	for _, cn := range w.conns {
-		if cn == nil || cn.state == connFree {
+		if cn == nil || cn.state != connOpen {
 			continue
 		}
-		if !cn.sending {
-			cn.dropQueue()
-		} else {
-			w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: cn.sendUD})
+		cn.eof = true
+		if cn.recvArmed {
+			w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: packUD(udRecv, cn.idx, cn.gen, 0)})
 			cn.pending++
 		}
-		cn.eof = true
-		cn.fail(ErrShutdown)
-		cn.requestClose()
-		if cn.state == connOpen && !cn.sending {
-			cn.startClose()
-		}
-		if t := cn.task; t != nil && !t.done {
-			// One last resume to see EOF and return; then stop it.
-			t.waiting = waitRecv | waitSend
-			w.resume(t)
-			if !t.done {
-				w.kill(t)
-			}
+		if cn.task == nil {
+			cn.requestClose()
 		}
 	}
+	// Every task is woken, whatever it waits for: its waits now return
+	// (WithData 0, Sleep and Select ErrShutdown, Await the connection's
+	// ErrShutdown, Mailbox.Recv ErrClosed) so it can wind down and return.
+	// Those still running at Config.ShutdownTimeout are stopped then
+	// (teardown), and one that waits again after being told is stopped
+	// at once (task.told).
+	for t := w.allTasks; t != nil; t = t.nextT {
+		t.wake(^uint8(0))
+	}
+	w.closePosts()
 }
 
 // teardown releases everything the worker owns. Runs on the worker thread.
 func (w *worker) teardown() {
+	for t := w.allTasks; t != nil; t = w.allTasks {
+		w.kill(t)
+	}
 	for _, cn := range w.conns {
 		if cn == nil {
 			continue
-		}
-		if t := cn.task; t != nil && !t.done {
-			w.kill(t)
 		}
 		// Only sockets whose close was never staged: a staged close has
 		// been submitted by the last enter, and closing its number again
@@ -707,7 +807,7 @@ func (w *worker) onWake() {
 // ErrClosed once the worker has stopped taking posts.
 func (w *worker) post(fn func()) error {
 	w.postMu.Lock()
-	if w.postClosed {
+	if w.postClosed || w.stopping.Load() {
 		w.postMu.Unlock()
 		return ErrClosed
 	}

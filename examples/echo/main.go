@@ -2,7 +2,8 @@
 // reads whatever arrived and sends it back, awaiting its sends: when a
 // client stops reading, the server stops consuming its input (TCP then
 // throttles the client) and no byte is lost. When a client half-closes,
-// everything it sent is still echoed before the server closes.
+// everything it sent is still echoed before the server closes. With
+// -idle-timeout, a connection silent for that long is closed.
 //
 // -mode chooses how the bytes go back:
 //
@@ -28,7 +29,13 @@ import (
 	"github.com/ringline-go/ringline"
 )
 
-type echo struct{ mode string }
+// echo is the handler: mode is how the bytes go back (-mode); idle, when
+// set, closes a connection that sends nothing for that long (a read
+// deadline renewed before every read).
+type echo struct {
+	mode string
+	idle time.Duration
+}
 
 func (e echo) OnAccept(c ringline.ConnCtx) {
 	// parts: the referenced memory is the task's own buffer, reused once
@@ -38,6 +45,9 @@ func (e echo) OnAccept(c ringline.ConnCtx) {
 	out := 0
 	release := func() { out-- }
 	for {
+		if e.idle > 0 {
+			c.SetReadDeadline(time.Now().Add(e.idle))
+		}
 		var fut ringline.SendFuture
 		var err error
 		n := c.WithData(func(b []byte) ringline.ParseResult {
@@ -80,6 +90,7 @@ func main() {
 	probe := flag.Bool("probe", false, "print what the kernel offers and which backend auto picks, then exit")
 	mode := flag.String("mode", "copy", "how bytes are sent back: copy (Send), forward (ForwardRecvBuf) or parts (SendParts)")
 	grace := flag.Duration("grace", 5*time.Second, "on SIGINT/SIGTERM, how long to wait for connections to close before exiting anyway")
+	idle := flag.Duration("idle-timeout", 0, "close a connection that sends nothing for this long (0: never)")
 	flag.Parse()
 	if *probe {
 		fmt.Println(ringline.Probe())
@@ -107,7 +118,7 @@ func main() {
 	// shutdown, not the default action.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	rt, err := ringline.New(cfg).Bind(*addr).Launch(func(int) ringline.AsyncEventHandler { return echo{mode: *mode} })
+	rt, err := ringline.New(cfg).Bind(*addr).Launch(func(int) ringline.AsyncEventHandler { return echo{mode: *mode, idle: *idle} })
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -9,8 +9,9 @@
 // a microsecond). The build tag ringline_nogetg forces the slow path, so it
 // can be tested on any machine.
 //
-// A g pointer is unique among live goroutines, and the goroutines ringline
-// compares it against (a worker's and its running task's) are alive while
-// compared, so a foreign goroutine never matches either. The value is an
-// identity only: it is never dereferenced.
+// A g pointer is unique among live goroutines only: the runtime reuses a
+// dead goroutine's g. ringline compares it against a worker's goroutine and
+// its running task's, and checks first that the worker has not exited, so
+// both are alive when compared and a foreign goroutine never matches. The
+// value is an identity only: it is never dereferenced.
 package gid
