@@ -62,10 +62,14 @@ type Config struct {
 	// copy, or reports that it copied anyway (always over loopback and
 	// veth, whose receive side copies; devices without scatter-gather),
 	// falls back to copied sends for good and counts it in
-	// WorkerStats.ZeroCopyFallbacks. Default 64 KiB (see
-	// docs/BENCHMARKS.md: below it the notification and page pinning cost
-	// more than the copy they save); negative disables zero copy. Ignored
-	// on epoll, which always copies.
+	// WorkerStats.ZeroCopyFallbacks. Default 64 KiB, negative disables
+	// zero copy; ignored on epoll, which always copies. On loopback and
+	// veth (what BenchmarkZeroCopySend measures) zero copy never pays,
+	// since the receiving side copies anyway, so there it only costs the
+	// one send that triggers the fallback; on a NIC it pays only for large
+	// sends (the kernel's MSG_ZEROCOPY guidance: around 10 KB and up), and
+	// its memory stays taken until the peer's acknowledgement, so the
+	// default keeps it to sends large enough to clearly pay.
 	SendZCThreshold int
 	// CloseDrainTimeout bounds how long a closed connection (Close, or
 	// its task returned) may take to hand its queued bytes to a peer that

@@ -371,10 +371,15 @@ func TestSendPartsReleaseAtShutdown(t *testing.T) {
 					queued <- nil
 					c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
 				})
+				// Small socket buffers at both ends: most references are
+				// still queued (or awaiting notifications) at shutdown.
+				require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 16<<10))
 				cl := dialRcvbuf(t, rt, 8<<10)
 				_, err := cl.Write([]byte("go"))
 				require.NoError(t, err)
 				require.NoError(t, <-queued)
+				time.Sleep(50 * time.Millisecond)
+				assert.Less(t, rel.total(), refs/2, "most references still held when the shutdown begins")
 				stopRuntime(t, rt)
 				rel.exactlyOnce(t)
 			})

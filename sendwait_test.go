@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"syscall"
@@ -42,6 +43,7 @@ func newSendWaitSetup(t *testing.T, be Backend) *sendWaitSetup {
 	cfg.SendSlotSize = swSlot
 	cfg.MaxSendQueue = 16 * swSlot
 	cfg.SendZCThreshold = -1
+	cfg.ShutdownTimeout = 300 * time.Millisecond // the hog never drains
 	full := make(chan error, 1)
 	s.rt = serve(t, cfg, func(c ConnCtx) {
 		var req []byte
@@ -64,6 +66,9 @@ func newSendWaitSetup(t *testing.T, be Backend) *sendWaitSetup {
 			}
 		}
 		id, slots := req[0]/16, int(req[0]%16)
+		if id >= 8 {
+			_ = c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		}
 		err := c.SendWait(pattern(slots*swSlot, id))
 		s.mu.Lock()
 		if err == nil {
@@ -208,6 +213,32 @@ func TestSendWaitConnectionClosed(t *testing.T) {
 		_, err = io.ReadFull(w2, got)
 		require.NoError(t, err)
 		require.True(t, bytes.Equal(pattern(swSlot, 2), got))
+	})
+}
+
+// A waiter's write deadline ends its wait with an error satisfying
+// os.ErrDeadlineExceeded; a shutdown ends every wait with ErrShutdown.
+// Nothing of their bytes is queued.
+func TestSendWaitDeadlineAndShutdown(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		s := newSendWaitSetup(t, be)
+		s.waiter(t, 1, 2)
+		s.waiter(t, 8, 2) // with a write deadline 100 ms away
+		select {
+		case id := <-s.done:
+			require.Equal(t, byte(8), id)
+		case <-time.After(20 * time.Second):
+			t.Fatal("the write deadline did not end the wait")
+		}
+		s.mu.Lock()
+		err := s.errs[8]
+		s.mu.Unlock()
+		assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
+		stopRuntime(t, s.rt)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		assert.ErrorIs(t, s.errs[1], ErrShutdown)
+		assert.Empty(t, s.order)
 	})
 }
 
