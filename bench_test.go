@@ -25,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -317,6 +318,9 @@ func benchLaunchSpec(b *testing.B, s benchServerSpec) *Runtime {
 	bw, _ := time.ParseDuration(os.Getenv("RINGLINE_BENCH_BATCHWAIT"))
 	// RINGLINE_BENCH_PLAINFDS=1 skips the fixed-file table (to measure it).
 	cfg := Config{Workers: 1, Backend: s.be, BatchWait: bw, plainFDs: os.Getenv("RINGLINE_BENCH_PLAINFDS") == "1"}
+	// Warnings and errors only: an informational line (a worker turning
+	// zero copy off) printed mid-row would break the benchmark's output.
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if s.cfg != nil {
 		s.cfg(&cfg)
 	}

@@ -879,3 +879,25 @@ func TestLentQueueBurst(t *testing.T) {
 		assert.Zero(t, cp, "no part of the burst copied")
 	})
 }
+
+// Probe runs a real zero-copy send over TCP loopback: where the kernel has
+// SEND_ZC with usage reports (6.2+) it works and reports that loopback
+// copied; where it lacks them, ZeroCopy says why, wrapping the errno.
+func TestProbeZeroCopy(t *testing.T) {
+	p := Probe()
+	if !p.IOUringCompiled || p.RingSetup != nil {
+		assert.Nil(t, p.ZeroCopy)
+		assert.False(t, p.ZeroCopyLoopbackCopies)
+		return
+	}
+	if !p.SendZC {
+		require.Error(t, p.ZeroCopy)
+		return
+	}
+	if p.ZeroCopy != nil {
+		assert.ErrorIs(t, p.ZeroCopy, syscall.EINVAL, "a kernel with SEND_ZC but no usage reports")
+		return
+	}
+	assert.True(t, p.ZeroCopyLoopbackCopies, "the kernel copies for loopback receivers and says so")
+	assert.Contains(t, p.String(), "zero-copy sends: yes")
+}
