@@ -13,13 +13,13 @@ import (
 // that cannot make progress, and a sleeping task is woken by its timer
 // only.
 const (
-	waitNone uint8 = 0
-	waitRecv uint8 = 1 << iota // data, EOF or a read deadline on an owned connection
-	waitSend                   // a send completed (own connection or a SendFuture awaited)
-	waitTimer                  // a timer this task waits on fired
-	waitJoin                   // a task this one joins ended
-	waitMail                   // a mailbox this task receives from got a value
-	waitConn                   // an outbound connect completed (Connect)
+	waitNone  uint8 = 0
+	waitRecv  uint8 = 1 << iota // data, EOF or a read deadline on an owned connection
+	waitSend                    // a send completed (own connection or a SendFuture awaited)
+	waitTimer                   // a timer this task waits on fired
+	waitJoin                    // a task this one joins ended
+	waitMail                    // a mailbox this task receives from got a value
+	waitConn                    // an outbound connect completed (Connect)
 )
 
 // task is a coroutine (iter.Pull) owned by one worker: created, resumed and

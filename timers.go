@@ -22,11 +22,11 @@ import "time"
 
 // Timer kinds: what firing means.
 const (
-	tmAcceptRetry uint8 = iota + 1 // re-arm the listener's accept after an error pause
-	tmDrain                        // a closing connection's unsent bytes ran out of time
-	tmReadDeadline                 // a connection's read deadline
-	tmWriteDeadline                // a connection's write deadline
-	tmTask                         // wake node.task (Sleep, Timer futures)
+	tmAcceptRetry   uint8 = iota + 1 // re-arm the listener's accept after an error pause
+	tmDrain                          // a closing connection's unsent bytes ran out of time
+	tmReadDeadline                   // a connection's read deadline
+	tmWriteDeadline                  // a connection's write deadline
+	tmTask                           // wake node.task (Sleep, Timer futures)
 )
 
 // timerNode is one armed (or idle) timer.
@@ -40,8 +40,8 @@ type timerNode struct {
 	fired bool
 	// pooled: a Timer future's node, back to the pool when it fires.
 	pooled bool
-	conn  *conn // tmDrain, tmReadDeadline, tmWriteDeadline
-	task  *task // tmTask: the task to wake
+	conn   *conn // tmDrain, tmReadDeadline, tmWriteDeadline
+	task   *task // tmTask: the task to wake
 	// Pooled Timer futures only: gen names the current use of the node,
 	// and stopped records, for the last 64 uses, which ended by Stop.
 	gen     uint32
