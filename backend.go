@@ -47,6 +47,12 @@ const (
 	opShutdown    = 10 // fd, aux = how
 	opConnect     = 11 // fd, addr = *sockaddr, len = addrlen
 	opTimeout     = 12 // addr = *timespec
+	// opLinkTimeout bounds the op staged just before it, which carries
+	// opFLink: when the time (addr = *timespec) passes first, that op
+	// completes with -ECANCELED and this one with -ETIME; otherwise this
+	// one completes with -ECANCELED. io_uring's IORING_OP_LINK_TIMEOUT, so
+	// a timed op costs no extra enter; epoll emulates it.
+	opLinkTimeout = 20
 )
 
 // Op flags; shared with csrc/rl.h.
@@ -156,6 +162,8 @@ const (
 	udFilesUpdate
 	udWake
 	udShutdown
+	udConnect     // an outbound connection's connect
+	udLinkTimeout // the timeout linked to that connect
 )
 
 // packUD keeps the low 16 bits of the generation: a completion is never

@@ -27,6 +27,10 @@ var (
 	_ [C.RL_SETUP_TASKRUN_FLAG - setupTaskrunFlag]struct{}
 	_ [outMinTimeout - C.RL_OUT_MIN_TIMEOUT]struct{}
 	_ [C.RL_OUT_MIN_TIMEOUT - outMinTimeout]struct{}
+	_ [opConnect - C.RL_OP_CONNECT]struct{}
+	_ [C.RL_OP_CONNECT - opConnect]struct{}
+	_ [opLinkTimeout - C.RL_OP_LINK_TIMEOUT]struct{}
+	_ [C.RL_OP_LINK_TIMEOUT - opLinkTimeout]struct{}
 )
 
 func newURing(bc backendConfig) (backend, error) {

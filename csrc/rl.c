@@ -182,6 +182,10 @@ static void prep_one(struct io_uring_sqe *sqe, const struct rl_op *op)
 	case RL_OP_SOCKET:
 		io_uring_prep_socket(sqe, op->fd, (int)op->len, (int)op->aux, 0);
 		break;
+	case RL_OP_LINK_TIMEOUT:
+		/* The kernel copies the timespec at submission. */
+		io_uring_prep_link_timeout(sqe, (struct __kernel_timespec *)(uintptr_t)op->addr, 0);
+		break;
 	default:
 		io_uring_prep_nop(sqe);
 		break;
@@ -439,6 +443,7 @@ int rl_kernel_opcode(int which)
 	case RL_OP_CONNECT: return IORING_OP_CONNECT;
 	case RL_OP_TIMEOUT: return IORING_OP_TIMEOUT;
 	case RL_OP_SOCKET: return IORING_OP_SOCKET;
+	case RL_OP_LINK_TIMEOUT: return IORING_OP_LINK_TIMEOUT;
 	}
 	return -1;
 }

@@ -28,6 +28,11 @@ enum {
 	RL_OP_CONNECT = 11,     /* fd, addr = sockaddr*, len = addrlen */
 	RL_OP_TIMEOUT = 12,     /* addr = struct __kernel_timespec* */
 	RL_OP_SOCKET = 13,      /* fd = domain, len = type, aux = protocol */
+	/* Bounds the op before it (which carries RL_F_LINK) by the timespec
+	 * at addr: on expiry that op is cancelled (-ECANCELED) and this one
+	 * completes with -ETIME; otherwise this one completes -ECANCELED.
+	 * 14..19 are left to the send ops added alongside it. */
+	RL_OP_LINK_TIMEOUT = 20, /* addr = struct __kernel_timespec* */
 };
 
 /* Op flags. */
