@@ -744,8 +744,21 @@ func (cn *conn) wakeSendWaiters() {
 
 // maybeFree returns the slot to the slab once nothing refers to it.
 func (cn *conn) maybeFree() {
-	if cn.state != connClosed || cn.pending != 0 || cn.task != nil {
+	if cn.state != connClosed || cn.pending != 0 {
 		return
+	}
+	if cn.task != nil {
+		// An accepted connection's slot is held until its task returns.
+		// An established outbound one is released once closed, even
+		// while its task runs, so a task that connects and closes again
+		// and again does not pile up slots. Safe: closing woke the task
+		// (wakeAll), and a woken task runs before the loop takes the
+		// close's completion, so no receive of the task still holds cn.
+		// A connect that failed waits for Await to report it.
+		if !cn.outbound || !cn.connected {
+			return
+		}
+		cn.task.dropOwned(cn)
 	}
 	w := cn.w
 	if cn.lent >= 0 {

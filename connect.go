@@ -383,6 +383,12 @@ func (f ConnectFuture) poll(t *task) (bool, uint8) {
 // disown drops c from the connections t drives; with no task and nothing
 // left in the kernel its slot goes back to the slab.
 func (t *task) disown(c *conn) {
+	t.dropOwned(c)
+	c.maybeFree()
+}
+
+// dropOwned removes c from t's connections.
+func (t *task) dropOwned(c *conn) {
 	for i, x := range t.owned {
 		if x == c {
 			last := len(t.owned) - 1
@@ -393,7 +399,6 @@ func (t *task) disown(c *conn) {
 		}
 	}
 	c.task = nil
-	c.maybeFree()
 }
 
 // connectTimeoutError is a connect that did not complete within its

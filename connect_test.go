@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -422,5 +423,831 @@ func TestConnectUnix(t *testing.T) {
 		assert.ErrorIs(t, err, syscall.ENAMETOOLONG)
 		assert.Contains(t, err.Error(), "sun_path")
 		assert.Equal(t, 0, liveConns(t, rt, 0))
+	})
+}
+
+func TestConnectSeveralFromOneTask(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		ln, ap := listenTCP(t, "tcp4", "127.0.0.1:0")
+		goEcho(t, ln)
+		path := unixEcho(t)
+		rt := clientRuntime(t, testConfig(be), nil)
+		const n = 8
+		err := inTask(t, rt, 0, func(tc TaskCtx) error {
+			// Start them all, then await them all: the connects run
+			// concurrently.
+			var futs []ConnectFuture
+			for i := 0; i < n; i++ {
+				var fut ConnectFuture
+				var err error
+				if i%2 == 0 {
+					fut, err = tc.Connect(ap)
+				} else {
+					fut, err = tc.ConnectUnix(path)
+				}
+				if err != nil {
+					return err
+				}
+				futs = append(futs, fut)
+			}
+			fs := make([]Future, n)
+			for i := range futs {
+				fs[i] = futs[i]
+			}
+			if err := JoinAll(fs...); err != nil {
+				return err
+			}
+			conns := make([]ConnCtx, n)
+			for i, f := range futs {
+				c, err := f.Await()
+				if err != nil {
+					return fmt.Errorf("conn %d: %w", i, err)
+				}
+				conns[i] = c
+			}
+			// Everything goes out first, then each echo is read: one
+			// task drives all of them.
+			msgs := make([][]byte, n)
+			for i, c := range conns {
+				msgs[i] = pattern(10_000+i, byte(i))
+				if err := c.SendNowait(msgs[i]); err != nil {
+					return err
+				}
+			}
+			for i, c := range conns {
+				var got []byte
+				for len(got) < len(msgs[i]) {
+					if c.WithData(func(b []byte) ParseResult { got = append(got, b...); return Consumed(len(b)) }) == 0 {
+						return fmt.Errorf("conn %d: EOF after %d bytes (%v)", i, len(got), c.Err())
+					}
+				}
+				if !bytes.Equal(got, msgs[i]) {
+					return fmt.Errorf("conn %d: echo differs", i)
+				}
+			}
+			if l := len(tc.w.cur.owned); l != n {
+				return fmt.Errorf("the task owns %d connections, want %d", l, n)
+			}
+			return nil
+		})
+		require.NoError(t, err)
+		assert.True(t, settle(5*time.Second, func() bool { return liveConns(t, rt, 0) == 0 }))
+		assert.Equal(t, uint64(n), Total(rt.Stats()).Connected)
+	})
+}
+
+// A task that returns closes the connections it made, and cancels the
+// connects it has not seen complete.
+func TestConnectTaskReturnClosesOutbound(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		ln, ap := listenTCP(t, "tcp4", "127.0.0.1:0")
+		accepted := make(chan net.Conn, 8)
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				accepted <- c
+			}
+		}()
+		t.Cleanup(func() { ln.Close() })
+		full := fullListener(t)
+		rt := clientRuntime(t, testConfig(be), nil)
+		err := inTask(t, rt, 0, func(tc TaskCtx) error {
+			for i := 0; i < 3; i++ {
+				fut, err := tc.Connect(ap)
+				if err != nil {
+					return err
+				}
+				c, err := fut.Await()
+				if err != nil {
+					return err
+				}
+				if err := c.SendNowait([]byte{byte('a' + i)}); err != nil {
+					return err
+				}
+			}
+			// Never completes: the kernel drops its SYNs.
+			_, err := tc.Connect(full)
+			return err
+		})
+		require.NoError(t, err)
+		for i := 0; i < 3; i++ {
+			select {
+			case c := <-accepted:
+				_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				b, err := io.ReadAll(c)
+				assert.NoError(t, err, "the peer sees a clean EOF")
+				assert.Len(t, b, 1, "the queued byte went out before the close")
+				c.Close()
+			case <-time.After(10 * time.Second):
+				t.Fatal("connection not accepted")
+			}
+		}
+		assert.True(t, settle(5*time.Second, func() bool { return liveConns(t, rt, 0) == 0 }),
+			"slots in use: the pending connect was not cancelled")
+		st := Total(rt.Stats())
+		assert.Equal(t, uint64(3), st.Connected)
+		assert.Equal(t, uint64(3), st.Closed)
+		assert.Equal(t, uint64(1), st.ConnectErrors, "the abandoned connect")
+	})
+}
+
+// ShutdownWrite: the FIN follows every queued byte, the read side stays
+// open, and the peer can still send. Tested from an accepted connection
+// (the Go client is the peer) and from an outbound one (the Go server is).
+func TestShutdownWrite(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		data := pattern(1<<20, 7)
+		// halfClose is the ringline side: queue data (more than one send
+		// can carry), shut the write side, then read what the peer sends
+		// until it closes.
+		halfClose := func(c ConnCtx) error {
+			// The last bytes are still queued when ShutdownWrite is
+			// called: the FIN must wait for them.
+			const chunk = 64 << 10
+			for off := 0; off < len(data); off += chunk {
+				f, err := c.Send(data[off : off+chunk])
+				if err != nil {
+					return err
+				}
+				if off+chunk < len(data) {
+					if _, err := f.Await(); err != nil {
+						return err
+					}
+				}
+			}
+			if err := c.ShutdownWrite(); err != nil {
+				return err
+			}
+			if err := c.ShutdownWrite(); err != nil {
+				return fmt.Errorf("a second ShutdownWrite: %w", err)
+			}
+			if err := c.SendNowait([]byte("late")); !errors.Is(err, ErrWriteShutdown) || !errors.Is(err, ErrClosed) {
+				return fmt.Errorf("send after ShutdownWrite: %v", err)
+			}
+			var got []byte
+			for {
+				if c.WithData(func(b []byte) ParseResult { got = append(got, b...); return Consumed(len(b)) }) == 0 {
+					break
+				}
+			}
+			if string(got) != "reply after EOF" {
+				return fmt.Errorf("read %q after the half-close", got)
+			}
+			return c.Err()
+		}
+		// peer reads everything to EOF, then answers and closes.
+		peer := func(c net.Conn) error {
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+			got, err := io.ReadAll(c)
+			if err != nil {
+				return err
+			}
+			if !bytes.Equal(got, data) {
+				return fmt.Errorf("peer read %d bytes before EOF, want %d intact", len(got), len(data))
+			}
+			_, err = c.Write([]byte("reply after EOF"))
+			return err
+		}
+
+		t.Run("accepted", func(t *testing.T) {
+			res := make(chan error, 1)
+			rt := serve(t, testConfig(be), func(c ConnCtx) { res <- halfClose(c) })
+			c := dial(t, rt)
+			require.NoError(t, peer(c))
+			select {
+			case err := <-res:
+				require.NoError(t, err)
+			case <-time.After(20 * time.Second):
+				t.Fatal("task did not finish")
+			}
+		})
+		t.Run("outbound", func(t *testing.T) {
+			ln, ap := listenTCP(t, "tcp4", "127.0.0.1:0")
+			perr := make(chan error, 1)
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					perr <- err
+					return
+				}
+				perr <- peer(c)
+			}()
+			t.Cleanup(func() { ln.Close() })
+			rt := clientRuntime(t, testConfig(be), nil)
+			err := inTask(t, rt, 0, func(tc TaskCtx) error {
+				fut, err := tc.Connect(ap)
+				if err != nil {
+					return err
+				}
+				c, err := fut.Await()
+				if err != nil {
+					return err
+				}
+				return halfClose(c)
+			})
+			require.NoError(t, err)
+			require.NoError(t, <-perr)
+		})
+	})
+}
+
+// Cancel on a pending connect, and on a connection whose task waits in
+// WithData (the Cancel comes from another task of the worker).
+func TestCancel(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		full := fullListener(t)
+		rt := clientRuntime(t, testConfig(be), nil)
+		err := inTask(t, rt, 0, func(tc TaskCtx) error {
+			fut, err := tc.Connect(full) // no timeout: only Cancel ends it
+			if err != nil {
+				return err
+			}
+			if _, err := tc.Spawn(func(tc TaskCtx) {
+				_ = tc.Sleep(50 * time.Millisecond)
+				_ = fut.Cancel()
+			}); err != nil {
+				return err
+			}
+			_, err = fut.Await()
+			return err
+		})
+		assert.ErrorIs(t, err, syscall.ECANCELED)
+		assert.True(t, settle(5*time.Second, func() bool { return liveConns(t, rt, 0) == 0 }))
+
+		ln, ap := listenTCP(t, "tcp4", "127.0.0.1:0")
+		peerErr := make(chan error, 1)
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				peerErr <- err
+				return
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+			_, err = io.ReadAll(c) // the peer is never sent a byte: it sees the close
+			peerErr <- err
+		}()
+		t.Cleanup(func() { ln.Close() })
+		err = inTask(t, rt, 0, func(tc TaskCtx) error {
+			fut, err := tc.Connect(ap)
+			if err != nil {
+				return err
+			}
+			c, err := fut.Await()
+			if err != nil {
+				return err
+			}
+			if _, err := tc.Spawn(func(tc TaskCtx) {
+				_ = tc.Sleep(50 * time.Millisecond)
+				_ = c.Cancel()
+			}); err != nil {
+				return err
+			}
+			start := time.Now()
+			n := c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
+			if n != 0 || time.Since(start) < 50*time.Millisecond {
+				return fmt.Errorf("WithData returned %d after %v", n, time.Since(start))
+			}
+			if _, err := c.Send([]byte("x")); !errors.Is(err, syscall.ECANCELED) {
+				return fmt.Errorf("send after Cancel: %v", err)
+			}
+			return c.Err()
+		})
+		assert.ErrorIs(t, err, syscall.ECANCELED)
+		require.NoError(t, <-peerErr)
+		assert.True(t, settle(5*time.Second, func() bool { return liveConns(t, rt, 0) == 0 }))
+
+		// Cancel with bytes queued that the peer does not read: nothing
+		// waits for them, and the peer is reset rather than given a FIN
+		// after a cut stream.
+		// Small socket buffers at both ends, so the queue cannot all fit
+		// in the kernel.
+		lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+			return rc.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4096) })
+		}}
+		stall, err := lc.Listen(t.Context(), "tcp4", "127.0.0.1:0")
+		require.NoError(t, err)
+		stallAP := stall.Addr().(*net.TCPAddr).AddrPort()
+		t.Cleanup(func() { stall.Close() })
+		accepted := make(chan net.Conn, 1)
+		go func() {
+			if c, err := stall.Accept(); err == nil {
+				accepted <- c
+			}
+		}()
+		err = inTask(t, rt, 0, func(tc TaskCtx) error {
+			fut, err := tc.Connect(stallAP)
+			if err != nil {
+				return err
+			}
+			c, err := fut.Await()
+			if err != nil {
+				return err
+			}
+			_ = unix.SetsockoptInt(int(c.get().fd), unix.SOL_SOCKET, unix.SO_SNDBUF, 4096)
+			f, err := c.Send(make([]byte, 256<<10)) // more than the socket buffers hold
+			if err != nil {
+				return err
+			}
+			_ = tc.Sleep(20 * time.Millisecond)
+			if done := c.get().sent >= c.get().queued; done {
+				return errors.New("the kernel took everything: the test proves nothing")
+			}
+			_ = c.Cancel()
+			_, err = f.Await()
+			return err
+		})
+		assert.ErrorIs(t, err, syscall.ECANCELED)
+		var pc net.Conn
+		select {
+		case pc = <-accepted:
+		case <-time.After(10 * time.Second):
+			t.Fatal("not accepted")
+		}
+		defer pc.Close()
+		_ = pc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err = io.Copy(io.Discard, pc)
+		assert.ErrorIs(t, err, syscall.ECONNRESET, "the peer of a cancelled connection with unsent bytes is reset")
+		assert.True(t, settle(5*time.Second, func() bool { return liveConns(t, rt, 0) == 0 }))
+	})
+}
+
+// RequestShutdown from a task takes Runtime.Shutdown's path: every worker
+// stops, connections close, and no goroutine or descriptor is left.
+func TestRequestShutdownFromTask(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		g0, fd0 := runtime.NumGoroutine(), openFDs(t)
+		cfg := testConfig(be)
+		cfg.Workers = 2
+		asked := make(chan error, 1)
+		rt, err := New(cfg).Bind("127.0.0.1:0").Launch(func(int) AsyncEventHandler {
+			return handlerFunc(func(c ConnCtx) {
+				if c.WithData(func(b []byte) ParseResult {
+					if string(b) == "stop" {
+						asked <- c.RequestShutdown()
+					}
+					return Consumed(len(b))
+				}) == 0 {
+					return
+				}
+				// Told to stop like any task: WithData returns 0 and
+				// Err says why.
+				for c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) }) > 0 {
+				}
+				if !errors.Is(c.Err(), ErrShutdown) {
+					asked <- fmt.Errorf("after RequestShutdown, Err is %v", c.Err())
+				}
+			})
+		})
+		require.NoError(t, err)
+		// An idle connection on every worker (the kernel spreads them),
+		// then one that asks for the shutdown.
+		var idle []net.Conn
+		for i := 0; i < 8; i++ {
+			c, err := dialTCP(rt.Addr().String())
+			require.NoError(t, err)
+			idle = append(idle, c)
+		}
+		c, err := dialTCP(rt.Addr().String())
+		require.NoError(t, err)
+		_, err = c.Write([]byte("stop"))
+		require.NoError(t, err)
+		require.NoError(t, <-asked)
+		select {
+		case <-rt.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatal("the runtime did not stop after RequestShutdown")
+		}
+		select {
+		case err := <-asked:
+			t.Fatal(err)
+		default:
+		}
+		for _, ic := range append(idle, c) {
+			_ = ic.SetReadDeadline(time.Now().Add(5 * time.Second))
+			n, err := ic.Read(make([]byte, 1))
+			assert.Zero(t, n)
+			assert.True(t, errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET), "client sees the close: %v", err)
+			ic.Close()
+		}
+		for _, w := range rt.workers {
+			assert.True(t, w.exited.Load(), "worker %d stopped", w.id)
+		}
+		_, err = net.DialTimeout("tcp", rt.Addr().String(), time.Second)
+		assert.Error(t, err, "the listeners are closed")
+		assert.True(t, settle(5*time.Second, func() bool { return runtime.NumGoroutine() <= g0 }),
+			"goroutines: before %d, after %d", g0, runtime.NumGoroutine())
+		assert.True(t, settle(5*time.Second, func() bool { return openFDs(t) <= fd0 }),
+			"fds: before %d, after %d", fd0, openFDs(t))
+
+		// Off the worker it is refused, like every TaskCtx method.
+		assert.ErrorIs(t, rt.workers[0].taskCtx().RequestShutdown(), ErrNotInWorker)
+	})
+}
+
+func (w *worker) taskCtx() TaskCtx { return TaskCtx{w: w} }
+
+// starter is a client-only handler: OnStart runs on every worker.
+type starter struct {
+	start func(t TaskCtx)
+}
+
+func (s starter) OnAccept(ConnCtx)  { panic("a client-only runtime accepted a connection") }
+func (s starter) OnStart(t TaskCtx) { s.start(t) }
+
+// A runtime launched without Bind: each worker's OnStart connects out and
+// echoes; a runtime with neither a listener nor a start task idles until
+// work is posted and stops on Shutdown.
+func TestClientOnlyRuntime(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		ln, ap := listenTCP(t, "tcp4", "127.0.0.1:0")
+		goEcho(t, ln)
+		cfg := testConfig(be)
+		cfg.Workers = 2
+		results := make(chan string, 4)
+		rt := clientRuntime(t, cfg, starter{start: func(tc TaskCtx) {
+			// Spawned tasks outlive OnStart, which returns at once.
+			_, _ = tc.Spawn(func(tc TaskCtx) {
+				fut, err := tc.Connect(ap)
+				if err != nil {
+					results <- err.Error()
+					return
+				}
+				c, err := fut.Await()
+				if err != nil {
+					results <- err.Error()
+					return
+				}
+				msg := fmt.Sprintf("hello from worker %d", tc.WorkerID())
+				got, err := echoThrough(c, []byte(msg))
+				if err != nil {
+					results <- err.Error()
+					return
+				}
+				results <- string(got)
+			})
+		}})
+		seen := map[string]bool{}
+		for i := 0; i < 2; i++ {
+			select {
+			case r := <-results:
+				seen[r] = true
+			case <-time.After(10 * time.Second):
+				t.Fatal("a start task did not report")
+			}
+		}
+		assert.True(t, seen["hello from worker 0"] && seen["hello from worker 1"], "every worker's start task ran: %v", seen)
+		assert.Equal(t, uint64(2), Total(rt.Stats()).Connected)
+
+		// No listener, no start task, no connection: the worker waits
+		// (no busy loop) and serves what is posted.
+		cfg.Workers = 1
+		idle := clientRuntime(t, cfg, nil)
+		l0 := idle.Stats()[0].LoopIterations
+		time.Sleep(100 * time.Millisecond)
+		assert.LessOrEqual(t, idle.Stats()[0].LoopIterations-l0, uint64(5), "an idle worker does not spin")
+		err := inTask(t, idle, 0, func(tc TaskCtx) error {
+			fut, err := tc.Connect(ap)
+			if err != nil {
+				return err
+			}
+			c, err := fut.Await()
+			if err != nil {
+				return err
+			}
+			got, err := echoThrough(c, []byte("posted"))
+			if err == nil && string(got) != "posted" {
+				err = fmt.Errorf("echo %q", got)
+			}
+			return err
+		})
+		require.NoError(t, err)
+		stopRuntime(t, idle)
+	})
+}
+
+func TestBindUnix(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be)
+		cfg.Workers = 2
+		path := filepath.Join(t.TempDir(), "srv.sock")
+		rt, err := New(cfg).BindUnix(path).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
+		require.NoError(t, err)
+		assert.Equal(t, "unix", rt.Addr().Network())
+		assert.Equal(t, path, rt.Addr().String())
+		fi, err := os.Lstat(path)
+		require.NoError(t, err)
+		require.True(t, fi.Mode()&os.ModeSocket != 0)
+
+		// Echo from many clients, which both workers serve.
+		runClients(t, 32, func(i int) error {
+			c, err := net.DialTimeout("unix", path, 5*time.Second)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+			msg := pattern(20_000+i, byte(i))
+			werr := writeAsync(c, msg)
+			got := make([]byte, len(msg))
+			if _, err := io.ReadFull(c, got); err != nil {
+				return err
+			}
+			if err := <-werr; err != nil {
+				return err
+			}
+			if !bytes.Equal(got, msg) {
+				return errors.New("echo differs")
+			}
+			return nil
+		})
+		var perWorker []uint64
+		for _, s := range rt.Stats() {
+			perWorker = append(perWorker, s.Accepted)
+		}
+		assert.Equal(t, uint64(32), Total(rt.Stats()).Accepted, "accepted per worker: %v", perWorker)
+
+		// The path is in use: a second runtime is refused, and the file
+		// stays.
+		_, err = New(cfg).BindUnix(path).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
+		assert.ErrorIs(t, err, syscall.EADDRINUSE)
+		_, err = os.Lstat(path)
+		require.NoError(t, err, "a refused Launch does not remove the other runtime's socket")
+
+		stopRuntime(t, rt)
+		_, err = os.Lstat(path)
+		assert.ErrorIs(t, err, os.ErrNotExist, "the socket file ringline created is removed at shutdown")
+
+		// A stale socket file (its server is gone) is replaced.
+		stale, err := net.Listen("unix", path)
+		require.NoError(t, err)
+		stale.(*net.UnixListener).SetUnlinkOnClose(false)
+		stale.Close()
+		_, err = os.Lstat(path)
+		require.NoError(t, err)
+		rt2, err := New(cfg).BindUnix(path).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
+		require.NoError(t, err, "a stale socket file is replaced")
+		require.NoError(t, echoUnix(path, []byte("replaced")))
+		// If another socket file took the path meanwhile, it is not
+		// removed: only the file ringline created is.
+		require.NoError(t, os.Remove(path))
+		other, err := net.Listen("unix", path)
+		require.NoError(t, err)
+		defer other.Close()
+		stopRuntime(t, rt2)
+		_, err = os.Lstat(path)
+		assert.NoError(t, err, "a socket file ringline did not create stays")
+		other.Close()
+
+		// Not a socket: refused, left alone.
+		require.NoError(t, os.WriteFile(path, []byte("data"), 0o600))
+		_, err = New(cfg).BindUnix(path).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
+		assert.ErrorIs(t, err, syscall.EADDRINUSE)
+		b, err := os.ReadFile(path)
+		require.NoError(t, err)
+		assert.Equal(t, "data", string(b))
+
+		// Too long: refused, nothing created.
+		long := filepath.Join(t.TempDir(), strings.Repeat("y", 110))
+		_, err = New(cfg).BindUnix(long).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
+		assert.ErrorIs(t, err, syscall.ENAMETOOLONG)
+
+		// An abstract name has no file.
+		abs := fmt.Sprintf("@ringline-test-%d-%s", os.Getpid(), be)
+		rt3, err := New(cfg).BindUnix(abs).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
+		require.NoError(t, err)
+		require.NoError(t, echoUnix(abs, []byte("abstract")))
+		stopRuntime(t, rt3)
+
+		// Bind and BindUnix together: one address per runtime.
+		_, err = New(cfg).Bind("127.0.0.1:0").BindUnix(path + "2").Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
+		assert.Error(t, err)
+	})
+}
+
+func echoUnix(path string, msg []byte) error {
+	c, err := net.DialTimeout("unix", path, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(msg); err != nil {
+		return err
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil {
+		return err
+	}
+	if !bytes.Equal(got, msg) {
+		return errors.New("echo differs")
+	}
+	return nil
+}
+
+// 10,000 connect, echo, close cycles (32 tasks at a time) leave no
+// descriptor and no slot behind: the slab does not grow past what was in
+// use at once.
+func TestConnectCloseCycles(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		srv := serve(t, testConfig(be), echoTask)
+		ap := srv.Addr().(*net.TCPAddr).AddrPort()
+		rt := clientRuntime(t, testConfig(be), nil)
+		fd0 := openFDs(t)
+		const total, par = 10_000, 32
+		err := inTask(t, rt, 0, func(tc TaskCtx) error {
+			var hs []JoinHandle
+			errs := make([]error, par)
+			for p := 0; p < par; p++ {
+				h, err := tc.Spawn(func(tc TaskCtx) {
+					msg := []byte{byte(p)}
+					for i := p; i < total; i += par {
+						fut, err := tc.Connect(ap)
+						if err != nil {
+							errs[p] = err
+							return
+						}
+						c, err := fut.Await()
+						if err != nil {
+							errs[p] = err
+							return
+						}
+						got, err := echoThrough(c, msg)
+						if err != nil || !bytes.Equal(got, msg) {
+							errs[p] = fmt.Errorf("cycle %d: %q, %w", i, got, err)
+							return
+						}
+						c.Close()
+					}
+				})
+				if err != nil {
+					return err
+				}
+				hs = append(hs, h)
+			}
+			for _, h := range hs {
+				if err := h.Join(); err != nil {
+					return err
+				}
+			}
+			return errors.Join(errs...)
+		})
+		require.NoError(t, err)
+		st := Total(rt.Stats())
+		assert.Equal(t, uint64(total), st.Connected)
+		assert.Equal(t, uint64(0), st.ConnectErrors)
+		var slots int
+		require.True(t, settle(10*time.Second, func() bool {
+			onWorker(t, rt, 0, func(w *worker) { slots = len(w.conns) })
+			return liveConns(t, rt, 0) == 0 && Total(rt.Stats()).Closed == total
+		}), "live %d, closed %d", liveConns(t, rt, 0), Total(rt.Stats()).Closed)
+		assert.LessOrEqual(t, slots, 2*par, "slots are reused: the slab holds %d", slots)
+		assert.True(t, settle(10*time.Second, func() bool { return openFDs(t) <= fd0 }),
+			"fds: before %d, after %d", fd0, openFDs(t))
+	})
+}
+
+// The worker's MaxConnections and the process's descriptor limit each
+// refuse a connect with their own error, and leave nothing behind.
+func TestConnectLimits(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		ln, ap := listenTCP(t, "tcp4", "127.0.0.1:0")
+		goEcho(t, ln)
+		cfg := testConfig(be)
+		cfg.MaxConnections = 2
+		rt := clientRuntime(t, cfg, nil)
+		err := inTask(t, rt, 0, func(tc TaskCtx) error {
+			var cs []ConnCtx
+			for i := 0; i < 2; i++ {
+				fut, err := tc.Connect(ap)
+				if err != nil {
+					return err
+				}
+				c, err := fut.Await()
+				if err != nil {
+					return err
+				}
+				cs = append(cs, c)
+			}
+			if _, err := tc.Connect(ap); !errors.Is(err, ErrConnLimit) {
+				return fmt.Errorf("third connect: %v, want ErrConnLimit", err)
+			}
+			// A slot freed is a slot usable again.
+			cs[0].Close()
+			for i := 0; ; i++ {
+				fut, err := tc.Connect(ap)
+				if errors.Is(err, ErrConnLimit) && i < 100 {
+					_ = tc.Sleep(time.Millisecond) // the close completes first
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				c, err := fut.Await()
+				if err != nil {
+					return err
+				}
+				if got, err := echoThrough(c, []byte("again")); err != nil || string(got) != "again" {
+					return fmt.Errorf("after a slot was freed: %q, %v", got, err)
+				}
+				return nil
+			}
+		})
+		require.NoError(t, err)
+		assert.True(t, settle(5*time.Second, func() bool { return liveConns(t, rt, 0) == 0 }))
+
+		// Out of descriptors: the soft limit is lowered to the lowest
+		// free descriptor number, so socket(2) fails with EMFILE.
+		var lim unix.Rlimit
+		require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &lim))
+		fd0 := openFDs(t)
+		err = inTask(t, rt, 0, func(tc TaskCtx) error {
+			low := lim
+			low.Cur = uint64(lowestFreeFD())
+			if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
+				return err
+			}
+			_, cerr := tc.Connect(ap)
+			if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+				return err
+			}
+			return cerr
+		})
+		assert.ErrorIs(t, err, syscall.EMFILE)
+		assert.False(t, errors.Is(err, ErrConnLimit))
+		assert.Equal(t, 0, liveConns(t, rt, 0), "the slot went back")
+		assert.LessOrEqual(t, openFDs(t), fd0, "nothing leaked")
+	})
+}
+
+// lowestFreeFD is the descriptor number the next socket would get.
+func lowestFreeFD() int {
+	fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0
+	}
+	unix.Close(fd)
+	return fd
+}
+
+// The backends give a linked timeout io_uring's completions: the timed op
+// cancelled and the timeout ETIME when it fires; the timeout ECANCELED
+// when the op completes first or is cancelled; EINVAL when nothing is
+// linked to it.
+func TestBackendLinkTimeout(t *testing.T) {
+	forEachImpl(t, smallBC(), func(t *testing.T, h *beHarness) {
+		full := fullListener(t)
+		conn, lt := ud(udConnect, 20), ud(udLinkTimeout, 20)
+		sock := func() int {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			require.NoError(t, err)
+			t.Cleanup(func() { unix.Close(fd) })
+			return fd
+		}
+		addr, l := sockaddrIn4(h, 0, int(full.Port()))
+		start := time.Now()
+		h.be.stage(sqOp{code: opConnect, flags: opFLink, fd: int32(sock()), ud: conn, addr: addr, len: l})
+		h.be.stage(sqOp{code: opLinkTimeout, ud: lt, addr: timespecAt(h, 64, 50*time.Millisecond)})
+		assert.Equal(t, -int32(syscall.ETIME), h.next(lt).res)
+		assert.Equal(t, -int32(syscall.ECANCELED), h.next(conn).res)
+		assert.GreaterOrEqual(t, time.Since(start), 50*time.Millisecond)
+
+		// The connect completes first: the timeout is cancelled, and does
+		// not fire later.
+		lfd, port := tcpListener(t)
+		addr2, l2 := sockaddrIn4(h, 128, port)
+		h.be.stage(sqOp{code: opConnect, flags: opFLink, fd: int32(sock()), ud: conn, addr: addr2, len: l2})
+		h.be.stage(sqOp{code: opLinkTimeout, ud: lt, addr: timespecAt(h, 192, 100*time.Millisecond)})
+		assert.Equal(t, int32(0), h.next(conn).res)
+		assert.Equal(t, -int32(syscall.ECANCELED), h.next(lt).res)
+		h.none(lt, 150*time.Millisecond)
+		afd, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
+		require.NoError(t, err)
+		unix.Close(afd)
+
+		// A connect that fails at once (refused) cancels its timeout too.
+		unix.Close(lfd)
+		h.be.stage(sqOp{code: opConnect, flags: opFLink, fd: int32(sock()), ud: conn, addr: addr2, len: l2})
+		h.be.stage(sqOp{code: opLinkTimeout, ud: lt, addr: timespecAt(h, 192, 10*time.Second)})
+		assert.Equal(t, -int32(syscall.ECONNREFUSED), h.next(conn).res)
+		assert.Equal(t, -int32(syscall.ECANCELED), h.next(lt).res)
+
+		// Cancelling the op cancels its timeout.
+		cancel := ud(udCancel, 20)
+		h.be.stage(sqOp{code: opConnect, flags: opFLink, fd: int32(sock()), ud: conn, addr: addr, len: l})
+		h.be.stage(sqOp{code: opLinkTimeout, ud: lt, addr: timespecAt(h, 64, 10*time.Second)})
+		h.none(conn, 20*time.Millisecond)
+		h.be.stage(sqOp{code: opCancel, ud: cancel, addr: conn})
+		assert.Equal(t, -int32(syscall.ECANCELED), h.next(conn).res)
+		assert.Equal(t, -int32(syscall.ECANCELED), h.next(lt).res)
+		assert.Equal(t, int32(0), h.next(cancel).res)
+
+		// Nothing linked to it.
+		h.be.stage(sqOp{code: opLinkTimeout, ud: lt, addr: timespecAt(h, 64, 10*time.Millisecond)})
+		assert.Equal(t, -int32(syscall.EINVAL), h.next(lt).res)
 	})
 }
