@@ -210,11 +210,13 @@ func (w *worker) connect(t *task, domain int, sa []byte, ap netip.AddrPort, path
 		return ConnectFuture{}, ErrConnLimit
 	}
 	// io_uring connects a blocking socket without blocking (as it accepts
-	// blocking sockets), so only epoll needs O_NONBLOCK, which costs it
-	// two fcntl calls if the socket does not have it. A Unix socket is
-	// non-blocking on both: with the listener's backlog full, a blocking
-	// one would park the connect in a kernel worker thread instead of
-	// failing with EAGAIN.
+	// blocking sockets), and must have one: on an O_NONBLOCK socket its
+	// sends and receives fail with EAGAIN instead of waiting for room or
+	// data. Only epoll needs O_NONBLOCK (else two fcntl calls). A Unix
+	// socket connects non-blocking on both, so that a listener with a full
+	// backlog refuses at once (EAGAIN), as a non-blocking connect(2) does,
+	// instead of parking the connect in a kernel worker; io_uring then
+	// clears the flag once connected.
 	typ := unix.SOCK_STREAM | unix.SOCK_CLOEXEC
 	if domain == unix.AF_UNIX || w.be.kind() != IOUring {
 		typ |= unix.SOCK_NONBLOCK
@@ -280,6 +282,9 @@ func (w *worker) onConnectCQE(cn *conn, kind uint64, res int32) {
 		return
 	}
 	if cn.connRes == 0 {
+		if cn.dialPath != "" && w.be.kind() == IOUring {
+			_, _ = unix.FcntlInt(uintptr(cn.fd), unix.F_SETFL, 0) // see connect
+		}
 		cn.connected = true
 		cn.state = connOpen
 		w.st.connects++

@@ -391,6 +391,14 @@ func TestConnectUnix(t *testing.T) {
 			if pa, ok := c.PeerAddr(); !ok || pa.String() != path || pa.Network() != "unix" {
 				return fmt.Errorf("PeerAddr %v, %v", pa, ok)
 			}
+			// On io_uring the socket must block once connected (it
+			// connects non-blocking): an O_NONBLOCK socket's sendmsg can
+			// fail with EAGAIN there instead of waiting for room, which
+			// the proxy example's Unix test hit.
+			if fl, err := unix.FcntlInt(uintptr(c.get().fd), unix.F_GETFL, 0); err != nil ||
+				(be == IOUring && fl&unix.O_NONBLOCK != 0) {
+				return fmt.Errorf("socket flags %#x, %v", fl, err)
+			}
 			got, err := echoThrough(c, msg)
 			if err != nil {
 				return err
@@ -401,6 +409,100 @@ func TestConnectUnix(t *testing.T) {
 			return nil
 		})
 		require.NoError(t, err)
+
+		// A peer that does not read for a while: the sends wait for room
+		// in the socket (on io_uring a non-blocking socket would fail them
+		// with EAGAIN instead) and all bytes arrive.
+		slowPath := filepath.Join(t.TempDir(), "slow.sock")
+		slow, err := net.Listen("unix", slowPath)
+		require.NoError(t, err)
+		defer slow.Close()
+		bulk := pattern(4<<20, 9)
+		slowErr := make(chan error, 1)
+		go func() {
+			c, err := slow.Accept()
+			if err != nil {
+				slowErr <- err
+				return
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+			// Slow, small reads: the sender keeps meeting a full socket.
+			var got []byte
+			buf := make([]byte, 8<<10)
+			for {
+				n, err := c.Read(buf)
+				got = append(got, buf[:n]...)
+				if err == io.EOF {
+					err = nil
+				}
+				if err != nil || n == 0 {
+					break
+				}
+				if len(got)%(64<<10) < n {
+					time.Sleep(time.Millisecond)
+				}
+			}
+			if err == nil && !bytes.Equal(got, bulk) {
+				err = fmt.Errorf("read %d bytes, want %d intact", len(got), len(bulk))
+			}
+			slowErr <- err
+		}()
+		err = inTask(t, rt, 0, func(tc TaskCtx) error {
+			fut, err := tc.ConnectUnix(slowPath)
+			if err != nil {
+				return err
+			}
+			c, err := fut.Await()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			// One send in flight at a time, each large enough to go out
+			// as a sendmsg of many pool slots (as a proxy's are).
+			for off := 0; off < len(bulk); off += 128 << 10 {
+				f, err := c.Send(bulk[off : off+128<<10])
+				if err != nil {
+					return err
+				}
+				if _, err := f.Await(); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		require.NoError(t, err)
+		require.NoError(t, <-slowErr)
+
+		// A listener whose backlog is full refuses at once with EAGAIN
+		// (backlog 0 holds one connection that is never accepted).
+		fullPath := filepath.Join(t.TempDir(), "full.sock")
+		lfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		require.NoError(t, err)
+		defer unix.Close(lfd)
+		require.NoError(t, unix.Bind(lfd, &unix.SockaddrUnix{Name: fullPath}))
+		require.NoError(t, unix.Listen(lfd, 0))
+		for i := 0; ; i++ {
+			fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+			require.NoError(t, err)
+			defer unix.Close(fd)
+			if err := unix.Connect(fd, &unix.SockaddrUnix{Name: fullPath}); err != nil {
+				require.ErrorIs(t, err, unix.EAGAIN)
+				break
+			}
+			require.Less(t, i, 8, "the backlog did not fill")
+		}
+		start := time.Now()
+		err = inTask(t, rt, 0, func(tc TaskCtx) error {
+			fut, err := tc.ConnectUnix(fullPath)
+			if err != nil {
+				return err
+			}
+			_, err = fut.Await()
+			return err
+		})
+		assert.ErrorIs(t, err, syscall.EAGAIN)
+		assert.Less(t, time.Since(start), 5*time.Second, "refused at once, not after waiting")
 
 		// A missing socket file: ENOENT, from Await.
 		err = inTask(t, rt, 0, func(tc TaskCtx) error {
