@@ -7,6 +7,9 @@ export CGO_ENABLED ?= 1
 # The tests fail, rather than skip io_uring, when it is compiled in but
 # cannot run here. On a host without io_uring: make test RINGLINE_REQUIRE_IOURING=0
 export RINGLINE_REQUIRE_IOURING ?= 1
+# The proxy example's test runs redis-benchmark through it to redis-server:
+# make installs them (redis-tools, redis-server) and requires them.
+export RINGLINE_REQUIRE_REDIS ?= 1
 STATICCHECK := $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 # go does not see changes to files under csrc/ (cgo hashes only the
@@ -20,7 +23,7 @@ export CGO_CPPFLAGS := $(strip $(CGO_CPPFLAGS) -DRINGLINE_CSRC=$(CSRC_HASH))
 TEST_LDFLAGS := -ldflags='-s=false -w=false'
 
 .PHONY: all build run test test-c test-go test-race test-epoll test-nocgo test-debug test-consumer \
-	vet vet-arm64 lint bench clean distro-liburing
+	vet vet-arm64 lint bench bench-connect bench-proxy clean distro-liburing redis
 
 all: build
 
@@ -30,6 +33,8 @@ $(LIBURING): vendor_liburing.sh cmd/ringline-liburing/vendor_liburing.sh
 build: $(LIBURING)
 	$(GO) build ./...
 	$(GO) build -o bin/echo ./examples/echo
+	$(GO) build -o bin/proxy ./examples/proxy
+	$(GO) build -o bin/loadgen ./examples/loadgen
 
 run: build
 	./bin/echo
@@ -71,6 +76,19 @@ distro-liburing:
 	  fi; \
 	fi
 
+# redis-server and redis-benchmark for the proxy example's test
+# (TestProxyRedis): installed with apt-get when missing, like liburing-dev.
+redis:
+	@if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing redis-server and redis-tools"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null; \
+	  elif [ "$(RINGLINE_REQUIRE_REDIS)" = 1 ]; then \
+	    echo "make: redis-server/redis-benchmark are missing: install redis-server and redis-tools, or run with RINGLINE_REQUIRE_REDIS=0"; exit 1; \
+	  fi; \
+	fi
+
 csrc/rl_test: csrc/rl_test.c csrc/*.c csrc/*.h $(LIBURING)
 	$(CC) -O2 -Wall -Icsrc -Ithird_party/liburing/install/include -o $@ csrc/rl_test.c csrc/rl.c $(LIBURING)
 
@@ -99,18 +117,18 @@ vet-arm64:
 	  GOARCH=arm64 CGO_ENABLED=1 CC=$(AARCH64_CC) $(GO) build . ; \
 	else echo "SKIP arm64 cgo vet/build: no $(AARCH64_CC) (apt-get install gcc-aarch64-linux-gnu)"; fi
 
-test-go: $(LIBURING)
+test-go: $(LIBURING) | redis
 	$(GO) test $(TEST_LDFLAGS) -count=1 -timeout 10m ./...
 
-test-race: $(LIBURING)
+test-race: $(LIBURING) | redis
 	$(GO) test $(TEST_LDFLAGS) -race -count=1 -timeout 10m ./...
 
 # io_uring and all cgo compiled out: Auto runs on epoll, IOUring is refused.
-test-epoll:
+test-epoll: | redis
 	$(GO) build -tags ringline_epoll ./...
 	$(GO) test -tags ringline_epoll -count=1 -timeout 10m ./...
 
-test-nocgo:
+test-nocgo: | redis
 	CGO_ENABLED=0 $(GO) build ./...
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m ./...
 
