@@ -155,5 +155,16 @@ bench: $(LIBURING)
 	RINGLINE_BENCH_GNET=$(CURDIR)/bin/gnetecho $(GO) test -run '^$$' -bench PingPongLatency -benchtime 20000x .
 	$(GO) test -run '^$$' -bench IdleConnRSS -benchtime 1x .
 
+# Issue 8's figures (docs/BENCHMARKS.md §5; not part of make test):
+# outbound connects per second against net.Dial, socket creation, a shared
+# Unix listener; and the proxy against Go net and gnet proxies.
+bench-connect: $(LIBURING)
+	$(GO) test -run '^$$' -bench 'Connect$$' -benchtime 20000x .
+	$(GO) test -run '^$$' -bench SocketCreate .
+	$(GO) test -run '^$$' -bench UnixListener -benchtime 20000x .
+
+bench-proxy: $(LIBURING)
+	$(GO) test -run '^$$' -bench 'Proxy$$' -benchtime 1000000x -timeout 30m .
+
 clean:
 	rm -rf bin csrc/rl_test csrc/rl_test_distro

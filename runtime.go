@@ -340,7 +340,11 @@ func (b *Builder) start(cfg Config, kind Backend, factory func(workerID int) Asy
 		}
 	}
 	if b.unixPath != "" {
-		lfds, rt.sockFile, err = listenUnix(b.unixPath, cfg.Workers, cfg.ListenBacklog)
+		n := cfg.Workers
+		if testHookUnixOneListener {
+			n = 1
+		}
+		lfds, rt.sockFile, err = listenUnix(b.unixPath, n, cfg.ListenBacklog)
 		if err != nil {
 			return nil, err
 		}
@@ -349,7 +353,7 @@ func (b *Builder) start(cfg Config, kind Backend, factory func(workerID int) Asy
 	ready := make(chan error, cfg.Workers)
 	for i := 0; i < cfg.Workers; i++ {
 		lfd := -1
-		if lfds != nil {
+		if i < len(lfds) {
 			lfd = lfds[i]
 		}
 		w := newWorker(i, &rt.cfg, lfd)
@@ -404,6 +408,11 @@ func (e *workerSetupError) Error() string {
 }
 
 func (e *workerSetupError) Unwrap() error { return e.err }
+
+// testHookUnixOneListener, when set by a benchmark, gives a BindUnix
+// runtime's listening socket to worker 0 only (the alternative that
+// BenchmarkUnixListener measures the shared listener against).
+var testHookUnixOneListener bool
 
 // unixSockFile identifies the socket file Launch created, so that only
 // that file is removed at the end (not one another process has put at
