@@ -44,8 +44,10 @@ func BindUnix(path string) *Builder { return New(Config{}).BindUnix(path) }
 // abstract socket) that the workers accept on, instead of a TCP address.
 // Unix sockets have no SO_REUSEPORT: the workers share one listening
 // socket, each with its own accept armed on it, and the kernel hands each
-// connection to one of them (measured against a listener on one worker
-// only: see BenchmarkUnixListener in docs/BENCHMARKS.md).
+// connection to one of them. Measured (BenchmarkUnixListener,
+// docs/BENCHMARKS.md): on epoll the connections spread over the workers;
+// on io_uring the kernel gives nearly all of them to one worker, so there
+// a Unix listener is served by one worker, as if only it listened.
 //
 // Launch refuses a path that exists and is in use (a listener answers
 // there), with an error wrapping syscall.EADDRINUSE, as Bind refuses a
