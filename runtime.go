@@ -353,6 +353,9 @@ func (b *Builder) start(cfg Config, kind Backend, factory func(workerID int) Asy
 		rt.addr = &net.UnixAddr{Name: b.unixPath, Net: "unix"}
 	}
 	ready := make(chan error, cfg.Workers)
+	// Every worker exists before any runs: a task may call
+	// RequestShutdown (Runtime.Shutdown, which reads rt.workers) as soon
+	// as its worker starts.
 	for i := 0; i < cfg.Workers; i++ {
 		lfd := -1
 		if i < len(lfds) {
@@ -362,6 +365,8 @@ func (b *Builder) start(cfg Config, kind Backend, factory func(workerID int) Asy
 		w.lunix = b.unixPath != ""
 		w.shutdown = rt.Shutdown
 		rt.workers = append(rt.workers, w)
+	}
+	for _, w := range rt.workers {
 		rt.wg.Add(1)
 		go func() {
 			defer rt.wg.Done()
