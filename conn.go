@@ -685,19 +685,6 @@ func (cn *conn) drainExpired() {
 	cn.startClose()
 }
 
-// connAt returns the live connection in slot idx if it still has
-// generation gen.
-func (w *worker) connAt(idx, gen uint32) *conn {
-	if int(idx) >= len(w.conns) {
-		return nil
-	}
-	cn := w.conns[idx]
-	if cn == nil || cn.gen != gen || cn.state == connFree {
-		return nil
-	}
-	return cn
-}
-
 // startClose cancels the recv (or a pending connect) and stages the
 // socket's close.
 func (cn *conn) startClose() {

@@ -454,7 +454,7 @@ func putSockaddrUnix(b []byte, path string) (int, error) {
 	if len(path) >= sunPathLen {
 		// The path and its terminating NUL must fit (an abstract name's
 		// '@' becomes its leading NUL): never truncated.
-		return 0, fmt.Errorf("Unix socket path is %d bytes; sun_path holds at most %d and a NUL: %w", len(path), sunPathLen-1, syscall.ENAMETOOLONG)
+		return 0, fmt.Errorf("unix socket path is %d bytes; sun_path holds at most %d and a NUL: %w", len(path), sunPathLen-1, syscall.ENAMETOOLONG)
 	}
 	binary.NativeEndian.PutUint16(b[0:], unix.AF_UNIX)
 	if path[0] == '@' {
@@ -464,7 +464,7 @@ func putSockaddrUnix(b []byte, path string) (int, error) {
 	}
 	for i := 0; i < len(path); i++ {
 		if path[i] == 0 {
-			return 0, fmt.Errorf("Unix socket path contains a NUL byte: %w", syscall.EINVAL)
+			return 0, fmt.Errorf("unix socket path contains a NUL byte: %w", syscall.EINVAL)
 		}
 	}
 	copy(b[2:], path)
