@@ -666,19 +666,24 @@ func TestShutdownWrite(t *testing.T) {
 		// can carry), shut the write side, then read what the peer sends
 		// until it closes.
 		halfClose := func(c ConnCtx) error {
-			// The last bytes are still queued when ShutdownWrite is
-			// called: the FIN must wait for them.
-			const chunk = 64 << 10
+			// The last 256 KiB are still queued when ShutdownWrite is
+			// called, more than a small socket buffer takes at once: the
+			// FIN must wait for them.
+			_ = unix.SetsockoptInt(int(c.get().fd), unix.SOL_SOCKET, unix.SO_SNDBUF, 8192)
+			const chunk, tail = 64 << 10, 256 << 10
 			for off := 0; off < len(data); off += chunk {
 				f, err := c.Send(data[off : off+chunk])
 				if err != nil {
 					return err
 				}
-				if off+chunk < len(data) {
+				if off+chunk <= len(data)-tail {
 					if _, err := f.Await(); err != nil {
 						return err
 					}
 				}
+			}
+			if c.get().sendIdle() {
+				return errors.New("the tail already went out: the test proves nothing")
 			}
 			if err := c.ShutdownWrite(); err != nil {
 				return err

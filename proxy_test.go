@@ -147,7 +147,7 @@ func halfCloseUpstream(ln net.Listener, clientFirst bool, a, b []byte) <-chan er
 			return
 		}
 		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+		_ = c.SetDeadline(time.Now().Add(15 * time.Second))
 		errc <- halfCloseSide(c, clientFirst, false, b, a)
 	}()
 	return errc
@@ -228,7 +228,7 @@ func TestProxyExample(t *testing.T) {
 					errc := halfCloseUpstream(up, clientFirst, a, b)
 					c, err := net.DialTimeout(network, addr, 5*time.Second)
 					require.NoError(t, err)
-					_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+					_ = c.SetDeadline(time.Now().Add(15 * time.Second))
 					require.NoError(t, halfCloseSide(c, clientFirst, true, a, b), "client, clientFirst=%v", clientFirst)
 					require.NoError(t, <-errc, "upstream, clientFirst=%v", clientFirst)
 					c.Close()
@@ -250,7 +250,7 @@ func TestProxyExample(t *testing.T) {
 				}()
 				c, err := net.DialTimeout(network, addr, 5*time.Second)
 				require.NoError(t, err)
-				_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+				_ = c.SetDeadline(time.Now().Add(15 * time.Second))
 				_, err = c.Write([]byte("hello"))
 				require.NoError(t, err)
 				got, err := io.ReadAll(c)
