@@ -185,6 +185,11 @@ func TestConnectEcho(t *testing.T) {
 			if v, err := unix.GetsockoptInt(int(c.get().fd), unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v == 0 {
 				return fmt.Errorf("TCP_NODELAY %d, %v", v, err)
 			}
+			// Registered in the fixed-file table, as an accepted socket
+			// is, where the backend has one.
+			if fixed := c.get().opFlags&opFFixed != 0; fixed != tc.w.be.fixedFiles() {
+				return fmt.Errorf("fixed file %v, backend's table %v", fixed, tc.w.be.fixedFiles())
+			}
 			got, err := echoThrough(c, msg)
 			if err != nil {
 				return err
@@ -1373,5 +1378,64 @@ func TestBackendLinkTimeout(t *testing.T) {
 		// Nothing linked to it.
 		h.be.stage(sqOp{code: opLinkTimeout, ud: lt, addr: timespecAt(h, 64, 10*time.Millisecond)})
 		assert.Equal(t, -int32(syscall.EINVAL), h.next(lt).res)
+	})
+}
+
+// A ConnectFuture is a Future: Select waits for it and a timer together;
+// only the task that called Connect may await it.
+func TestConnectSelect(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		full := fullListener(t)
+		ln, ap := listenTCP(t, "tcp4", "127.0.0.1:0")
+		goEcho(t, ln)
+		rt := clientRuntime(t, testConfig(be), nil)
+		err := inTask(t, rt, 0, func(tc TaskCtx) error {
+			// The timer wins against a connect that cannot complete.
+			fut, err := tc.Connect(full)
+			if err != nil {
+				return err
+			}
+			i, err := Select(fut, tc.After(50*time.Millisecond))
+			if err != nil || i != 1 {
+				return fmt.Errorf("Select: %d, %v; want the timer (1)", i, err)
+			}
+			// Another task of the worker may not await it.
+			h, err := tc.Spawn(func(TaskCtx) {
+				if _, err := fut.Await(); !errors.Is(err, ErrNotOwner) {
+					panic(fmt.Sprintf("another task's Await: %v", err))
+				}
+			})
+			if err != nil {
+				return err
+			}
+			if err := h.Join(); err != nil {
+				return err
+			}
+			if err := fut.Cancel(); err != nil {
+				return err
+			}
+			if _, err := fut.Await(); !errors.Is(err, syscall.ECANCELED) {
+				return fmt.Errorf("after Cancel: %v", err)
+			}
+			// The connect wins against a long timer.
+			fut, err = tc.Connect(ap)
+			if err != nil {
+				return err
+			}
+			if i, err := Select(fut, tc.After(10*time.Second)); err != nil || i != 0 {
+				return fmt.Errorf("Select: %d, %v; want the connect (0)", i, err)
+			}
+			c, err := fut.Await()
+			if err != nil {
+				return err
+			}
+			got, err := echoThrough(c, []byte("selected"))
+			if err == nil && string(got) != "selected" {
+				err = fmt.Errorf("echo %q", got)
+			}
+			return err
+		})
+		require.NoError(t, err)
+		assert.True(t, settle(5*time.Second, func() bool { return liveConns(t, rt, 0) == 0 }))
 	})
 }
