@@ -49,6 +49,12 @@ const (
 	opTimeout     = 12 // addr = *timespec
 	opSendZC      = 14 // fd, addr/len, aux = zero-copy flags (zcReportUsage); io_uring only
 	opSendmsgZC   = 15 // fd, addr = *msghdr, aux = zero-copy flags; io_uring only
+	// opLinkTimeout bounds the op staged just before it, which carries
+	// opFLink: when the time (addr = *timespec) passes first, that op
+	// completes with -ECANCELED and this one with -ETIME; otherwise this
+	// one completes with -ECANCELED. io_uring's IORING_OP_LINK_TIMEOUT, so
+	// a timed op costs no extra enter; epoll emulates it.
+	opLinkTimeout = 20
 )
 
 // Op flags; shared with csrc/rl.h.
@@ -170,6 +176,8 @@ const (
 	// connection's zero-copy sequence number, and its notification
 	// completes with the same user_data.
 	udSendZC
+	udConnect     // an outbound connection's connect
+	udLinkTimeout // the timeout linked to that connect
 )
 
 // packUD keeps the low 16 bits of the generation: a completion is never

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log"
 	"net"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -353,4 +354,124 @@ func ExampleConnCtx_SendWait() {
 	}
 	fmt.Println("received", n, "bytes")
 	// Output: received 1048576 bytes
+}
+
+// A task that dials out: it connects to an echo server (here a ringline
+// runtime in the same program) with a timeout, sends a line and reads the
+// echo. The connection belongs to the task that called Connect: only it
+// receives on it, and it closes when the task returns. The task runs on a
+// worker of a client-only runtime (no Bind), posted there from main;
+// results travel back over a buffered channel, which a task may send on
+// since the send never waits.
+func ExampleTaskCtx_Connect() {
+	srv := launch(ringline.Config{}, echo{}.OnAccept)
+	defer stop(srv)
+	addr := srv.Addr().(*net.TCPAddr).AddrPort()
+
+	client, err := ringline.New(ringline.Config{Workers: 1}).
+		Launch(func(int) ringline.AsyncEventHandler { return echo{} })
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer stop(client)
+
+	result := make(chan string, 1)
+	err = client.Post(0, func(t ringline.TaskCtx) {
+		fut, err := t.ConnectWithTimeout(addr, 5*time.Second)
+		if err != nil {
+			result <- err.Error()
+			return
+		}
+		c, err := fut.Await() // the task waits; the worker serves others meanwhile
+		if err != nil {
+			result <- err.Error() // errors.Is(err, syscall.ECONNREFUSED), a timeout, ...
+			return
+		}
+		if err := c.SendNowait([]byte("hello over an outbound connection\n")); err != nil {
+			result <- err.Error()
+			return
+		}
+		var line string
+		c.WithData(func(b []byte) ringline.ParseResult {
+			i := bytes.IndexByte(b, '\n')
+			if i < 0 {
+				return ringline.NeedMore()
+			}
+			line = string(b[:i])
+			return ringline.Consumed(i + 1)
+		})
+		result <- line
+		// Returning closes c.
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(<-result)
+	// Output: hello over an outbound connection
+}
+
+// loadClient is a client-only handler: it has no connections to accept,
+// and each worker's OnStart opens its own.
+type loadClient struct {
+	target netip.AddrPort
+	done   chan<- string
+}
+
+func (loadClient) OnAccept(ringline.ConnCtx) {} // never called: no listener
+
+// OnStart is the worker's start task. It may connect itself, or Spawn
+// tasks that do and return at once; it asks the runtime to shut down
+// once its work is done.
+func (l loadClient) OnStart(t ringline.TaskCtx) {
+	var hs []ringline.JoinHandle
+	for i := 0; i < 3; i++ {
+		h, err := t.Spawn(func(t ringline.TaskCtx) {
+			fut, err := t.Connect(l.target)
+			if err != nil {
+				return
+			}
+			c, err := fut.Await()
+			if err != nil {
+				return
+			}
+			f, err := c.Send([]byte{byte('a' + i)})
+			if err != nil {
+				return
+			}
+			f.Await()
+			c.WithData(func(b []byte) ringline.ParseResult { return ringline.Consumed(len(b)) })
+		})
+		if err == nil {
+			hs = append(hs, h)
+		}
+	}
+	for _, h := range hs {
+		h.Join()
+	}
+	l.done <- fmt.Sprintf("worker %d: %d connections echoed", t.WorkerID(), len(hs))
+	t.RequestShutdown() // the same as Runtime.Shutdown
+}
+
+// A client-only runtime: launched without Bind, it listens nowhere; a
+// handler that implements Starter gets a start task on every worker,
+// which is how a load generator or a pure client does its work. (A
+// runtime with no listener and no start task just waits for Post.)
+func ExampleStarter() {
+	srv := launch(ringline.Config{}, echo{}.OnAccept)
+	defer stop(srv)
+
+	done := make(chan string, 1)
+	rt, err := ringline.New(ringline.Config{Workers: 1}).
+		Launch(func(int) ringline.AsyncEventHandler {
+			return loadClient{target: srv.Addr().(*net.TCPAddr).AddrPort(), done: done}
+		})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(rt.Addr() == nil)
+	rt.Wait() // until OnStart asks for the shutdown
+	fmt.Println(<-done)
+	// Output:
+	// true
+	// worker 0: 3 connections echoed
 }

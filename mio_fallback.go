@@ -35,6 +35,10 @@ import (
 //     opTimeout wait for readiness or the deadline; all three can be
 //     cancelled. opFLink: a failed op cancels the rest of its chain, and a
 //     chain waits for an op that went asynchronous.
+//   - opLinkTimeout right behind a linked op: a timer armed with that op.
+//     If the op completes first the timer is dropped and completes with
+//     -ECANCELED; if the timer fires first it completes with -ETIME and
+//     the op is cancelled (-ECANCELED), as io_uring's linked timeouts do.
 //
 // Readiness is edge-triggered (epollEdgeTriggered). A socket is added once
 // with EPOLLIN|EPOLLRDHUP|EPOLLET, plus EPOLLOUT the first time a send or
@@ -131,6 +135,8 @@ func (f *epFile) anyArmed() bool {
 type epTimer struct {
 	at int64 // deadline, nanoseconds since the backend's t0
 	ud uint64
+	// target is the op a linked timeout bounds (0: a plain timeout).
+	target uint64
 }
 
 // epChain is the rest of a link chain waiting for an asynchronous op.
@@ -160,6 +166,9 @@ type epollBackend struct {
 	accFds []int32   // listeners an accept was armed on
 	timers []epTimer // min-heap by deadline
 	chains []epChain
+	// linked holds the targets of armed linked timeouts, so a completion
+	// finds its timeout without scanning the timers.
+	linked map[uint64]struct{}
 
 	bufMem   region
 	bufSize  uint32
@@ -492,6 +501,9 @@ func (b *epollBackend) emit(ud uint64, res int32, flags uint32) {
 // rest of a link chain waiting for it.
 func (b *epollBackend) complete(ud uint64, res int32) {
 	b.emit(ud, res, 0)
+	if len(b.linked) > 0 {
+		b.disarmLinked(ud)
+	}
 	if len(b.chains) == 0 {
 		return
 	}
@@ -569,30 +581,72 @@ func (b *epollBackend) lookup(ud uint64) (int32, *epPend) {
 
 // applyOps applies staged ops in order, honouring opFLink: when a linked
 // op fails the rest of its chain completes with -ECANCELED, and when it
-// goes asynchronous the rest waits for its completion.
+// goes asynchronous the rest waits for its completion. A linked timeout
+// is armed together with the op it follows.
 func (b *epollBackend) applyOps(ops []sqOp) {
 	for i := 0; i < len(ops); i++ {
 		op := &ops[i]
-		pending, res := b.apply(op)
-		if op.flags&opFLink == 0 {
+		if op.code == opLinkTimeout {
+			// Not behind a linked op: io_uring refuses it the same way.
+			b.done(op.ud, -int32(unix.EINVAL))
 			continue
 		}
-		j := i + 1
+		start, linked := i+1, op.flags&opFLink != 0
+		if linked && start < len(ops) && ops[start].code == opLinkTimeout {
+			// Armed before the op runs, so an op that completes at once
+			// finds it and cancels it.
+			lt := &ops[start]
+			b.armLinked(lt, op.ud)
+			start, linked = start+1, lt.flags&opFLink != 0
+		}
+		pending, res := b.apply(op)
+		i = start - 1
+		if !linked {
+			continue
+		}
+		j := start
 		for j < len(ops) && ops[j-1].flags&opFLink != 0 {
 			j++
 		}
-		if j == i+1 {
+		if j == start {
 			continue
 		}
 		switch {
 		case pending:
-			b.chains = append(b.chains, epChain{after: op.ud, ops: append([]sqOp(nil), ops[i+1:j]...)})
+			b.chains = append(b.chains, epChain{after: op.ud, ops: append([]sqOp(nil), ops[start:j]...)})
 			i = j - 1
 		case res < 0:
-			for k := i + 1; k < j; k++ {
+			for k := start; k < j; k++ {
 				b.emit(ops[k].ud, -int32(unix.ECANCELED), 0)
 			}
 			i = j - 1
+		}
+	}
+}
+
+// armLinked arms the linked timeout lt on the op target.
+func (b *epollBackend) armLinked(lt *sqOp, target uint64) {
+	ts := (*[2]int64)(rawPtr(lt.addr))
+	if b.linked == nil {
+		b.linked = make(map[uint64]struct{})
+	}
+	b.linked[target] = struct{}{}
+	b.pushTimer(epTimer{at: b.now() + ts[0]*int64(time.Second) + ts[1], ud: lt.ud, target: target})
+}
+
+// disarmLinked drops the linked timeout of target, which has completed:
+// the timeout completes with -ECANCELED.
+func (b *epollBackend) disarmLinked(target uint64) {
+	if _, ok := b.linked[target]; !ok {
+		return
+	}
+	delete(b.linked, target)
+	for i := range b.timers {
+		if b.timers[i].target == target {
+			ud := b.timers[i].ud
+			b.removeTimer(i)
+			b.complete(ud, -int32(unix.ECANCELED))
+			return
 		}
 	}
 }
@@ -705,16 +759,27 @@ func rawPtr(addr uint64) unsafe.Pointer { return unsafe.Add(unsafe.Pointer(nil),
 // cancel finds the target by user_data among armed ops, timers and held
 // link chains.
 func (b *epollBackend) cancel(op *sqOp) (bool, int32) {
-	target := op.addr
+	if b.cancelTarget(op.addr) {
+		return b.done(op.ud, 0)
+	}
+	return b.done(op.ud, -int32(unix.ENOENT))
+}
+
+// cancelTarget completes the op target with -ECANCELED wherever it waits
+// and reports whether it found it.
+func (b *epollBackend) cancelTarget(target uint64) bool {
 	if fd, p := b.lookup(target); p != nil {
 		b.finish(fd, p, -int32(unix.ECANCELED))
-		return b.done(op.ud, 0)
+		return true
 	}
 	for i := range b.timers {
 		if b.timers[i].ud == target {
+			if lt := b.timers[i].target; lt != 0 {
+				delete(b.linked, lt) // its op runs on without a timeout
+			}
 			b.removeTimer(i)
 			b.complete(target, -int32(unix.ECANCELED))
-			return b.done(op.ud, 0)
+			return true
 		}
 	}
 	for i := range b.chains {
@@ -730,10 +795,10 @@ func (b *epollBackend) cancel(op *sqOp) (bool, int32) {
 			if c.ops = c.ops[:k]; len(c.ops) == 0 {
 				b.chains = append(b.chains[:i], b.chains[i+1:]...)
 			}
-			return b.done(op.ud, 0)
+			return true
 		}
 	}
-	return b.done(op.ud, -int32(unix.ENOENT))
+	return false
 }
 
 func (b *epollBackend) doAccept(fd int32) {
@@ -1007,9 +1072,17 @@ func (b *epollBackend) expireTimers() {
 	}
 	now := b.now()
 	for len(b.timers) > 0 && b.timers[0].at <= now {
-		ud := b.timers[0].ud
+		t := b.timers[0]
 		b.removeTimer(0)
-		b.complete(ud, -int32(unix.ETIME))
+		if t.target != 0 {
+			// A linked timeout: it completes with ETIME and its op is
+			// cancelled.
+			delete(b.linked, t.target)
+			b.complete(t.ud, -int32(unix.ETIME))
+			b.cancelTarget(t.target)
+			continue
+		}
+		b.complete(t.ud, -int32(unix.ETIME))
 	}
 }
 

@@ -50,7 +50,7 @@ var compiledOutNames = []struct {
 //lint:ignore U1000 used by uring_select.go; builds without io_uring have no use for it
 var uringOpNames = map[int]string{opAcceptMulti: "ACCEPT", opRecvMulti: "RECV", opSend: "SEND", opSendmsg: "SENDMSG",
 	opCancel: "ASYNC_CANCEL", opClose: "CLOSE", opFilesUpdate: "FILES_UPDATE", opRead: "READ",
-	opShutdown: "SHUTDOWN", opConnect: "CONNECT", opTimeout: "TIMEOUT"}
+	opShutdown: "SHUTDOWN", opConnect: "CONNECT", opTimeout: "TIMEOUT", opLinkTimeout: "LINK_TIMEOUT"}
 
 // uringRequiredOps are the operations the io_uring backend cannot run
 // without; the others are used by features that degrade or come later.

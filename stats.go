@@ -16,6 +16,7 @@ type counters struct {
 	zcSends, zcCopied            uint64
 	zcFallbacks                  uint64
 	forwarded, forwardCopies     uint64
+	connects, connectErrors      uint64
 }
 
 // publishedCounters are the same, copied once per loop iteration so other
@@ -27,6 +28,7 @@ type publishedCounters struct {
 	drainTimeouts, sendQueueFull                                  atomic.Uint64
 	bytesCopied, sendWaits, zcSends, zcCopied, zcFallbacks        atomic.Uint64
 	forwarded, forwardCopies                                      atomic.Uint64
+	connects, connectErrors                                       atomic.Uint64
 	cgoCalls, enters                                              atomic.Uint64
 	poolInUse                                                     atomic.Uint64
 	// stalls is written by the watchdog goroutine, not by publish.
@@ -58,6 +60,8 @@ func (w *worker) publish() {
 	p.zcFallbacks.Store(s.zcFallbacks)
 	p.forwarded.Store(s.forwarded)
 	p.forwardCopies.Store(s.forwardCopies)
+	p.connects.Store(s.connects)
+	p.connectErrors.Store(s.connectErrors)
 	p.poolInUse.Store(uint64(w.pool.inUse()))
 	p.cgoCalls.Store(w.be.cgoCalls())
 	p.enters.Store(w.be.enters())
@@ -71,6 +75,12 @@ type WorkerStats struct {
 	// Accepted and Closed count connections; Rejected counts accepts
 	// refused because MaxConnections was reached.
 	Accepted, Rejected, Closed uint64
+	// Connected counts outbound connections established (Connect);
+	// ConnectErrors counts connects that failed (refused, timed out,
+	// cancelled, or refused before starting: ErrConnLimit, no fds).
+	// Closed counts established connections of both kinds, so
+	// Accepted+Connected-Closed is how many are open.
+	Connected, ConnectErrors uint64
 	// BytesIn and BytesOut count payload bytes received and sent.
 	BytesIn, BytesOut uint64
 	// LoopIterations counts backend enters made by the loop; TaskResumes
@@ -141,6 +151,7 @@ func (rt *Runtime) Stats() []WorkerStats {
 		p := &w.pub
 		out[i] = WorkerStats{Worker: i,
 			Accepted: p.accepted.Load(), Rejected: p.rejected.Load(), Closed: p.closed.Load(),
+			Connected: p.connects.Load(), ConnectErrors: p.connectErrors.Load(),
 			BytesIn: p.bytesIn.Load(), BytesOut: p.bytesOut.Load(),
 			LoopIterations: p.loops.Load(), TaskResumes: p.resumes.Load(),
 			CgoCalls: p.cgoCalls.Load(), RingEnters: p.enters.Load(),
@@ -163,6 +174,8 @@ func Total(stats []WorkerStats) WorkerStats {
 		t.Accepted += s.Accepted
 		t.Rejected += s.Rejected
 		t.Closed += s.Closed
+		t.Connected += s.Connected
+		t.ConnectErrors += s.ConnectErrors
 		t.BytesIn += s.BytesIn
 		t.BytesOut += s.BytesOut
 		t.LoopIterations += s.LoopIterations

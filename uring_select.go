@@ -40,6 +40,10 @@ var (
 	_ [C.RL_SEND_ZC_REPORT_USAGE - zcReportUsage]struct{}
 	_ [zcUsageCopied - C.RL_NOTIF_USAGE_ZC_COPIED]struct{}
 	_ [C.RL_NOTIF_USAGE_ZC_COPIED - zcUsageCopied]struct{}
+	_ [opConnect - C.RL_OP_CONNECT]struct{}
+	_ [C.RL_OP_CONNECT - opConnect]struct{}
+	_ [opLinkTimeout - C.RL_OP_LINK_TIMEOUT]struct{}
+	_ [C.RL_OP_LINK_TIMEOUT - opLinkTimeout]struct{}
 )
 
 func newURing(bc backendConfig) (backend, error) {

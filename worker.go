@@ -21,7 +21,10 @@ type worker struct {
 	be      backend
 	det     detacher
 	handler AsyncEventHandler
-	lfd     int // listener, -1 when none
+	lfd     int  // listener, -1 when none
+	lunix   bool // the listener is a Unix socket (no TCP options on what it accepts)
+	// shutdown is the runtime's Shutdown, for TaskCtx.RequestShutdown.
+	shutdown func()
 	// exitReady is Launch's setup channel, for a factory that Goexits.
 	exitReady chan<- error
 
@@ -375,6 +378,12 @@ func (w *worker) complete(e *cqEntry) {
 		w.onRecvCQE(cn, e)
 	case udSend, udSendZC:
 		w.onSendCQE(cn, e)
+	case udConnect, udLinkTimeout:
+		w.onConnectCQE(cn, kind, e.res)
+	case udShutdown:
+		// A failed half-close (ENOTCONN after a reset) changes nothing:
+		// the receive side reports the reset.
+		cn.pending--
 	case udCancel, udFilesUpdate:
 		cn.pending--
 		if kind == udFilesUpdate && e.res < 0 {
@@ -479,6 +488,8 @@ func (w *worker) onSendCQE(cn *conn, e *cqEntry) {
 		cn.startSend()
 	} else if cn.closeWanted && cn.sendIdle() {
 		cn.startClose()
+	} else if cn.shutWr {
+		cn.maybeShutdownWrite()
 	}
 	cn.task.wake(waitSend)
 	if len(cn.sendWaiters) > 0 {
@@ -508,7 +519,9 @@ func (w *worker) onAccept(e *cqEntry) {
 		return
 	}
 	w.st.accepted++
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	if !w.lunix {
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	}
 	w.openConn(cn, fd, false)
 	c := ConnCtx{w: w, idx: cn.idx, gen: cn.gen}
 	t := w.newTask(cn, func() { w.handler.OnAccept(c) })
@@ -662,7 +675,14 @@ func (w *worker) allocConn() *conn {
 	return cn
 }
 
+// openConn makes a new socket fd the connection in slot cn and starts it.
 func (w *worker) openConn(cn *conn, fd int, outbound bool) {
+	w.initConn(cn, fd, outbound)
+	w.startConn(cn)
+}
+
+// initConn takes slot cn for socket fd (state connOpen).
+func (w *worker) initConn(cn *conn, fd int, outbound bool) {
 	gen, q, held, sb, lq := cn.gen, cn.q[:0], cn.held[:0], cn.builder, cn.lentq[:0]
 	if cap(q) == 0 {
 		// Allocated here, on the worker's stack, not on the task's first
@@ -676,7 +696,12 @@ func (w *worker) openConn(cn *conn, fd int, outbound bool) {
 	cn.rdT = timerNode{kind: tmReadDeadline, conn: cn}
 	cn.wrT = timerNode{kind: tmWriteDeadline, conn: cn}
 	w.live++
-	cn.opFd, cn.opFlags = w.det.attach(cn.idx, int32(fd), cn.gen)
+}
+
+// startConn registers a connected socket (in the fixed-file table where it
+// has room) and arms its receive.
+func (w *worker) startConn(cn *conn) {
+	cn.opFd, cn.opFlags = w.det.attach(cn.idx, cn.fd, cn.gen)
 	if cn.opFlags&opFFixed != 0 {
 		cn.pending++ // the FILES_UPDATE completion
 	}
@@ -737,7 +762,7 @@ func (w *worker) teardown() {
 		// Only sockets whose close was never staged: a staged close has
 		// been submitted by the last enter, and closing its number again
 		// could close an fd another worker just got.
-		if cn.state == connOpen && cn.fd >= 0 {
+		if (cn.state == connOpen || cn.state == connConnecting) && cn.fd >= 0 {
 			unix.Close(int(cn.fd))
 			cn.fd = -1
 		}

@@ -192,6 +192,10 @@ static void prep_one(struct io_uring_sqe *sqe, const struct rl_op *op)
 		io_uring_prep_sendmsg_zc(sqe, op->fd, (const struct msghdr *)(uintptr_t)op->addr, MSG_NOSIGNAL);
 		sqe->ioprio = (__u16)op->aux; /* the zero-copy flags, as io_uring_prep_send_zc sets them */
 		break;
+	case RL_OP_LINK_TIMEOUT:
+		/* The kernel copies the timespec at submission. */
+		io_uring_prep_link_timeout(sqe, (struct __kernel_timespec *)(uintptr_t)op->addr, 0);
+		break;
 	default:
 		io_uring_prep_nop(sqe);
 		break;
@@ -451,6 +455,7 @@ int rl_kernel_opcode(int which)
 	case RL_OP_SOCKET: return IORING_OP_SOCKET;
 	case RL_OP_SEND_ZC: return IORING_OP_SEND_ZC;
 	case RL_OP_SENDMSG_ZC: return IORING_OP_SENDMSG_ZC;
+	case RL_OP_LINK_TIMEOUT: return IORING_OP_LINK_TIMEOUT;
 	}
 	return -1;
 }

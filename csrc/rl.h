@@ -30,6 +30,11 @@ enum {
 	RL_OP_SOCKET = 13,      /* fd = domain, len = type, aux = protocol */
 	RL_OP_SEND_ZC = 14,     /* fd, addr/len, aux = IORING_SEND_ZC_* flags */
 	RL_OP_SENDMSG_ZC = 15,  /* fd, addr = struct msghdr*, aux = IORING_SEND_ZC_* flags */
+	/* Bounds the op before it (which carries RL_F_LINK) by the timespec
+	 * at addr: on expiry that op is cancelled (-ECANCELED) and this one
+	 * completes with -ETIME; otherwise this one completes -ECANCELED.
+	 * 14..19 are left to the send ops added alongside it. */
+	RL_OP_LINK_TIMEOUT = 20, /* addr = struct __kernel_timespec* */
 };
 
 /* Zero-copy sends (RL_OP_SEND_ZC, RL_OP_SENDMSG_ZC) complete twice when

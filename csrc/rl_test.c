@@ -203,6 +203,14 @@ static void test_batch_wait(void)
 	}
 	if (!rl_has_min_timeout(r)) {
 		rl_ring_free(r);
+		if (rl_compiled_out() & RL_OUT_MIN_TIMEOUT) {
+			/* This build's liburing (< 2.8) leaves batch waits out:
+			 * nothing the kernel did, so never a failure. */
+			printf("SKIP test_batch_wait: built against liburing %d.%d, which lacks min-timeout waits\n",
+			       rl_liburing_version() / 100, rl_liburing_version() % 100);
+			skipped++;
+			return;
+		}
 		skip("test_batch_wait", "the kernel lacks IORING_FEAT_MIN_TIMEOUT (6.12+)"); /* a FAIL when required */
 		return;
 	}
