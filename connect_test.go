@@ -40,7 +40,6 @@ func clientRuntime(t *testing.T, cfg Config, h AsyncEventHandler) *Runtime {
 	return rt
 }
 
-
 // inTask runs f as a new task on worker w of rt and returns what it
 // returns. f must not stop the test (no require/t.Fatal: it runs on the
 // worker); it reports through its error.
