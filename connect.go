@@ -122,11 +122,11 @@ func (c ConnCtx) ConnectUnix(path string) (ConnectFuture, error) {
 }
 
 // RequestShutdown asks the runtime to shut down gracefully, exactly as
-// Runtime.Shutdown does: listeners close, every worker closes its
-// connections (their tasks see WithData return 0 and Err ErrShutdown) and
-// stops the tasks that have not returned within Config.ShutdownTimeout.
-// It returns at once; the calling task keeps running until it returns or
-// suspends (it is stopped like the others). It must be called on the
+// Runtime.Shutdown does: listeners close, every task is told (receives
+// return 0 and Err says ErrShutdown; the first Sleep, Select or Await of a
+// pending connect returns ErrShutdown) and tasks that have not returned
+// within Config.ShutdownTimeout are stopped. It returns at once; the
+// calling task keeps running and is told like the others. It must be called on the
 // worker (a task, or the handler factory): elsewhere it does nothing and
 // returns ErrNotInWorker.
 func (t TaskCtx) RequestShutdown() error {
@@ -352,6 +352,11 @@ func (f ConnectFuture) Await() (ConnCtx, error) {
 			return ConnCtx{}, ErrNotOwner
 		}
 		if cn.state == connConnecting {
+			if t.tellStop() {
+				// Shutdown: the connect is abandoned (cancelled when the
+				// task ends and its connections close).
+				return ConnCtx{}, ErrShutdown
+			}
 			t.suspend(waitConn)
 			continue
 		}
