@@ -7,6 +7,9 @@ export CGO_ENABLED ?= 1
 # The tests fail, rather than skip io_uring, when it is compiled in but
 # cannot run here. On a host without io_uring: make test RINGLINE_REQUIRE_IOURING=0
 export RINGLINE_REQUIRE_IOURING ?= 1
+# The proxy example's test runs redis-benchmark through it to redis-server:
+# make installs them (redis-tools, redis-server) and requires them.
+export RINGLINE_REQUIRE_REDIS ?= 1
 STATICCHECK := $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 # go does not see changes to files under csrc/ (cgo hashes only the
@@ -20,7 +23,7 @@ export CGO_CPPFLAGS := $(strip $(CGO_CPPFLAGS) -DRINGLINE_CSRC=$(CSRC_HASH))
 TEST_LDFLAGS := -ldflags='-s=false -w=false'
 
 .PHONY: all build run test test-c test-go test-race test-epoll test-nocgo test-debug test-consumer \
-	vet vet-arm64 lint bench clean distro-liburing run-cache test-cache bench-cache redis-tools \
+	vet vet-arm64 lint bench bench-connect bench-proxy clean distro-liburing run-cache test-cache bench-cache redis \
 	test-nettest bench-tls openssl
 
 all: build
@@ -31,6 +34,8 @@ $(LIBURING): vendor_liburing.sh cmd/ringline-liburing/vendor_liburing.sh
 build: $(LIBURING)
 	$(GO) build ./...
 	$(GO) build -o bin/echo ./examples/echo
+	$(GO) build -o bin/proxy ./examples/proxy
+	$(GO) build -o bin/loadgen ./examples/loadgen
 
 run: build
 	./bin/echo
@@ -86,6 +91,21 @@ openssl:
 	  fi; \
 	fi
 
+# redis-server, redis-benchmark and redis-cli (Debian's redis-server and
+# redis-tools) for the proxy example's test (TestProxyRedis) and the
+# cache's client tests and benchmark: installed with apt-get when missing,
+# like liburing-dev.
+redis:
+	@if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing redis-server and redis-tools"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null; \
+	  elif [ "$(RINGLINE_REQUIRE_REDIS)" = 1 ]; then \
+	    echo "make: redis-server/redis-benchmark are missing: install redis-server and redis-tools, or run with RINGLINE_REQUIRE_REDIS=0"; exit 1; \
+	  fi; \
+	fi
+
 csrc/rl_test: csrc/rl_test.c csrc/*.c csrc/*.h $(LIBURING)
 	$(CC) -O2 -Wall -Icsrc -Ithird_party/liburing/install/include -o $@ csrc/rl_test.c csrc/rl.c $(LIBURING)
 
@@ -114,18 +134,18 @@ vet-arm64:
 	  GOARCH=arm64 CGO_ENABLED=1 CC=$(AARCH64_CC) $(GO) build . ; \
 	else echo "SKIP arm64 cgo vet/build: no $(AARCH64_CC) (apt-get install gcc-aarch64-linux-gnu)"; fi
 
-test-go: $(LIBURING) | openssl
+test-go: $(LIBURING) | redis openssl
 	$(GO) test $(TEST_LDFLAGS) -count=1 -timeout 10m ./...
 
-test-race: $(LIBURING) | openssl
+test-race: $(LIBURING) | redis openssl
 	$(GO) test $(TEST_LDFLAGS) -race -count=1 -timeout 10m ./...
 
 # io_uring and all cgo compiled out: Auto runs on epoll, IOUring is refused.
-test-epoll: | openssl
+test-epoll: | redis openssl
 	$(GO) build -tags ringline_epoll ./...
 	$(GO) test -tags ringline_epoll -count=1 -timeout 10m ./...
 
-test-nocgo: | openssl
+test-nocgo: | redis openssl
 	CGO_ENABLED=0 $(GO) build ./...
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m ./...
 
@@ -152,11 +172,19 @@ test-consumer: $(LIBURING) | distro-liburing
 # The figures in docs/BENCHMARKS.md (a few minutes; not part of make test).
 # The gnet peer is built from the bench/ module, which keeps gnet out of
 # ringline's own module graph.
-bench: $(LIBURING)
+bench: $(LIBURING) bin/cepoll
 	cd bench && $(GO) build -o ../bin/gnetecho ./gnetecho
 	RINGLINE_BENCH_GNET=$(CURDIR)/bin/gnetecho $(GO) test -run '^$$' -bench PipelinedEcho -benchtime 200000x .
 	RINGLINE_BENCH_GNET=$(CURDIR)/bin/gnetecho $(GO) test -run '^$$' -bench PingPongLatency -benchtime 20000x .
 	$(GO) test -run '^$$' -bench IdleConnRSS -benchtime 1x .
+	RINGLINE_BENCH_GNET=$(CURDIR)/bin/gnetecho RINGLINE_BENCH_CEPOLL=$(CURDIR)/bin/cepoll \
+	  $(GO) test -run '^$$' -bench LargeEcho -benchtime 50000x .
+	$(GO) test -run '^$$' -bench ZeroCopySend -benchtime 20000x .
+
+# The plain-C epoll echo server the epoll backend is measured against.
+bin/cepoll: bench/cepoll/cepoll.c
+	@mkdir -p bin
+	$(CC) -O2 -Wall -o $@ bench/cepoll/cepoll.c
 
 # The TLS figures (docs/BENCHMARKS.md, TLS): echo at 64 B pipelined and at
 # 16 KiB, and full handshakes, against Go's net + crypto/tls.
@@ -171,20 +199,11 @@ run-cache: $(LIBURING)
 	$(GO) build -o bin/cache ./examples/cache
 	./bin/cache
 
-# redis-cli, redis-benchmark and redis-server (Debian's redis-tools and
-# redis-server packages) drive the cache's client tests and its benchmark.
-redis-tools:
-	@if ! command -v redis-cli >/dev/null || ! command -v redis-benchmark >/dev/null || \
-	    ! command -v redis-server >/dev/null; then \
-	  echo "installing redis-tools and redis-server (Debian packages)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools redis-server; \
-	fi
-
 # The cache's tests with real redis programs (the redistools tag) and the
 # go-redis interop tests of the bench module (a module of its own, so
 # go-redis and redcon stay out of ringline's module graph). The parser's
 # fuzz corpus runs in every plain go test above.
-test-cache: $(LIBURING) redis-tools
+test-cache: $(LIBURING) | redis
 	$(GO) vet -tags redistools ./examples/cache/...
 	$(GO) test -tags redistools -count=1 -timeout 5m -run 'RedisCLI|RedisBenchmark|Differential' ./examples/cache/server
 	cd bench && $(GO) vet ./cache/... && $(GO) test -count=1 -timeout 5m ./cache/...
@@ -193,10 +212,21 @@ test-cache: $(LIBURING) redis-tools
 # redcon peer under redis-benchmark, pinned with taskset (minutes; not part
 # of make test). BENCH_CACHE_FLAGS=-h lists what can change.
 BENCH_CACHE_FLAGS ?= -n 2000000
-bench-cache: $(LIBURING) redis-tools
+bench-cache: $(LIBURING) | redis
 	$(GO) build -o bin/cache ./examples/cache
 	cd bench && $(GO) build -o ../bin/cache-redcon ./cache/redcon && $(GO) build -o ../bin/benchcache ./cache/cmd/benchcache
 	./bin/benchcache $(BENCH_CACHE_FLAGS)
+
+# Issue 8's figures (docs/BENCHMARKS.md §5; not part of make test):
+# outbound connects per second against net.Dial, socket creation, a shared
+# Unix listener; and the proxy against Go net and gnet proxies.
+bench-connect: $(LIBURING)
+	$(GO) test -run '^$$' -bench 'Connect$$' -benchtime 20000x .
+	$(GO) test -run '^$$' -bench SocketCreate .
+	$(GO) test -run '^$$' -bench UnixListener -benchtime 20000x .
+
+bench-proxy: $(LIBURING)
+	$(GO) test -run '^$$' -bench 'Proxy$$' -benchtime 1000000x -timeout 30m .
 
 clean:
 	rm -rf bin csrc/rl_test csrc/rl_test_distro

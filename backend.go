@@ -47,6 +47,14 @@ const (
 	opShutdown    = 10 // fd, aux = how
 	opConnect     = 11 // fd, addr = *sockaddr, len = addrlen
 	opTimeout     = 12 // addr = *timespec
+	opSendZC      = 14 // fd, addr/len, aux = zero-copy flags (zcReportUsage); io_uring only
+	opSendmsgZC   = 15 // fd, addr = *msghdr, aux = zero-copy flags; io_uring only
+	// opLinkTimeout bounds the op staged just before it, which carries
+	// opFLink: when the time (addr = *timespec) passes first, that op
+	// completes with -ECANCELED and this one with -ETIME; otherwise this
+	// one completes with -ECANCELED. io_uring's IORING_OP_LINK_TIMEOUT, so
+	// a timed op costs no extra enter; epoll emulates it.
+	opLinkTimeout = 20
 )
 
 // Op flags; shared with csrc/rl.h.
@@ -59,8 +67,16 @@ const (
 // through untouched and the epoll backend synthesises the same.
 const (
 	cqeFBuffer     = 1 << 0 // upper 16 bits carry a provided buffer id
-	cqeFMore       = 1 << 1 // the multishot op stays armed
+	cqeFMore       = 1 << 1 // the multishot op stays armed; on a zero-copy send, a notification follows
+	cqeFNotif      = 1 << 3 // a zero-copy send's notification: the kernel no longer reads its memory
 	cqeBufferShift = 16
+)
+
+// Zero-copy send flags and notification results, the kernel's values
+// (checked against csrc/rl.h in uring_select.go).
+const (
+	zcReportUsage = 1 << 3  // IORING_SEND_ZC_REPORT_USAGE: the notification says whether the kernel copied
+	zcUsageCopied = 1 << 31 // IORING_NOTIF_USAGE_ZC_COPIED, in a notification's res
 )
 
 // sqOp is one staged operation. Layout matches struct rl_op.
@@ -156,6 +172,12 @@ const (
 	udFilesUpdate
 	udWake
 	udShutdown
+	// udSendZC is a zero-copy send; its payload is the low 16 bits of the
+	// connection's zero-copy sequence number, and its notification
+	// completes with the same user_data.
+	udSendZC
+	udConnect     // an outbound connection's connect
+	udLinkTimeout // the timeout linked to that connect
 )
 
 // packUD keeps the low 16 bits of the generation: a completion is never

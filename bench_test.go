@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -313,18 +314,33 @@ func echoNowaitTask(c ConnCtx) {
 }
 
 func benchLaunchEcho(b *testing.B, be Backend, h func(ConnCtx)) *Runtime {
-	return benchLaunchEchoTLS(b, be, h, nil)
+	return benchLaunchSpec(b, benchServerSpec{be: be, h: h})
 }
 
-// benchLaunchEchoTLS is benchLaunchEcho serving TLS when tc is set.
-func benchLaunchEchoTLS(b *testing.B, be Backend, h func(ConnCtx), tc *tls.Config) *Runtime {
+// benchLaunchSpec starts ringline as s says (backend, task, Config
+// changes, bind address).
+func benchLaunchSpec(b *testing.B, s benchServerSpec) *Runtime {
 	b.Helper()
 	// One worker; every other field at its default, as in examples/echo.
 	// RINGLINE_BENCH_BATCHWAIT (a duration) sets Config.BatchWait.
 	bw, _ := time.ParseDuration(os.Getenv("RINGLINE_BENCH_BATCHWAIT"))
 	// RINGLINE_BENCH_PLAINFDS=1 skips the fixed-file table (to measure it).
-	cfg := Config{Workers: 1, Backend: be, BatchWait: bw, plainFDs: os.Getenv("RINGLINE_BENCH_PLAINFDS") == "1", TLS: tc}
-	rt, err := New(cfg).Bind("127.0.0.1:0").
+	cfg := Config{Workers: 1, Backend: s.be, BatchWait: bw, plainFDs: os.Getenv("RINGLINE_BENCH_PLAINFDS") == "1"}
+	// Warnings and errors only: an informational line (a worker turning
+	// zero copy off) printed mid-row would break the benchmark's output.
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if s.tls {
+		cfg.TLS = benchTLSServer(true)
+	}
+	if s.cfg != nil {
+		s.cfg(&cfg)
+	}
+	bind := "127.0.0.1:0"
+	if s.bind != "" {
+		bind = s.bind
+	}
+	h := s.h
+	rt, err := New(cfg).Bind(bind).
 		Launch(func(int) AsyncEventHandler { return handlerFunc(h) })
 	if err != nil {
 		b.Fatal(err)
@@ -397,6 +413,17 @@ func benchReportCounters(b *testing.B, d WorkerStats, msgs int) {
 	b.ReportMetric(float64(d.CgoCalls)/m, "cgo-calls/msg")
 	b.ReportMetric(float64(d.RingEnters)/m, "ring-enters/msg")
 	b.ReportMetric(float64(d.LoopIterations)/m, "loops/msg")
+	b.ReportMetric(float64(d.BytesCopied)/m, "bytes-copied/msg")
+	if d.ENOBUFS > 0 {
+		b.ReportMetric(float64(d.ENOBUFS)/m, "enobufs/msg")
+	}
+	if d.ZeroCopySends > 0 {
+		b.ReportMetric(float64(d.ZeroCopySends)/m, "zc-sends/msg")
+	}
+	if d.ForwardedBuffers+d.ForwardCopies > 0 {
+		b.ReportMetric(float64(d.ForwardedBuffers)/m, "fwd-bufs/msg")
+		b.ReportMetric(float64(d.ForwardCopies)/m, "fwd-copies/msg")
+	}
 }
 
 func benchStatsDelta(a, z WorkerStats) WorkerStats {
@@ -405,6 +432,9 @@ func benchStatsDelta(a, z WorkerStats) WorkerStats {
 		LoopIterations: z.LoopIterations - a.LoopIterations, TaskResumes: z.TaskResumes - a.TaskResumes,
 		BytesIn: z.BytesIn - a.BytesIn, BytesOut: z.BytesOut - a.BytesOut, ENOBUFS: z.ENOBUFS - a.ENOBUFS,
 		SendPoolExhausted: z.SendPoolExhausted - a.SendPoolExhausted,
+		BytesCopied:       z.BytesCopied - a.BytesCopied, ZeroCopySends: z.ZeroCopySends - a.ZeroCopySends,
+		ZeroCopyCopied: z.ZeroCopyCopied - a.ZeroCopyCopied, ForwardedBuffers: z.ForwardedBuffers - a.ForwardedBuffers,
+		ForwardCopies: z.ForwardCopies - a.ForwardCopies,
 	}
 }
 
@@ -514,6 +544,7 @@ const (
 	peerRingline benchPeer = iota
 	peerGnet               // gnet/v2, one event loop
 	peerGoNet              // Go net, goroutine per connection, GOMAXPROCS=1
+	peerCEpoll             // bench/cepoll, plain C, one thread
 )
 
 // benchServerSpec is a server the subprocess-client benchmarks run: ringline
@@ -523,6 +554,13 @@ type benchServerSpec struct {
 	peer benchPeer
 	be   Backend
 	h    func(ConnCtx)
+	// ringline only: Config changes, and the address to bind (default
+	// 127.0.0.1:0).
+	cfg  func(*Config)
+	bind string
+	// netns runs the load client in that network namespace (a veth
+	// peer: benchVeth).
+	netns string
 	tls  bool // serve TLS 1.3 (ringline and Go net only)
 }
 
@@ -548,8 +586,11 @@ func benchStartServer(b *testing.B, s benchServerSpec) (srv benchServer, undo fu
 	case peerGnet:
 		g := benchStartGnet(b)
 		srv.addr, srv.pid, srv.usage = g.addr, g.cmd.Process.Pid, g.usage
+	case peerCEpoll:
+		g := benchStartCEpoll(b)
+		srv.addr, srv.pid, srv.usage = g.addr, g.cmd.Process.Pid, g.usage
 	default:
-		srv.rt = benchLaunchEchoTLS(b, s.be, s.h, benchTLSServer(s.tls))
+		srv.rt = benchLaunchSpec(b, s)
 		srv.addr = srv.rt.Addr().String()
 	}
 	return srv, undo
@@ -710,7 +751,16 @@ type benchChild struct {
 }
 
 func benchStartChild(b *testing.B, role, args string, limit time.Duration) *benchChild {
+	return benchStartChildIn(b, "", role, args, limit)
+}
+
+// benchStartChildIn is benchStartChild in network namespace netns ("" for
+// this one).
+func benchStartChildIn(b *testing.B, netns, role, args string, limit time.Duration) *benchChild {
 	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
+	if netns != "" {
+		cmd = exec.Command("ip", "netns", "exec", netns, os.Args[0], "-test.run=^$", "-test.bench=^$")
+	}
 	cmd.Env = append(os.Environ(), benchRoleEnv+"="+role, benchArgsEnv+"="+args)
 	stdin, lines := benchSpawn(b, cmd)
 	ch := &benchChild{cmd: cmd, stdin: stdin, lines: lines}
@@ -760,7 +810,7 @@ func benchPipelinedSubproc(b *testing.B, s benchServerSpec, l benchPipeLoad) {
 	srv, undo := benchStartServer(b, s)
 	defer undo()
 
-	ch := benchStartChild(b, "pipeclient",
+	ch := benchStartChildIn(b, s.netns, "pipeclient",
 		fmt.Sprintf("%s %d %d %d %t %d %d %t", srv.addr, l.Conns, l.Depth, l.Size, l.PerMsgWrites, b.N, clientCPU, l.TLS),
 		60*time.Second+time.Duration(b.N)*20*time.Microsecond)
 	defer ch.wait()
@@ -769,8 +819,10 @@ func benchPipelinedSubproc(b *testing.B, s benchServerSpec, l benchPipeLoad) {
 	}
 	perf := benchStartPerf(b, srv.pid)
 	var before WorkerStats
+	var epSys0 uint64
 	if srv.rt != nil {
 		before = benchSettledStats(srv.rt)
+		epSys0 = benchEpollSyscalls(srv.rt)
 	}
 	thr0 := benchThreadTicks(srv.pid) // outside the allocation count
 	u0, err := srv.usage()
@@ -800,6 +852,12 @@ func benchPipelinedSubproc(b *testing.B, s benchServerSpec, l benchPipeLoad) {
 		d := benchStatsDelta(before, benchSettledStats(srv.rt))
 		benchCheckBytes(b, d, l, b.N)
 		benchReportCounters(b, d, b.N)
+		if n := benchEpollSyscalls(srv.rt) - epSys0; n > 0 {
+			// The epoll backend's own syscalls (epoll_wait, reads,
+			// writes, epoll_ctl), without the Go runtime's (futex,
+			// nanosleep) that syscalls/msg includes.
+			b.ReportMetric(float64(n)/float64(b.N), "backend-syscalls/msg")
+		}
 	}
 	b.ReportMetric(float64(b.N)/u0.cpu(u1).Seconds(), "msgs/server-cpu-s")
 	// The split: user time is the server's own code (library, runtime),
@@ -812,6 +870,18 @@ func benchPipelinedSubproc(b *testing.B, s benchServerSpec, l benchPipeLoad) {
 	}
 	benchReportStall(b, stall0, stall1)
 	benchReportOffLoop(b, thr0, thr1)
+}
+
+// benchEpollSyscalls sums the syscalls rt's epoll workers made (0 on
+// io_uring).
+func benchEpollSyscalls(rt *Runtime) uint64 {
+	var n uint64
+	for _, w := range rt.workers {
+		if eb, ok := w.be.(*epollBackend); ok {
+			n += eb.syscalls()
+		}
+	}
+	return n
 }
 
 // benchThreadTicks reads the CPU time (utime+stime, clock ticks) of each

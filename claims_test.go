@@ -563,7 +563,7 @@ func TestEchoExampleSignals(t *testing.T) {
 				}
 				require.NotEmpty(t, rest)
 				assert.Contains(t, rest[0], "shutting down")
-				assert.Equal(t, "echo: stopped; accepted 1, closed 1, bytes in 5000 out 5000", rest[len(rest)-1])
+				assert.Equal(t, "echo: stopped; accepted 1, closed 1, bytes in 5000 out 5000, copied into the send pool 5000, buffers forwarded 0", rest[len(rest)-1])
 				// Shutdown closed the connection: the client sees EOF.
 				_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 				n, err := c.Read(make([]byte, 1))

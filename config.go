@@ -53,6 +53,25 @@ type Config struct {
 	// to MaxRecvAccumulator (within the pool), so echoing everything a
 	// parse was shown always fits.
 	MaxSendQueue int
+	// SendZCThreshold (io_uring only) is the smallest send, in bytes,
+	// that goes out zero-copy (IORING_OP_SEND_ZC/SENDMSG_ZC): the kernel
+	// reads the queued memory (pool slots, SendBuilder.Ref parts,
+	// forwarded buffers) in place instead of copying it, and ringline
+	// releases that memory only on the kernel's notification that it is
+	// done. A send is one submission: everything queued on the
+	// connection, up to 32 segments. A worker whose kernel refuses zero
+	// copy, or reports that it copied anyway (always over loopback and
+	// veth, whose receive side copies; devices without scatter-gather),
+	// falls back to copied sends for good and counts it in
+	// WorkerStats.ZeroCopyFallbacks. Default 64 KiB, negative disables
+	// zero copy; ignored on epoll, which always copies. On loopback and
+	// veth (what BenchmarkZeroCopySend measures) zero copy never pays,
+	// since the receiving side copies anyway, so there it only costs the
+	// one send that triggers the fallback; on a NIC it pays only for large
+	// sends (the kernel's MSG_ZEROCOPY guidance: around 10 KB and up), and
+	// its memory stays taken until the peer's acknowledgement, so the
+	// default keeps it to sends large enough to clearly pay.
+	SendZCThreshold int
 	// CloseDrainTimeout bounds how long a closed connection (Close, or
 	// its task returned) may take to hand its queued bytes to a peer that
 	// is not reading them; after it the connection is reset, its pool
@@ -122,6 +141,9 @@ type Config struct {
 	ringFlagMask uint32
 	// plainFDs skips the fixed-file table (benchmarks compare the two).
 	plainFDs bool
+	// zcKeepCopied keeps zero copy on when the kernel reports it copied
+	// (benchmarks and tests measure zero copy over loopback and veth).
+	zcKeepCopied bool
 }
 
 // DefaultConfig returns the defaults Launch fills in.
@@ -168,6 +190,9 @@ func (c *Config) fill() {
 	if c.MaxSendQueue == 0 {
 		pool := c.SendPoolSlots * c.SendSlotSize
 		c.MaxSendQueue = min(max(pool/4, c.MaxRecvAccumulator, c.SendSlotSize), pool)
+	}
+	if c.SendZCThreshold == 0 {
+		c.SendZCThreshold = 64 << 10
 	}
 	if c.CloseDrainTimeout == 0 {
 		c.CloseDrainTimeout = 10 * time.Second

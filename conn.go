@@ -2,6 +2,7 @@ package ringline
 
 import (
 	"net"
+	"net/netip"
 	"os"
 	"syscall"
 	"time"
@@ -18,6 +19,9 @@ const (
 	connOpen
 	connClosing // close ops staged; waiting for their completions
 	connClosed
+	// connConnecting: an outbound connection whose connect is in the
+	// kernel; it becomes connOpen (or closes) when the connect completes.
+	connConnecting
 )
 
 // conn is one connection slot of a worker's slab. Only the worker's
@@ -50,6 +54,8 @@ type conn struct {
 	lent        int32 // provided buffer lent to WithData, or -1
 	lentOff     uint32
 	lentEnd     uint32
+	lentq       []lentBuf // received behind the lent buffer, unread (recv.go)
+	lentqBytes  int
 	acc         []byte // accumulator: acc[accOff:] is unread
 	accOff      int
 	accShared   bool // a retained Bytes may point into acc: never move it
@@ -77,6 +83,34 @@ type conn struct {
 	// sendWaiters are tasks of other connections awaiting this one's
 	// SendFutures; the connection's own task is woken through task.
 	sendWaiters []*task
+	sendUD      uint64 // user_data of the send in flight (what a cancel names)
+	// Zero-copy sends are numbered from 1 (zcSeq is the last issued);
+	// every one up to zcBase is done (notified, or never promised a
+	// notification), and bit i of zcMask says zcBase+1+i is done too.
+	zcSeq, zcBase uint32
+	zcMask        uint64
+	// held are segments already sent whose memory a zero-copy send may
+	// still read, in send order, from heldHead.
+	held     []sendSeg
+	heldHead int
+	refsOut  int          // SendBuilder.Ref parts queued or held
+	fwdBufs  int          // provided buffers queued or held by ForwardRecvBuf
+	builder  *SendBuilder // SendParts' builder, reused
+
+	// Write side shut down (ShutdownWrite): shutWr once asked, shutStaged
+	// once the shutdown op went to the kernel behind the last queued byte.
+	shutWr, shutStaged bool
+
+	// Outbound connect (connect.go): completions still expected (the
+	// connect and its linked timeout), the connect's result, whether the
+	// timeout fired, and where to.
+	connLeft     uint8
+	connected    bool
+	connTimedOut bool
+	connRes      int32
+	connTimeout  time.Duration
+	dialTo       netip.AddrPort
+	dialPath     string
 
 	// tls is the connection's TLS session, nil for plaintext (tls.go).
 	tls *tlsConn
@@ -302,13 +336,15 @@ func (c ConnCtx) Close() {
 //
 // Errors (nothing was queued for any of them):
 //   - ErrSendPoolExhausted: the worker's pool is full. The connection
-//     keeps working; retry after this connection's earlier sends
-//     complete (await the SendFuture of one of them) or after other
-//     connections' sends drain. Awaiting a future of a connection with
-//     nothing queued returns at once, so do not retry in a loop on it.
+//     keeps working. SendWait waits for room instead (first come, first
+//     served across the worker's connections); or retry after this
+//     connection's earlier sends complete (await the SendFuture of one of
+//     them). Awaiting a future of a connection with nothing queued
+//     returns at once, so do not retry in a loop on it.
 //   - ErrSendQueueFull: b would take this connection's queue past
-//     Config.MaxSendQueue (a peer that does not read). Await an earlier
-//     SendFuture, or close the connection.
+//     Config.MaxSendQueue (a peer that does not read). SendWait waits
+//     until it has room; or await an earlier SendFuture, or close the
+//     connection.
 //   - ErrClosed or ErrStale; ErrNotInWorker off the worker; or the
 //     connection's failure (Err), e.g. an error wrapping ECONNRESET.
 func (c ConnCtx) SendNowait(b []byte) error {
@@ -420,7 +456,115 @@ func (cn *conn) sendable() error {
 	if cn.closeWanted || cn.state != connOpen {
 		return ErrClosed
 	}
+	if cn.shutWr {
+		return ErrWriteShutdown
+	}
 	return nil
+}
+
+// ErrWriteShutdown is returned by sends on a connection whose write side
+// was shut down with ShutdownWrite. errors.Is(err, ErrClosed) also holds.
+var ErrWriteShutdown error = writeShutdownError{}
+
+type writeShutdownError struct{}
+
+func (writeShutdownError) Error() string        { return "ringline: write side shut down (ShutdownWrite)" }
+func (writeShutdownError) Is(target error) bool { return target == ErrClosed }
+
+// ShutdownWrite half-closes the connection: once every byte queued before
+// it has been taken by the kernel, a FIN follows them (shutdown(2) with
+// SHUT_WR), so the peer reads all of them and then EOF. The read side
+// stays open: WithData keeps returning what the peer sends until it
+// closes its side. Sends made after ShutdownWrite fail with
+// ErrWriteShutdown; SendFutures of earlier sends resolve as usual. It does
+// not wait. Calling it again does nothing; on a closed or closing
+// connection it returns ErrClosed, on a failed one its failure (Err).
+func (c ConnCtx) ShutdownWrite() error {
+	cn, err := c.own("ShutdownWrite")
+	if err != nil {
+		return err
+	}
+	if cn.shutWr {
+		return nil
+	}
+	if cn.err != nil {
+		return cn.err
+	}
+	if cn.closeWanted || cn.state != connOpen {
+		return ErrClosed
+	}
+	if cn.tls != nil {
+		cn.tls.closeWrite() // close_notify, behind the queued bytes, before the FIN
+	}
+	cn.shutWr = true
+	cn.maybeShutdownWrite()
+	return nil
+}
+
+// maybeShutdownWrite stages the half-close once the send queue is empty;
+// onSendCQE calls it again as sends complete.
+func (cn *conn) maybeShutdownWrite() {
+	if !cn.shutWr || cn.shutStaged || !cn.sendIdle() || cn.state != connOpen || cn.err != nil {
+		return
+	}
+	cn.shutStaged = true
+	cn.pending++
+	cn.w.be.stage(sqOp{code: opShutdown, fd: cn.opFd, flags: cn.opFlags,
+		ud: packUD(udShutdown, cn.idx, cn.gen, 0), aux: unix.SHUT_WR})
+}
+
+// Cancel aborts the connection: it cancels every operation the
+// connection has in the kernel (a pending connect, its receive, a send in
+// flight) and closes it without waiting. A pending connect's
+// ConnectFuture resolves with an error wrapping syscall.ECANCELED; a task
+// suspended in WithData, WithBytes or RecvReady wakes, gets 0 (false), and
+// Err reports an error wrapping syscall.ECANCELED; SendFutures not yet
+// resolved fail with it. Unlike Close it does not drain: queued bytes are
+// dropped, and when any were (or a send was in flight) the socket is
+// reset (SO_LINGER 0) rather than closed with a FIN, so the peer cannot
+// mistake the cut stream for a complete one. Both backends behave alike.
+// Any task of the worker may call it. It returns nil, ErrStale for a stale
+// handle and ErrNotInWorker off the worker; cancelling a connection that
+// is already closing does nothing.
+func (c ConnCtx) Cancel() error {
+	cn, err := c.own("Cancel")
+	if err != nil {
+		return err
+	}
+	cn.abort(errCanceled)
+	return nil
+}
+
+// abort is Cancel: fail with err, cancel what is in the kernel, close.
+func (cn *conn) abort(err error) {
+	if cn.state != connOpen && cn.state != connConnecting {
+		return
+	}
+	cn.fail(err)
+	cn.eof = true
+	cn.closeWanted = true
+	if cn.state == connConnecting {
+		cn.startClose() // cancels the connect; wakes the task
+		return
+	}
+	w := cn.w
+	if !cn.sendIdle() && cn.fd >= 0 {
+		_ = unix.SetsockoptLinger(int(cn.fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	}
+	if cn.draining {
+		cn.draining = false
+		w.timers.remove(&cn.drainT)
+	}
+	if cn.sending {
+		// onSendCQE drops the queue and closes once the kernel has
+		// given the send back.
+		w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: packUD(udSend, cn.idx, cn.gen, 0)})
+		cn.pending++
+		cn.wakeAll()
+		return
+	}
+	cn.dropQueue()
+	cn.startClose()
 }
 
 // The errors a deadline produces: like net.Conn's, they satisfy
@@ -572,7 +716,7 @@ func (cn *conn) drainExpired() {
 		_ = unix.SetsockoptLinger(int(cn.fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 	}
 	if cn.sending {
-		w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: packUD(udSend, cn.idx, cn.gen, 0)})
+		w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: cn.sendUD})
 		cn.pending++
 		return // onSendCQE drops the queue and closes
 	}
@@ -580,12 +724,18 @@ func (cn *conn) drainExpired() {
 	cn.startClose()
 }
 
-// startClose cancels the recv and stages the socket's close.
+// startClose cancels the recv (or a pending connect) and stages the
+// socket's close.
 func (cn *conn) startClose() {
-	if cn.state != connOpen {
+	if cn.state != connOpen && cn.state != connConnecting {
 		return
 	}
 	w := cn.w
+	if cn.state == connConnecting && cn.connLeft > 0 {
+		// The connect goes first; its linked timeout goes with it.
+		w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: packUD(udConnect, cn.idx, cn.gen, 0)})
+		cn.pending++
+	}
 	cn.state = connClosing
 	cn.eof = true
 	if cn.recvArmed {
@@ -603,7 +753,7 @@ func (cn *conn) startClose() {
 
 func (cn *conn) wakeAll() {
 	if cn.task != nil {
-		cn.task.wake(waitRecv | waitSend)
+		cn.task.wake(waitRecv | waitSend | waitConn)
 	}
 	cn.wakeSendWaiters()
 }
@@ -620,16 +770,27 @@ func (cn *conn) wakeSendWaiters() {
 
 // maybeFree returns the slot to the slab once nothing refers to it.
 func (cn *conn) maybeFree() {
-	if cn.state != connClosed || cn.pending != 0 || cn.task != nil {
+	if cn.state != connClosed || cn.pending != 0 {
 		return
 	}
-	w := cn.w
-	if cn.lent >= 0 {
-		w.recycle(uint16(cn.lent))
-		cn.lent = -1
+	if cn.task != nil {
+		// An accepted connection's slot is held until its task returns.
+		// An established outbound one is released once closed, even
+		// while its task runs, so a task that connects and closes again
+		// and again does not pile up slots. Safe: closing woke the task
+		// (wakeAll), and a woken task runs before the loop takes the
+		// close's completion, so no receive of the task still holds cn.
+		// A connect that failed waits for Await to report it.
+		if !cn.outbound || !cn.connected {
+			return
+		}
+		cn.task.dropOwned(cn)
 	}
+	w := cn.w
+	cn.dropLent()
 	cn.wakeSendWaiters()
 	cn.dropQueue()
+	cn.abandonBatch()
 	w.timers.remove(&cn.drainT)
 	w.timers.remove(&cn.rdT)
 	w.timers.remove(&cn.wrT)
@@ -637,7 +798,9 @@ func (cn *conn) maybeFree() {
 		cn.tls.release()
 		cn.tls = nil
 	}
-	w.st.closed++
+	if !cn.outbound || cn.connected {
+		w.st.closed++ // a connect that failed never was a connection
+	}
 	w.live--
 	cn.state = connFree
 	cn.gen++

@@ -25,6 +25,9 @@ func poison(b []byte) {
 
 // recycle gives provided buffer bid back to the backend.
 func (w *worker) recycle(bid uint16) {
+	if w.holdRecycle(bid) {
+		return // forwarded: back to the ring once its sends are done
+	}
 	if debugPoison {
 		poison(w.be.buffer(bid))
 	}

@@ -17,7 +17,9 @@
 // Every connection is a task: the body of [AsyncEventHandler].OnAccept, run
 // as a coroutine (iter.Pull) on its worker's goroutine. A task reads and
 // parses with [ConnCtx.WithData] and replies with [ConnCtx.Send] or
-// [ConnCtx.SendNowait]; when it has to wait (no data yet, a send not taken
+// [ConnCtx.SendNowait] (copies), [ConnCtx.SendParts] (copied and
+// caller-owned parts) or [ConnCtx.ForwardRecvBuf] (the receive buffer
+// itself); when it has to wait (no data yet, a send not taken
 // by the kernel yet) it yields to the worker loop, which resumes it when the
 // completion arrives. One loop iteration hands all the work its tasks
 // staged (sends, re-armed receives) to the kernel in one call (on io_uring:
@@ -68,8 +70,12 @@
 //     until it returns (a [Bytes] from WithBytes may be kept). Build with
 //     -tags ringline_debug while testing handlers: memory ringline takes
 //     back is then poisoned (0xDB), so a slice kept too long shows it.
-//   - [TaskCtx] methods, [Select], [JoinAll], [JoinHandle] and [Timer]
-//     methods, [Mailbox.Recv]: from a task of their worker, like ConnCtx.
+//   - [TaskCtx] methods: in a task of its worker (Spawn also from the handler
+//     factory); off the worker they return [ErrNotInWorker], on the worker
+//     outside a task [ErrNotInTask]. A connection's task gets its TaskCtx
+//     with [ConnCtx.Task]; spawned, posted and start tasks are given one.
+//     [Select], [JoinAll], [JoinHandle], [Timer], [ConnectFuture] methods
+//     and [Mailbox.Recv]: likewise, from a task of their worker.
 //   - [Runtime] methods (Addr, Backend, Features, Workers, Stats, Shutdown,
 //     ShutdownContext, Wait, Done, Post, Send), [Mailbox.Put],
 //     [Mailbox.TryRecv], [Mailbox.Close], [Builder.Launch] and [Probe]: any
@@ -144,6 +150,51 @@
 //     that want it block the worker's thread, and the worker deadlocks.
 //     Never wait on a channel or a sync.WaitGroup in a task; use a Mailbox
 //     or Select.
+//
+// # Outbound connections, Unix sockets and the connection lifecycle
+//
+// A task dials out with [TaskCtx.Connect] (IPv4 or IPv6),
+// [TaskCtx.ConnectWithTimeout] or [TaskCtx.ConnectUnix]; [ConnCtx] has the
+// same three methods, acting for the task that runs them. They return a
+// [ConnectFuture] at once; its Await suspends the task until the kernel
+// has connected and returns a new ConnCtx (IsOutbound reports true) that
+// is everything an accepted one is: the same receive methods, sends,
+// deadlines and PeerAddr, TCP_NODELAY, and a slot in the fixed-file table
+// where it has room. A connect failure is an error wrapping the kernel's
+// (errors.Is(err, syscall.ECONNREFUSED), ENOENT for a missing Unix
+// socket); a timeout satisfies both os.ErrDeadlineExceeded and
+// syscall.ETIMEDOUT. On io_uring the timeout is a linked timeout in the
+// same submission as the connect; the epoll backend gives the same
+// completions from its own timer.
+//
+// Who may use an outbound connection: the task that called Connect owns
+// it. Only that task may await the ConnectFuture and receive on the
+// connection (WithData, WithBytes, TryWithData, RecvReady, the sink and
+// Readable); like any connection, any task of the worker may send on it,
+// close it, cancel it or await its sends, and no other goroutine may touch
+// it. It closes when its owning task ends, like an accepted connection
+// when OnAccept returns (a connect still pending is then cancelled). One
+// task may own several connections: a proxy's task owns its client and the
+// upstream it connected, and waits on both with
+// Select(client.Readable(), upstream.Readable()). An outbound connection
+// that has been closed (Close, Cancel, a failed send) gives its slot back
+// as soon as the kernel is done with it, even while its task runs, so a
+// task may connect and close any number of times; its handle is stale from
+// then on, so read Err as soon as WithData returns 0. (An accepted
+// connection's slot is kept until its task returns.)
+//
+// The rest of the lifecycle: [ConnCtx.Close] closes after the queued sends
+// have drained; [ConnCtx.ShutdownWrite] half-closes (a FIN after the last
+// queued byte, while receiving goes on); [ConnCtx.Cancel] aborts, cancelling
+// what the connection has in the kernel (a pending connect resolves with
+// an error wrapping syscall.ECANCELED, a task waiting in WithData wakes);
+// [TaskCtx.RequestShutdown] shuts the whole runtime down gracefully, the
+// same way [Runtime.Shutdown] does.
+//
+// A runtime launched without Bind is client-only: a handler that
+// implements [Starter] gets a start task on every worker (OnStart), from
+// which a load generator or a pure client connects and spawns its tasks.
+// [Builder.BindUnix] serves a Unix stream socket instead of a TCP address.
 //
 // # TLS
 //
@@ -233,6 +284,18 @@
 //     and TLSInfo.
 //   - ExampleConnCtx_NetConn: a line protocol with bufio on the net.Conn
 //     view.
+//   - ExampleConnCtx_SendParts: a cache reply, a header copied and the
+//     value referenced (SendParts, Ref and its release).
+//   - ExampleConnCtx_SendWait: streaming through a small pool, waiting for
+//     room instead of failing.
+//   - ExampleTaskCtx_Connect: a task that connects to a server in the same
+//     program, sends a line and reads the echo.
+//   - ExampleStarter: a client-only runtime whose start task connects and
+//     then asks the runtime to shut down.
+//
+// Beside them, examples/proxy is a TCP and Unix-socket proxy (Connect
+// with a timeout, two-way copy with backpressure, half-close passed on)
+// and examples/loadgen an echo load generator on a client-only runtime.
 //
 // # Errors
 //
@@ -242,6 +305,7 @@
 // ErrClosed); off the worker [ErrNotInWorker]. A send that finds the send
 // pool full returns [ErrSendPoolExhausted], one that would take its
 // connection's queue past Config.MaxSendQueue [ErrSendQueueFull]; both queue
-// nothing and leave the connection working (on TLS connections too: room
-// for every record is checked before any is sealed).
+// nothing and leave the connection working ([ConnCtx.SendWait] waits for
+// room instead; on TLS connections too: room for every record is checked
+// before any is sealed).
 package ringline

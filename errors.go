@@ -10,21 +10,25 @@ var (
 	// that now holds a different connection. errors.Is(err, ErrClosed)
 	// also holds.
 	ErrStale = staleError{}
-	// ErrSendPoolExhausted is returned by SendNowait and Send when the
-	// worker's send pool has no room for the bytes. Nothing was queued;
-	// the connection keeps working. Retry once earlier sends have
-	// completed: await the SendFuture of an earlier send of this
-	// connection if it has one queued. Awaiting a future when nothing is
-	// queued resolves at once, so retrying in a loop around it spins the
-	// worker; with nothing of its own queued, a task should close the
-	// connection or drop the message.
+	// ErrSendPoolExhausted is returned by SendNowait, Send, SendParts'
+	// Submit and ForwardRecvBuf (when it copies) when the worker's send
+	// pool has no room for the bytes. Nothing was queued; the connection
+	// keeps working. To wait for room instead, use ConnCtx.SendWait: it
+	// suspends the task until slots free up, serving the worker's waiting
+	// tasks first come, first served. Retrying around an earlier send's
+	// SendFuture also works when this connection has sends queued, but a
+	// future with nothing queued resolves at once, so such a loop spins
+	// the worker.
 	ErrSendPoolExhausted = errors.New("ringline: send pool exhausted")
-	// ErrSendQueueFull is returned by SendNowait and Send when the bytes
-	// would take the connection's queue (bytes waiting for the kernel)
-	// past Config.MaxSendQueue, typically because its peer does not read
-	// (or because one send is larger than MaxSendQueue). Nothing was
-	// queued; other connections are unaffected. Await an earlier
-	// SendFuture before sending more, or close the connection.
+	// ErrSendQueueFull is returned by SendNowait, Send, SendParts' Submit
+	// and ForwardRecvBuf when the bytes would take the connection's queue
+	// (bytes waiting for the kernel, copied or not) past
+	// Config.MaxSendQueue, typically because its peer does not read (or
+	// because one send is larger than MaxSendQueue). Nothing was queued;
+	// other connections are unaffected. SendWait waits until the queue
+	// has room (and fails at once for a send larger than MaxSendQueue);
+	// otherwise await an earlier SendFuture before sending more, or close
+	// the connection.
 	ErrSendQueueFull = errors.New("ringline: connection send queue full (Config.MaxSendQueue)")
 	// ErrNotInTask is returned when a suspending method is called on the
 	// connection's worker but outside any task (for example from the

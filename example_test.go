@@ -9,7 +9,9 @@ import (
 	"io"
 	"log"
 	"net"
+	"net/netip"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/ringline-go/ringline"
@@ -257,4 +259,219 @@ func ExampleProbe() {
 	// Auto runs where Probe said: true
 	// IOUring launches exactly where Probe found io_uring usable: true
 	// forced: epoll
+}
+
+// A cache: each GET is answered with a small header built per request,
+// copied into the send pool, and the cached value itself, sent from where
+// it lives without a copy (on io_uring, zero-copy when the reply is large:
+// Config.SendZCThreshold). The value must not change until its release
+// runs: here values are immutable, so release only counts; a cache that
+// evicts or overwrites values would keep a reference count and free the
+// value when the last release comes.
+func ExampleConnCtx_SendParts() {
+	cache := map[string][]byte{
+		"small": []byte("a small value"),
+		"large": bytes.Repeat([]byte("0123456789abcdef"), 64<<10), // 1 MiB
+	}
+	var released atomic.Int64
+	release := func() { released.Add(1) } // one func value, reused: no allocation per reply
+
+	rt := launch(ringline.Config{}, func(c ringline.ConnCtx) {
+		var header []byte
+		for {
+			n := c.WithData(func(b []byte) ringline.ParseResult {
+				i := bytes.IndexByte(b, '\n')
+				if i < 0 {
+					return ringline.NeedMore()
+				}
+				key := strings.TrimPrefix(string(b[:i]), "GET ")
+				value := cache[key]
+				header = fmt.Appendf(header[:0], "VALUE %s %d\n", key, len(value))
+				// The builder is the connection's own, reused: valid until
+				// Submit. On error nothing is sent and release has run.
+				err := c.SendParts().Copy(header).Ref(value, release).Submit()
+				if err != nil {
+					c.Close()
+				}
+				return ringline.Consumed(i + 1)
+			})
+			if n == 0 {
+				return
+			}
+		}
+	})
+
+	c := dial(rt)
+	fmt.Fprint(c, "GET small\nGET large\n")
+	r := bufio.NewReader(c)
+	for range 2 {
+		var key string
+		var size int
+		if _, err := fmt.Fscanf(r, "VALUE %s %d\n", &key, &size); err != nil {
+			log.Fatal(err)
+		}
+		value := make([]byte, size)
+		if _, err := io.ReadFull(r, value); err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(key, size, bytes.Equal(value, cache[key]))
+	}
+	c.Close()
+	stop(rt) // every release has run by the time the runtime has stopped
+	fmt.Println("released:", released.Load())
+	// Output:
+	// small 13 true
+	// large 1048576 true
+	// released: 2
+}
+
+// SendWait waits for room in the send pool instead of failing: a task that
+// streams to a slow reader through a small pool suspends until slots free
+// up, while other connections' waiters are served in turn, first come,
+// first served. It returns once the bytes are queued; an error means the
+// connection closed or failed while it waited (nothing was queued).
+func ExampleConnCtx_SendWait() {
+	const total = 1 << 20
+	cfg := ringline.Config{SendPoolSlots: 4, SendSlotSize: 16 << 10} // a 64 KiB pool
+	rt := launch(cfg, func(c ringline.ConnCtx) {
+		chunk := bytes.Repeat([]byte{'x'}, 16<<10)
+		for sent := 0; sent < total; sent += len(chunk) {
+			// SendNowait would fail with ErrSendPoolExhausted here, as
+			// soon as four chunks are queued.
+			if err := c.SendWait(chunk); err != nil {
+				return
+			}
+		}
+		c.Close()
+	})
+	defer stop(rt)
+
+	c := dial(rt)
+	defer c.Close()
+	n, err := io.Copy(io.Discard, c)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("received", n, "bytes")
+	// Output: received 1048576 bytes
+}
+
+// A task that dials out: it connects to an echo server (here a ringline
+// runtime in the same program) with a timeout, sends a line and reads the
+// echo. The connection belongs to the task that called Connect: only it
+// receives on it, and it closes when the task returns. The task runs on a
+// worker of a client-only runtime (no Bind), posted there from main;
+// results travel back over a buffered channel, which a task may send on
+// since the send never waits.
+func ExampleTaskCtx_Connect() {
+	srv := launch(ringline.Config{}, echo{}.OnAccept)
+	defer stop(srv)
+	addr := srv.Addr().(*net.TCPAddr).AddrPort()
+
+	client, err := ringline.New(ringline.Config{Workers: 1}).
+		Launch(func(int) ringline.AsyncEventHandler { return echo{} })
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer stop(client)
+
+	result := make(chan string, 1)
+	err = client.Post(0, func(t ringline.TaskCtx) {
+		fut, err := t.ConnectWithTimeout(addr, 5*time.Second)
+		if err != nil {
+			result <- err.Error()
+			return
+		}
+		c, err := fut.Await() // the task waits; the worker serves others meanwhile
+		if err != nil {
+			result <- err.Error() // errors.Is(err, syscall.ECONNREFUSED), a timeout, ...
+			return
+		}
+		if err := c.SendNowait([]byte("hello over an outbound connection\n")); err != nil {
+			result <- err.Error()
+			return
+		}
+		var line string
+		c.WithData(func(b []byte) ringline.ParseResult {
+			i := bytes.IndexByte(b, '\n')
+			if i < 0 {
+				return ringline.NeedMore()
+			}
+			line = string(b[:i])
+			return ringline.Consumed(i + 1)
+		})
+		result <- line
+		// Returning closes c.
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(<-result)
+	// Output: hello over an outbound connection
+}
+
+// loadClient is a client-only handler: it has no connections to accept,
+// and each worker's OnStart opens its own.
+type loadClient struct {
+	target netip.AddrPort
+	done   chan<- string
+}
+
+func (loadClient) OnAccept(ringline.ConnCtx) {} // never called: no listener
+
+// OnStart is the worker's start task. It may connect itself, or Spawn
+// tasks that do and return at once; it asks the runtime to shut down
+// once its work is done.
+func (l loadClient) OnStart(t ringline.TaskCtx) {
+	var hs []ringline.JoinHandle
+	for i := 0; i < 3; i++ {
+		h, err := t.Spawn(func(t ringline.TaskCtx) {
+			fut, err := t.Connect(l.target)
+			if err != nil {
+				return
+			}
+			c, err := fut.Await()
+			if err != nil {
+				return
+			}
+			f, err := c.Send([]byte{byte('a' + i)})
+			if err != nil {
+				return
+			}
+			f.Await()
+			c.WithData(func(b []byte) ringline.ParseResult { return ringline.Consumed(len(b)) })
+		})
+		if err == nil {
+			hs = append(hs, h)
+		}
+	}
+	for _, h := range hs {
+		h.Join()
+	}
+	l.done <- fmt.Sprintf("worker %d: %d connections echoed", t.WorkerID(), len(hs))
+	t.RequestShutdown() // the same as Runtime.Shutdown
+}
+
+// A client-only runtime: launched without Bind, it listens nowhere; a
+// handler that implements Starter gets a start task on every worker,
+// which is how a load generator or a pure client does its work. (A
+// runtime with no listener and no start task just waits for Post.)
+func ExampleStarter() {
+	srv := launch(ringline.Config{}, echo{}.OnAccept)
+	defer stop(srv)
+
+	done := make(chan string, 1)
+	rt, err := ringline.New(ringline.Config{Workers: 1}).
+		Launch(func(int) ringline.AsyncEventHandler {
+			return loadClient{target: srv.Addr().(*net.TCPAddr).AddrPort(), done: done}
+		})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(rt.Addr() == nil)
+	rt.Wait() // until OnStart asks for the shutdown
+	fmt.Println(<-done)
+	// Output:
+	// true
+	// worker 0: 3 connections echoed
 }

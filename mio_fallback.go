@@ -35,6 +35,10 @@ import (
 //     opTimeout wait for readiness or the deadline; all three can be
 //     cancelled. opFLink: a failed op cancels the rest of its chain, and a
 //     chain waits for an op that went asynchronous.
+//   - opLinkTimeout right behind a linked op: a timer armed with that op.
+//     If the op completes first the timer is dropped and completes with
+//     -ECANCELED; if the timer fires first it completes with -ETIME and
+//     the op is cancelled (-ECANCELED), as io_uring's linked timeouts do.
 //
 // Readiness is edge-triggered (epollEdgeTriggered). A socket is added once
 // with EPOLLIN|EPOLLRDHUP|EPOLLET, plus EPOLLOUT the first time a send or
@@ -73,6 +77,12 @@ const (
 	epRecvBudget   = 16  // buffers read per socket per turn before others get theirs
 	epAcceptBudget = 64  // accepts per listener per turn
 	epEvents       = 256 // readiness events taken per epoll_wait
+	// epRecvSpan is how many provided buffers one recvmsg may fill once
+	// a read has filled its buffer: large transfers then take a quarter
+	// of the syscalls (64 KiB per call with 16 KiB buffers, what a C
+	// server reading into a 64 KiB buffer makes), while small messages
+	// keep a plain recv into one buffer.
+	epRecvSpan = 4
 )
 
 // epPend is one operation waiting on a socket.
@@ -96,6 +106,9 @@ type epFile struct {
 	// added when a send or connect first has to wait and then kept, so a
 	// socket that never fills its send buffer never reports writability.
 	outWatch bool
+	// filled: the last read filled everything it offered, so the next
+	// reads span several buffers (epRecvSpan).
+	filled bool
 
 	ops [epSlots]epPend // by slot: pAccept, pRecv, pRead, pSend, pConn
 }
@@ -122,6 +135,8 @@ func (f *epFile) anyArmed() bool {
 type epTimer struct {
 	at int64 // deadline, nanoseconds since the backend's t0
 	ud uint64
+	// target is the op a linked timeout bounds (0: a plain timeout).
+	target uint64
 }
 
 // epChain is the rest of a link chain waiting for an asynchronous op.
@@ -151,11 +166,17 @@ type epollBackend struct {
 	accFds []int32   // listeners an accept was armed on
 	timers []epTimer // min-heap by deadline
 	chains []epChain
+	// linked holds the targets of armed linked timeouts, so a completion
+	// finds its timeout without scanning the timers.
+	linked map[uint64]struct{}
 
 	bufMem   region
 	bufSize  uint32
 	bufCount uint32
 	free     []uint16 // buffer ids not handed out
+	// The recvmsg that reads into several buffers at once.
+	rmsg unix.Msghdr
+	riov [epRecvSpan]unix.Iovec
 
 	skipped bool // the last enter returned completions without polling
 	t0      time.Time
@@ -480,6 +501,9 @@ func (b *epollBackend) emit(ud uint64, res int32, flags uint32) {
 // rest of a link chain waiting for it.
 func (b *epollBackend) complete(ud uint64, res int32) {
 	b.emit(ud, res, 0)
+	if len(b.linked) > 0 {
+		b.disarmLinked(ud)
+	}
 	if len(b.chains) == 0 {
 		return
 	}
@@ -557,30 +581,72 @@ func (b *epollBackend) lookup(ud uint64) (int32, *epPend) {
 
 // applyOps applies staged ops in order, honouring opFLink: when a linked
 // op fails the rest of its chain completes with -ECANCELED, and when it
-// goes asynchronous the rest waits for its completion.
+// goes asynchronous the rest waits for its completion. A linked timeout
+// is armed together with the op it follows.
 func (b *epollBackend) applyOps(ops []sqOp) {
 	for i := 0; i < len(ops); i++ {
 		op := &ops[i]
-		pending, res := b.apply(op)
-		if op.flags&opFLink == 0 {
+		if op.code == opLinkTimeout {
+			// Not behind a linked op: io_uring refuses it the same way.
+			b.done(op.ud, -int32(unix.EINVAL))
 			continue
 		}
-		j := i + 1
+		start, linked := i+1, op.flags&opFLink != 0
+		if linked && start < len(ops) && ops[start].code == opLinkTimeout {
+			// Armed before the op runs, so an op that completes at once
+			// finds it and cancels it.
+			lt := &ops[start]
+			b.armLinked(lt, op.ud)
+			start, linked = start+1, lt.flags&opFLink != 0
+		}
+		pending, res := b.apply(op)
+		i = start - 1
+		if !linked {
+			continue
+		}
+		j := start
 		for j < len(ops) && ops[j-1].flags&opFLink != 0 {
 			j++
 		}
-		if j == i+1 {
+		if j == start {
 			continue
 		}
 		switch {
 		case pending:
-			b.chains = append(b.chains, epChain{after: op.ud, ops: append([]sqOp(nil), ops[i+1:j]...)})
+			b.chains = append(b.chains, epChain{after: op.ud, ops: append([]sqOp(nil), ops[start:j]...)})
 			i = j - 1
 		case res < 0:
-			for k := i + 1; k < j; k++ {
+			for k := start; k < j; k++ {
 				b.emit(ops[k].ud, -int32(unix.ECANCELED), 0)
 			}
 			i = j - 1
+		}
+	}
+}
+
+// armLinked arms the linked timeout lt on the op target.
+func (b *epollBackend) armLinked(lt *sqOp, target uint64) {
+	ts := (*[2]int64)(rawPtr(lt.addr))
+	if b.linked == nil {
+		b.linked = make(map[uint64]struct{})
+	}
+	b.linked[target] = struct{}{}
+	b.pushTimer(epTimer{at: b.now() + ts[0]*int64(time.Second) + ts[1], ud: lt.ud, target: target})
+}
+
+// disarmLinked drops the linked timeout of target, which has completed:
+// the timeout completes with -ECANCELED.
+func (b *epollBackend) disarmLinked(target uint64) {
+	if _, ok := b.linked[target]; !ok {
+		return
+	}
+	delete(b.linked, target)
+	for i := range b.timers {
+		if b.timers[i].target == target {
+			ud := b.timers[i].ud
+			b.removeTimer(i)
+			b.complete(ud, -int32(unix.ECANCELED))
+			return
 		}
 	}
 }
@@ -693,16 +759,27 @@ func rawPtr(addr uint64) unsafe.Pointer { return unsafe.Add(unsafe.Pointer(nil),
 // cancel finds the target by user_data among armed ops, timers and held
 // link chains.
 func (b *epollBackend) cancel(op *sqOp) (bool, int32) {
-	target := op.addr
+	if b.cancelTarget(op.addr) {
+		return b.done(op.ud, 0)
+	}
+	return b.done(op.ud, -int32(unix.ENOENT))
+}
+
+// cancelTarget completes the op target with -ECANCELED wherever it waits
+// and reports whether it found it.
+func (b *epollBackend) cancelTarget(target uint64) bool {
 	if fd, p := b.lookup(target); p != nil {
 		b.finish(fd, p, -int32(unix.ECANCELED))
-		return b.done(op.ud, 0)
+		return true
 	}
 	for i := range b.timers {
 		if b.timers[i].ud == target {
+			if lt := b.timers[i].target; lt != 0 {
+				delete(b.linked, lt) // its op runs on without a timeout
+			}
 			b.removeTimer(i)
 			b.complete(target, -int32(unix.ECANCELED))
-			return b.done(op.ud, 0)
+			return true
 		}
 	}
 	for i := range b.chains {
@@ -718,10 +795,10 @@ func (b *epollBackend) cancel(op *sqOp) (bool, int32) {
 			if c.ops = c.ops[:k]; len(c.ops) == 0 {
 				b.chains = append(b.chains[:i], b.chains[i+1:]...)
 			}
-			return b.done(op.ud, 0)
+			return true
 		}
 	}
-	return b.done(op.ud, -int32(unix.ENOENT))
+	return false
 }
 
 func (b *epollBackend) doAccept(fd int32) {
@@ -751,22 +828,42 @@ func (b *epollBackend) doAccept(fd int32) {
 	}
 }
 
+// doRecv reads what fd has into free provided buffers, one completion per
+// buffer filled (as a multishot recv does), up to epRecvBudget buffers per
+// turn. A read that filled what it offered makes the next ones span
+// several buffers (one recvmsg, epRecvSpan buffers), for large transfers.
 func (b *epollBackend) doRecv(fd int32) {
 	f := &b.files[fd]
 	p := &f.ops[pRecv]
-	for n := 0; n < epRecvBudget; n++ {
+	for n := 0; n < epRecvBudget; {
 		if len(b.free) == 0 {
 			b.finish(fd, p, -int32(unix.ENOBUFS))
 			return
 		}
-		bid := b.free[len(b.free)-1]
-		buf := b.buffer(bid)
+		span := 1
+		if f.filled {
+			span = min(epRecvSpan, len(b.free), epRecvBudget-n)
+		}
+		var r uintptr
+		var e syscall.Errno
 		b.nSys++
-		r, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)),
-			unix.MSG_DONTWAIT, 0, 0)
+		if span == 1 {
+			buf := b.buffer(b.free[len(b.free)-1])
+			r, _, e = unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)),
+				unix.MSG_DONTWAIT, 0, 0)
+		} else {
+			for i := 0; i < span; i++ {
+				buf := b.buffer(b.free[len(b.free)-1-i])
+				b.riov[i].Base = &buf[0]
+				b.riov[i].SetLen(len(buf))
+			}
+			b.rmsg.Iov = &b.riov[0]
+			b.rmsg.SetIovlen(span)
+			r, _, e = unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.rmsg)), unix.MSG_DONTWAIT)
+		}
 		switch {
 		case e == unix.EAGAIN:
-			f.readable = false
+			f.readable, f.filled = false, false
 			return
 		case e == unix.EINTR:
 			continue
@@ -777,9 +874,15 @@ func (b *epollBackend) doRecv(fd int32) {
 			b.finish(fd, p, 0)
 			return
 		}
-		b.free = b.free[:len(b.free)-1]
-		b.emit(p.ud, int32(r), cqeFBuffer|uint32(bid)<<cqeBufferShift|cqeFMore)
-		if int(r) < len(buf) && !f.hup {
+		offered := span * int(b.bufSize)
+		f.filled = int(r) == offered
+		for left := int(r); left > 0; left -= int(b.bufSize) {
+			bid := b.free[len(b.free)-1]
+			b.free = b.free[:len(b.free)-1]
+			b.emit(p.ud, int32(min(left, int(b.bufSize))), cqeFBuffer|uint32(bid)<<cqeBufferShift|cqeFMore)
+			n++
+		}
+		if int(r) < offered && !f.hup {
 			// A short read drained the socket; new data brings a new edge.
 			f.readable = false
 			return
@@ -969,9 +1072,17 @@ func (b *epollBackend) expireTimers() {
 	}
 	now := b.now()
 	for len(b.timers) > 0 && b.timers[0].at <= now {
-		ud := b.timers[0].ud
+		t := b.timers[0]
 		b.removeTimer(0)
-		b.complete(ud, -int32(unix.ETIME))
+		if t.target != 0 {
+			// A linked timeout: it completes with ETIME and its op is
+			// cancelled.
+			delete(b.linked, t.target)
+			b.complete(t.ud, -int32(unix.ETIME))
+			b.cancelTarget(t.target)
+			continue
+		}
+		b.complete(t.ud, -int32(unix.ETIME))
 	}
 }
 

@@ -843,3 +843,44 @@ func churnEcho(b testing.TB, rt *Runtime, conns, msgs, size int) {
 		b.Error(err)
 	}
 }
+
+// A burst larger than one buffer arrives in order, one completion per
+// buffer filled. On epoll a read that filled its buffer makes the next
+// ones span several buffers (recvmsg), so 64 KiB of 4 KiB buffers take a
+// handful of reads, not sixteen.
+func TestBackendRecvLargeBurst(t *testing.T) {
+	bc := smallBC()
+	bc.bufCount = 32
+	forEachImpl(t, bc, func(t *testing.T, h *beHarness) {
+		ours, peer := tcpPair(t)
+		msg := pattern(64<<10, 9)
+		_, err := unix.Write(peer, msg)
+		require.NoError(t, err)
+		time.Sleep(20 * time.Millisecond) // all of it in our receive queue
+		eb, _ := h.be.(*epollBackend)
+		var sys0 uint64
+		if eb != nil {
+			sys0 = eb.nSys
+		}
+		recv := ud(udRecv, 1)
+		h.be.stage(sqOp{code: opRecvMulti, fd: int32(ours), ud: recv})
+		var got []byte
+		completions := 0
+		for len(got) < len(msg) {
+			e := h.next(recv)
+			require.Greater(t, e.res, int32(0))
+			require.LessOrEqual(t, e.res, int32(bc.bufSize))
+			require.Equal(t, uint32(cqeFBuffer|cqeFMore), e.flags&(cqeFBuffer|cqeFMore))
+			got = append(got, h.be.buffer(bufID(e))[:e.res]...)
+			h.be.recycle(bufID(e))
+			completions++
+		}
+		require.True(t, bytes.Equal(msg, got), "bytes in order")
+		assert.GreaterOrEqual(t, completions, len(msg)/int(bc.bufSize))
+		if eb != nil {
+			reads := eb.nSys - sys0
+			t.Logf("%d completions, %d reads", completions, reads)
+			assert.LessOrEqual(t, reads, uint64(7), "reads for 16 buffers' worth")
+		}
+	})
+}

@@ -50,7 +50,7 @@ var compiledOutNames = []struct {
 //lint:ignore U1000 used by uring_select.go; builds without io_uring have no use for it
 var uringOpNames = map[int]string{opAcceptMulti: "ACCEPT", opRecvMulti: "RECV", opSend: "SEND", opSendmsg: "SENDMSG",
 	opCancel: "ASYNC_CANCEL", opClose: "CLOSE", opFilesUpdate: "FILES_UPDATE", opRead: "READ",
-	opShutdown: "SHUTDOWN", opConnect: "CONNECT", opTimeout: "TIMEOUT"}
+	opShutdown: "SHUTDOWN", opConnect: "CONNECT", opTimeout: "TIMEOUT", opLinkTimeout: "LINK_TIMEOUT"}
 
 // uringRequiredOps are the operations the io_uring backend cannot run
 // without; the others are used by features that degrade or come later.
@@ -69,7 +69,12 @@ type kernelProbe struct {
 	acceptMulti int
 	sendZC      bool
 	sendmsgZC   bool
-	ops         map[string]bool
+	// One real SEND_ZC over TCP loopback: the first completion's res,
+	// whether a notification followed and said the kernel copied, or why
+	// the check could not run (-errno).
+	zcRes, zcSetupErr int
+	zcNotif, zcCopied bool
+	ops               map[string]bool
 }
 
 // usable reports nil when the io_uring backend can run, otherwise an error
@@ -186,6 +191,20 @@ type ProbeResult struct {
 	MultishotAccept, MultishotRecv bool
 	// SendZC and SendmsgZC report the zero-copy send opcodes.
 	SendZC, SendmsgZC bool
+	// ZeroCopy is nil when a real zero-copy send (SEND_ZC asking for a
+	// usage report, over a TCP loopback connection) completed and was
+	// notified as the kernel specifies, so the io_uring backend sends
+	// zero-copy above Config.SendZCThreshold. Otherwise it says why not,
+	// wrapping the kernel's syscall.Errno where it refused (EINVAL before
+	// Linux 6.2, which has SEND_ZC but no usage reports): workers then
+	// fall back to copied sends on their first attempt.
+	ZeroCopy error
+	// ZeroCopyLoopbackCopies reports that the kernel said it copied that
+	// send after all, as it always does for loopback (and veth) peers,
+	// whose receive path copies. A worker falls back to copied sends for
+	// good at the first such report (WorkerStats.ZeroCopyFallbacks), so a
+	// worker serving loopback clients pays for one zero-copy send.
+	ZeroCopyLoopbackCopies bool
 	// Auto is the backend Launch picks for Config.Backend = Auto with the
 	// default Config.
 	Auto Backend
@@ -225,6 +244,8 @@ func Probe() ProbeResult {
 		r.MultishotAccept = kp.acceptMulti == 1
 		r.MultishotRecv = kp.recvMulti == 1
 		r.SendZC, r.SendmsgZC = kp.sendZC, kp.sendmsgZC
+		r.ZeroCopy = kp.zeroCopy()
+		r.ZeroCopyLoopbackCopies = kp.zcCopied
 	} else {
 		r.RingSetup = kp.usable()
 	}
@@ -233,6 +254,21 @@ func Probe() ProbeResult {
 		r.Auto, r.AutoReason = Epoll, err
 	}
 	return r
+}
+
+// zeroCopy says why zero-copy sends cannot be used, or nil.
+func (kp *kernelProbe) zeroCopy() error {
+	switch {
+	case !kp.sendZC:
+		return errors.New("ringline: the kernel lacks IORING_OP_SEND_ZC (Linux 6.0+)")
+	case kp.zcSetupErr < 0:
+		return fmt.Errorf("ringline: zero-copy check could not run: %w", syscall.Errno(-kp.zcSetupErr))
+	case kp.zcRes < 0:
+		return fmt.Errorf("ringline: the kernel refused a zero-copy send with a usage report (Linux 6.2+): %w", syscall.Errno(-kp.zcRes))
+	case !kp.zcNotif:
+		return errors.New("ringline: a zero-copy send was not notified")
+	}
+	return nil
 }
 
 // String renders the result on a few lines, for logs and the examples.
@@ -273,6 +309,13 @@ func (r ProbeResult) String() string {
 		b.WriteString("\n")
 		fmt.Fprintf(&b, "provided buffer rings: %s, multishot accept: %s, multishot recv: %s, SEND_ZC: %s, SENDMSG_ZC: %s\n",
 			yes(r.ProvidedBufferRings), yes(r.MultishotAccept), yes(r.MultishotRecv), yes(r.SendZC), yes(r.SendmsgZC))
+		if r.ZeroCopy != nil {
+			fmt.Fprintf(&b, "zero-copy sends: no (%v)\n", r.ZeroCopy)
+		} else if r.ZeroCopyLoopbackCopies {
+			b.WriteString("zero-copy sends: yes (the kernel copies for loopback peers: a worker serving them falls back to copied sends)\n")
+		} else {
+			b.WriteString("zero-copy sends: yes\n")
+		}
 	}
 	fmt.Fprintf(&b, "Auto picks: %s", r.Auto)
 	if r.AutoReason != nil {

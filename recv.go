@@ -3,15 +3,53 @@ package ringline
 // The receive side: data arrives in provided buffers; a buffer is lent to
 // the task's closure when nothing is accumulated (zero copy), otherwise its
 // bytes are appended to the connection's accumulator and the buffer goes
-// straight back to the ring.
+// straight back to the ring. Buffers that arrive while one is lent wait
+// behind it (lentq, up to lentQMax) for the closure to take in turn, so a
+// task that consumes whole buffers (an echo, a proxy) reads a burst
+// without a copy; a closure that needs bytes across buffers gets them
+// joined in the accumulator.
 
 // buffered reports how many unread bytes the connection holds.
 func (cn *conn) buffered() int {
 	n := len(cn.acc) - cn.accOff
 	if cn.lent >= 0 {
-		n += int(cn.lentEnd - cn.lentOff)
+		n += int(cn.lentEnd-cn.lentOff) + cn.lentqBytes
 	}
 	return n
+}
+
+// lentQMax bounds the buffers one connection keeps queued behind its lent
+// one: a quarter of the ring (at least 8). They go back to the ring (their
+// unread bytes to the accumulator) by the end of the task's resume at the
+// latest, so the bound only matters within one loop iteration.
+func (w *worker) lentQMax() int { return max(8, w.cfg.BufferCount/4) }
+
+// lentBuf is a received buffer waiting behind the lent one.
+type lentBuf struct {
+	bid uint16
+	n   uint32
+}
+
+// promoteLent lends the next queued buffer once the lent one is consumed.
+func (cn *conn) promoteLent() {
+	if len(cn.lentq) == 0 {
+		return
+	}
+	b := cn.lentq[0]
+	n := copy(cn.lentq, cn.lentq[1:])
+	cn.lentq = cn.lentq[:n]
+	cn.lentqBytes -= int(b.n)
+	cn.lent, cn.lentOff, cn.lentEnd = int32(b.bid), 0, b.n
+}
+
+// dropLent gives every lent buffer back to the ring, unread bytes and all
+// (the connection is gone).
+func (cn *conn) dropLent() {
+	for cn.lent >= 0 {
+		cn.w.recycle(uint16(cn.lent))
+		cn.lent = -1
+		cn.promoteLent()
+	}
 }
 
 func (cn *conn) lentData() []byte {
@@ -19,17 +57,51 @@ func (cn *conn) lentData() []byte {
 	return b[cn.lentOff:cn.lentEnd:cn.lentEnd]
 }
 
-// spillLent copies the unread part of the lent buffer into the accumulator
-// and gives the buffer back to the ring.
+// spillLent copies the unread part of the lent buffers into the
+// accumulator, in front of what it holds (bytes that came after them),
+// and gives the buffers back to the ring.
 func (cn *conn) spillLent() {
 	if cn.lent < 0 {
 		return
 	}
-	if cn.lentOff < cn.lentEnd {
-		cn.appendAcc(cn.lentData())
+	if cn.accOff < len(cn.acc) {
+		cn.prependLent()
+		return
 	}
-	cn.w.recycle(uint16(cn.lent))
-	cn.lent = -1
+	for cn.lent >= 0 {
+		if cn.lentOff < cn.lentEnd {
+			cn.appendAcc(cn.lentData())
+		}
+		cn.w.recycle(uint16(cn.lent))
+		cn.lent = -1
+		cn.promoteLent()
+	}
+}
+
+// prependLent is spillLent when the accumulator holds bytes that came
+// after the lent ones (a burst longer than the lent queue): they move up
+// in place when no retained Bytes can point at them and the array has
+// room, otherwise into a fresh array.
+func (cn *conn) prependLent() {
+	lentN := int(cn.lentEnd-cn.lentOff) + cn.lentqBytes
+	unread := len(cn.acc) - cn.accOff
+	need := lentN + unread
+	var na []byte
+	if !cn.accShared && cap(cn.acc) >= need {
+		na = cn.acc[:need]
+		copy(na[lentN:], cn.acc[cn.accOff:]) // overlapping: copy moves
+	} else {
+		na = make([]byte, need, (need+63)&^63)
+		copy(na[lentN:], cn.acc[cn.accOff:])
+	}
+	k := 0
+	for cn.lent >= 0 {
+		k += copy(na[k:], cn.lentData())
+		cn.w.recycle(uint16(cn.lent))
+		cn.lent = -1
+		cn.promoteLent()
+	}
+	cn.acc, cn.accOff, cn.accShared = na, 0, false
 }
 
 // appendAcc appends b to the accumulator. Unread bytes are moved to the
@@ -125,8 +197,16 @@ func (cn *conn) onRecv(bid uint16, n int) {
 		cn.lent = int32(bid)
 		cn.lentOff = uint32(n - len(data))
 		cn.lentEnd = uint32(n)
+	} else if waiting && cn.lent >= 0 && len(cn.acc) == cn.accOff && len(cn.lentq) < w.lentQMax() && cn.sink == nil {
+		// Behind the lent one, for the closure's next run.
+		if cn.lentq == nil {
+			cn.lentq = make([]lentBuf, 0, 8)
+		}
+		cn.lentq = append(cn.lentq, lentBuf{bid: bid, n: uint32(n)})
+		cn.lentqBytes += n
 	} else {
-		cn.spillLent()
+		// Accumulated behind whatever is lent (the lent bytes come
+		// first: spillLent puts them in front).
 		cn.appendAcc(data)
 		w.recycle(bid)
 	}
@@ -191,7 +271,10 @@ func (cn *conn) park() {
 // still usable).
 //
 // The slice f sees is valid only during the call: it may be the kernel's
-// receive buffer itself. Use WithBytes to keep received bytes. f runs
+// receive buffer itself. Use WithBytes to keep received bytes. When
+// several receive buffers are waiting, f may be shown the first one only
+// (so a task that consumes whole buffers reads them without a copy); when
+// f consumes nothing from it, f runs again at once over all unread bytes. f runs
 // synchronously and must not suspend: calling Await, WithData or RecvReady
 // inside it panics (closing only this connection), as does parsing the same
 // connection again from inside it. It may send (SendNowait, Send without
@@ -297,17 +380,27 @@ func (cn *conn) runParse(f func([]byte) ParseResult, fb func(Bytes) ParseResult)
 	var n int
 	cn.parsing = true
 	w.parsing = append(w.parsing, cn)
-	if f != nil && cn.lent >= 0 && cn.accOff == len(cn.acc) {
+	lentDone := false
+	if f != nil && cn.lent >= 0 {
 		data := cn.lentData()
 		r = f(data)
 		n = clampConsumed(r.consumed, len(data))
-		poison(data[:n])
-		cn.lentOff += uint32(n)
-		if cn.lentOff == cn.lentEnd {
-			w.recycle(uint16(cn.lent))
-			cn.lent = -1
+		// Nothing consumed with more bytes behind (queued buffers, the
+		// accumulator): f needs bytes across them, and runs again below
+		// over them joined.
+		if lentDone = n > 0 || len(cn.lentq) == 0 && cn.accOff == len(cn.acc); lentDone {
+			if !w.heldBuf(uint16(cn.lent)) { // forwarded bytes are still to be sent
+				poison(data[:n])
+			}
+			cn.lentOff += uint32(n)
+			if cn.lentOff == cn.lentEnd {
+				w.recycle(uint16(cn.lent))
+				cn.lent = -1
+				cn.promoteLent()
+			}
 		}
-	} else {
+	}
+	if !lentDone {
 		cn.spillLent()
 		data := cn.acc[cn.accOff:len(cn.acc):len(cn.acc)]
 		if f != nil {

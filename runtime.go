@@ -16,10 +16,12 @@ import (
 	"github.com/ringline-go/ringline/internal/gid"
 )
 
-// Builder collects what Launch needs: a Config and the address to serve.
+// Builder collects what Launch needs: a Config and the address to serve,
+// if any.
 type Builder struct {
-	cfg  Config
-	addr string
+	cfg      Config
+	addr     string
+	unixPath string
 }
 
 // New returns a Builder for cfg; zero fields take their defaults.
@@ -29,8 +31,33 @@ func New(cfg Config) *Builder { return &Builder{cfg: cfg} }
 func Bind(addr string) *Builder { return New(Config{}).Bind(addr) }
 
 // Bind sets the TCP address ("host:port"; port 0 picks a free port) that
-// every worker accepts on through its own SO_REUSEPORT listener.
+// every worker accepts on through its own SO_REUSEPORT listener. A runtime
+// serves one address: Bind or BindUnix, not both. Without either it is a
+// client-only runtime (see Launch).
 func (b *Builder) Bind(addr string) *Builder { b.addr = addr; return b }
+
+// BindUnix returns a Builder with the default Config serving the Unix
+// stream socket at path.
+func BindUnix(path string) *Builder { return New(Config{}).BindUnix(path) }
+
+// BindUnix sets the Unix stream socket path (a leading '@' names a Linux
+// abstract socket) that the workers accept on, instead of a TCP address.
+// Unix sockets have no SO_REUSEPORT: the workers share one listening
+// socket, each with its own accept armed on it, and the kernel hands each
+// connection to one of them. Measured (BenchmarkUnixListener,
+// docs/BENCHMARKS.md): on epoll the connections spread over the workers;
+// on io_uring the kernel gives nearly all of them to one worker, so there
+// a Unix listener is served by one worker, as if only it listened.
+//
+// Launch refuses a path that exists and is in use (a listener answers
+// there), with an error wrapping syscall.EADDRINUSE, as Bind refuses a
+// held port; it also refuses a path that exists and is not a socket. A
+// socket file left behind by a process that is gone (nothing answers) is
+// replaced. The socket file is removed when the runtime stops, only if
+// Launch created it and it is still the same file. A path longer than
+// sun_path allows (107 bytes and a NUL) is refused with an error wrapping
+// syscall.ENAMETOOLONG.
+func (b *Builder) BindUnix(path string) *Builder { b.unixPath = path; return b }
 
 // Config replaces the Builder's Config.
 func (b *Builder) Config(cfg Config) *Builder { b.cfg = cfg; return b }
@@ -40,20 +67,32 @@ type Runtime struct {
 	cfg     Config
 	workers []*worker
 	addr    net.Addr
-	backend Backend
-	desc    string
-	wg      sync.WaitGroup
-	once    sync.Once
-	done    chan struct{}
-	gate    chan struct{} // closed once every worker is set up
+	// sockFile is the Unix socket file Launch created (removed when the
+	// runtime stops, if it is still that file).
+	sockFile *unixSockFile
+	backend  Backend
+	desc     string
+	wg       sync.WaitGroup
+	once     sync.Once
+	done     chan struct{}
+	gate     chan struct{} // closed once every worker is set up
 }
 
 // Launch validates the Config, binds the listeners, starts the workers and
 // returns once every worker is serving. factory is called once per worker,
 // on that worker's goroutine, and the handler it returns serves all of the
 // worker's connections (if Auto has to fall back to epoll after io_uring
-// workers failed to start, factory is called again for the new workers). Errors: a *ConfigError naming the bad field, or the
-// bind/ring setup error (wrapping syscall.Errno).
+// workers failed to start, factory is called again for the new workers).
+// Errors: a *ConfigError naming the bad field, or the bind/ring setup
+// error (wrapping syscall.Errno).
+//
+// Without Bind or BindUnix the runtime is client-only: no worker listens,
+// and a handler that implements Starter gets, on every worker, a start
+// task (OnStart) that can Connect, Spawn and Sleep; a load generator or a
+// pure client is built that way (OnAccept is then never called). A worker
+// with no listener, no start task and no connections is not an error: it
+// waits, costing no CPU, for work posted with Runtime.Post, and stops on
+// Shutdown like any other.
 func (b *Builder) Launch(factory func(workerID int) AsyncEventHandler) (*Runtime, error) {
 	cfg := b.cfg
 	cfg.fill()
@@ -62,6 +101,9 @@ func (b *Builder) Launch(factory func(workerID int) AsyncEventHandler) (*Runtime
 	}
 	if factory == nil {
 		return nil, errors.New("ringline: Launch needs a handler factory")
+	}
+	if b.addr != "" && b.unixPath != "" {
+		return nil, errors.New("ringline: Launch: Bind and BindUnix both set; a runtime serves one address")
 	}
 	raiseNofile()
 	kind, err := selectBackend(&cfg)
@@ -82,6 +124,7 @@ func (b *Builder) Launch(factory func(workerID int) AsyncEventHandler) (*Runtime
 	rt.desc = rt.workers[0].be.describe()
 	go func() {
 		rt.wg.Wait()
+		rt.sockFile.remove()
 		close(rt.done)
 	}()
 	if rt.cfg.StallThreshold > 0 {
@@ -311,15 +354,33 @@ func (b *Builder) start(cfg Config, kind Backend, factory func(workerID int) Asy
 			return nil, err
 		}
 	}
+	if b.unixPath != "" {
+		n := cfg.Workers
+		if testHookUnixOneListener {
+			n = 1
+		}
+		lfds, rt.sockFile, err = listenUnix(b.unixPath, n, cfg.ListenBacklog)
+		if err != nil {
+			return nil, err
+		}
+		rt.addr = &net.UnixAddr{Name: b.unixPath, Net: "unix"}
+	}
 	ready := make(chan error, cfg.Workers)
+	// Every worker exists before any runs: a task may call
+	// RequestShutdown (Runtime.Shutdown, which reads rt.workers) as soon
+	// as its worker starts.
 	for i := 0; i < cfg.Workers; i++ {
 		lfd := -1
-		if lfds != nil {
+		if i < len(lfds) {
 			lfd = lfds[i]
 		}
 		w := newWorker(i, &rt.cfg, lfd)
 		w.exitReady = ready
+		w.lunix = b.unixPath != ""
+		w.shutdown = rt.Shutdown
 		rt.workers = append(rt.workers, w)
+	}
+	for _, w := range rt.workers {
 		rt.wg.Add(1)
 		go func() {
 			defer rt.wg.Done()
@@ -363,6 +424,7 @@ func (b *Builder) start(cfg Config, kind Backend, factory func(workerID int) Asy
 		rt.Shutdown()
 		close(rt.gate)
 		rt.Wait()
+		rt.sockFile.remove()
 		return nil, firstErr
 	}
 	close(rt.gate)
@@ -408,4 +470,117 @@ func (w *worker) callFactory(factory func(int) AsyncEventHandler) (h AsyncEventH
 		return nil, &workerSetupError{worker: w.id, err: errors.New("handler factory returned nil")}
 	}
 	return h, nil
+}
+
+// testHookUnixOneListener, when set by a benchmark, gives a BindUnix
+// runtime's listening socket to worker 0 only (the alternative that
+// BenchmarkUnixListener measures the shared listener against).
+var testHookUnixOneListener bool
+
+// unixSockFile identifies the socket file Launch created, so that only
+// that file is removed at the end (not one another process has put at
+// the same path since).
+type unixSockFile struct {
+	path     string
+	dev, ino uint64
+}
+
+func (f *unixSockFile) remove() {
+	if f == nil {
+		return
+	}
+	var st unix.Stat_t
+	if unix.Lstat(f.path, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK &&
+		uint64(st.Dev) == f.dev && st.Ino == f.ino {
+		_ = unix.Unlink(f.path)
+	}
+}
+
+// listenUnix binds and listens on the Unix stream socket at path and
+// returns one descriptor per worker, all for the same socket (dups: each
+// worker closes its own). The socket file it creates is returned for
+// removal at the end; an abstract name has none.
+func listenUnix(path string, n, backlog int) ([]int, *unixSockFile, error) {
+	var raw [2 + sunPathLen]byte
+	if _, err := putSockaddrUnix(raw[:], path); err != nil { // the checks Connect makes
+		return nil, nil, fmt.Errorf("ringline: bind unix %q: %w", path, err)
+	}
+	sa := &unix.SockaddrUnix{Name: path} // x/sys/unix maps a leading '@' to the abstract NUL
+	abstract := path[0] == '@'
+	if !abstract {
+		if err := unixPathFree(path); err != nil {
+			return nil, nil, err
+		}
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ringline: socket for unix %s: %w", path, err)
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		unix.Close(fd)
+		if err == unix.EADDRINUSE {
+			return nil, nil, fmt.Errorf("ringline: bind unix %s: the path exists: %w", path, err)
+		}
+		return nil, nil, fmt.Errorf("ringline: bind unix %s: %w", path, err)
+	}
+	var file *unixSockFile
+	if !abstract {
+		var st unix.Stat_t
+		if err := unix.Lstat(path, &st); err == nil {
+			file = &unixSockFile{path: path, dev: uint64(st.Dev), ino: st.Ino}
+		}
+	}
+	fds := []int{fd}
+	fail := func(op string, err error) ([]int, *unixSockFile, error) {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		file.remove()
+		return nil, nil, fmt.Errorf("ringline: %s unix %s: %w", op, path, err)
+	}
+	if err := unix.Listen(fd, backlog); err != nil {
+		return fail("listen", err)
+	}
+	for len(fds) < n {
+		d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return fail("dup listener", err)
+		}
+		fds = append(fds, d)
+	}
+	return fds, file, nil
+}
+
+// unixPathFree checks that nothing serves at path: a missing path is
+// free; a socket nobody accepts on (ECONNREFUSED: its server is gone) is
+// removed; anything else (a live listener, a file that is not a socket)
+// is refused with EADDRINUSE.
+func unixPathFree(path string) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		if err == unix.ENOENT {
+			return nil
+		}
+		return fmt.Errorf("ringline: bind unix %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fmt.Errorf("ringline: bind unix %s: the path exists and is not a socket: %w", path, unix.EADDRINUSE)
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return fmt.Errorf("ringline: bind unix %s: %w", path, err)
+	}
+	err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
+	unix.Close(fd)
+	switch err {
+	case nil, unix.EAGAIN:
+		// Accepting (EAGAIN: its backlog is full, but it is there).
+		return fmt.Errorf("ringline: bind unix %s: another socket is listening there: %w", path, unix.EADDRINUSE)
+	case unix.ECONNREFUSED:
+		if err := unix.Unlink(path); err != nil && err != unix.ENOENT {
+			return fmt.Errorf("ringline: bind unix %s: removing the stale socket file: %w", path, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("ringline: bind unix %s: checking the existing socket file: %w", path, err)
 }

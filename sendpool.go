@@ -6,12 +6,21 @@ import (
 
 // sendPool is a worker's fixed set of send slots in memory outside the Go
 // heap, so the kernel can read queued bytes while Go code runs and the
-// garbage collector never sees them. A slot belongs to one connection at a
-// time; exhaustion is an error to the caller, never a block.
+// garbage collector never sees them. Exhaustion is an error to the caller
+// (SendWait waits for room instead).
+//
+// A slot is counted by the queue segments that refer to it: usually one,
+// more when a SendParts batch packs copies on both sides of a referenced
+// part into one slot. It is free again when the last one is released.
 type sendPool struct {
 	mem      region
 	slotSize uint32
 	free     []uint32 // stack of free slot numbers
+	refs     []uint16 // segments referring to each slot
+	// held is how many free slots are earmarked for SendWait callers
+	// (servePoolWaiters): every other send sees len(free)-held, so a
+	// waiter's turn cannot be taken by a later send.
+	held int
 }
 
 func newSendPool(slots, slotSize int) (*sendPool, error) {
@@ -19,7 +28,7 @@ func newSendPool(slots, slotSize int) (*sendPool, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &sendPool{mem: mem, slotSize: uint32(slotSize), free: make([]uint32, slots)}
+	p := &sendPool{mem: mem, slotSize: uint32(slotSize), free: make([]uint32, slots), refs: make([]uint16, slots)}
 	for i := range p.free {
 		p.free[i] = uint32(slots - 1 - i)
 	}
@@ -29,15 +38,26 @@ func newSendPool(slots, slotSize int) (*sendPool, error) {
 func (p *sendPool) get() uint32 {
 	s := p.free[len(p.free)-1]
 	p.free = p.free[:len(p.free)-1]
+	p.refs[s] = 1
 	return s
 }
 
+// share counts one more segment referring to slot s.
+func (p *sendPool) share(s uint32) { p.refs[s]++ }
+
+// put releases one segment's hold on slot s.
 func (p *sendPool) put(s uint32) {
+	if p.refs[s]--; p.refs[s] > 0 {
+		return
+	}
 	if debugPoison {
 		poison(p.slot(s))
 	}
 	p.free = append(p.free, s)
 }
+
+// avail is how many slots a send may take now.
+func (p *sendPool) avail() int { return len(p.free) - p.held }
 
 // inUse is how many slots are taken (free never grows past its capacity,
 // the slot count).
@@ -54,9 +74,39 @@ func (p *sendPool) addr(s, off uint32) uint64 {
 
 func (p *sendPool) close() { p.mem.unmap() }
 
-// sendSeg is a run of queued bytes [off, end) in one pool slot.
+// zcRoom reports whether sends may go zero-copy as far as the pool is
+// concerned. A zero-copy send keeps its memory until the peer has
+// acknowledged the bytes (the kernel's notification), not just until the
+// kernel queued them, so its slots stay taken about a round trip longer
+// and a slow reader's socket buffer is held in pool slots rather than in
+// kernel memory. Past half the pool, sends are copied by the kernel
+// instead, so zero copy cannot exhaust the pool for the sends that follow.
+func (p *sendPool) zcRoom() bool { return 2*p.inUse() <= cap(p.free) }
+
+// slotsFor is how many fresh slots n bytes take.
+func (p *sendPool) slotsFor(n int) int { return (n + int(p.slotSize) - 1) / int(p.slotSize) }
+
+// What a queue segment's bytes are.
+const (
+	segPool uint8 = iota // copied into a pool slot; id is the slot
+	segRef               // caller memory from SendBuilder.Ref; id indexes worker.refs
+	segFwd               // a provided receive buffer forwarded by ForwardRecvBuf; id is its buffer id
+)
+
+// sendSeg is a run of queued bytes [off, end) of one slot, reference or
+// buffer.
 type sendSeg struct {
-	slot, off, end uint32
+	off, end uint32
+	id       uint32
+	// zc is the number of the last zero-copy send that read these bytes
+	// (conn.zcSeq), 0 for none: the memory goes back only once that
+	// send's notification (and every earlier one's) has come.
+	zc   uint32
+	kind uint8
+	// counted: this forward took its buffer from the ring on behalf of
+	// the connection (conn.fwdBufs); a buffer forwarded again while held
+	// takes nothing more.
+	counted bool
 }
 
 // iovecs per send; more segments go out in the next send of the chain.
@@ -64,6 +114,8 @@ const maxIov = 32
 
 // iovArea is the per-connection scratch C and the kernel read a sendmsg
 // from: a msghdr followed by maxIov iovecs, in the worker's iov region.
+// The kernel reads it while the send is issued (a send that waits copies
+// what it needs), so it is free again by the send's first completion.
 const iovAreaSize = 64 + maxIov*16
 
 type msghdr struct {
@@ -83,66 +135,113 @@ type iovec struct {
 	len  uint64
 }
 
+// zcWindow bounds the zero-copy sends of one connection whose
+// notifications have not come; past it sends are copied by the kernel
+// until notifications return (zcMask has one bit per send in the window).
+const zcWindow = 64
+
+// tailRoom is how many bytes fit behind the last queued segment without a
+// new slot: only a pool segment can grow.
+func (c *conn) tailRoom() int {
+	if n := len(c.q); n > c.qHead && c.q[n-1].kind == segPool {
+		return int(c.w.pool.slotSize - c.q[n-1].end)
+	}
+	return 0
+}
+
+// queueRoom reports ErrSendQueueFull when n more bytes would take the
+// connection past MaxSendQueue (a single send larger than it never fits).
+func (c *conn) queueRoom(n int) error {
+	if int(c.queued-c.sent)+n > c.w.cfg.MaxSendQueue {
+		return ErrSendQueueFull
+	}
+	return nil
+}
+
 // enqueue copies b behind the connection's queued bytes, filling the tail
 // slot first. It is all or nothing: when the connection's queue would pass
 // MaxSendQueue or the pool cannot hold b, nothing is queued and
-// ErrSendQueueFull or ErrSendPoolExhausted is returned.
+// ErrSendQueueFull or ErrSendPoolExhausted is returned (and counted).
 func (c *conn) enqueue(b []byte) error {
-	if !c.poolRoom(len(b)) {
+	err := c.tryEnqueue(b)
+	switch err {
+	case ErrSendPoolExhausted:
 		c.w.st.poolExhausted++
+	case ErrSendQueueFull:
+		c.w.st.sendQueueFull++
+	}
+	return err
+}
+
+// tryEnqueue is enqueue without counting a refusal (SendWait retries).
+func (c *conn) tryEnqueue(b []byte) error {
+	if !c.poolRoom(len(b)) {
 		return ErrSendPoolExhausted
 	}
-	if !c.queueRoom(len(b)) {
-		c.w.st.sendQueueFull++
-		return ErrSendQueueFull
+	if err := c.queueRoom(len(b)); err != nil {
+		return err
 	}
 	c.appendQueue(b)
 	return nil
 }
 
-// poolRoom reports whether n more bytes fit in the tail slot and the
-// pool's free slots.
+// poolRoom reports whether n more bytes fit behind the tail segment and in
+// the pool's free slots.
 func (c *conn) poolRoom(n int) bool {
-	p := c.w.pool
-	room := 0
-	if k := len(c.q); k > c.qHead {
-		room = int(p.slotSize - c.q[k-1].end)
-	}
-	rest := n - room
-	return rest <= 0 || (rest+int(p.slotSize)-1)/int(p.slotSize) <= len(p.free)
+	rest := n - c.tailRoom()
+	return rest <= 0 || c.w.pool.slotsFor(rest) <= c.w.pool.avail()
 }
 
-// queueRoom reports whether n more bytes stay within MaxSendQueue.
-func (c *conn) queueRoom(n int) bool {
-	return int(c.queued-c.sent)+n <= c.w.cfg.MaxSendQueue
-}
-
-// appendQueue copies b behind the queued bytes; the caller has checked
-// poolRoom (a TLS connection checks once for all the records of a write).
+// appendQueue copies b behind the queued bytes, filling the tail slot
+// first; the caller has checked poolRoom (a TLS connection checks once for
+// all the records of a write, tls.go).
 func (c *conn) appendQueue(b []byte) {
 	w := c.w
 	p := w.pool
+	room := c.tailRoom()
 	c.queued += uint64(len(b))
-	if n := len(c.q); n > c.qHead && len(b) > 0 {
-		t := &c.q[n-1]
-		k := copy(p.slot(t.slot)[t.end:], b)
-		t.end += uint32(k)
-		b = b[k:]
+	w.st.bytesCopied += uint64(len(b))
+	if room > 0 && len(b) > 0 {
+		t := &c.q[len(c.q)-1]
+		n := copy(p.slot(t.id)[t.end:], b)
+		t.end += uint32(n)
+		b = b[n:]
 	}
 	for len(b) > 0 {
 		s := p.get()
 		n := copy(p.slot(s), b)
-		c.q = append(c.q, sendSeg{slot: s, end: uint32(n)})
+		c.q = append(c.q, sendSeg{kind: segPool, id: s, end: uint32(n)})
 		b = b[n:]
 	}
+	c.scheduleFlush()
+}
+
+// scheduleFlush has the loop start a send for c once the running tasks
+// have queued what they will this iteration.
+func (c *conn) scheduleFlush() {
 	if !c.sending && !c.flushPending {
 		c.flushPending = true
-		w.flushq = append(w.flushq, c)
+		c.w.flushq = append(c.w.flushq, c)
 	}
+}
+
+// segAddr is where the kernel reads segment s's unsent bytes.
+func (w *worker) segAddr(s *sendSeg) uint64 {
+	switch s.kind {
+	case segPool:
+		return w.pool.addr(s.id, s.off)
+	case segRef:
+		return uint64(uintptr(unsafe.Pointer(unsafe.SliceData(w.refs[s.id].b)))) + uint64(s.off)
+	}
+	return uint64(uintptr(unsafe.Pointer(unsafe.SliceData(w.be.buffer(uint16(s.id)))))) + uint64(s.off)
 }
 
 // startSend stages one send covering up to maxIov queued segments. At most
 // one send is in flight per connection, so bytes reach the peer in order.
+// A send of at least Config.SendZCThreshold bytes goes zero-copy on
+// io_uring (w.zcMin > 0), unless the connection has zcWindow zero-copy
+// sends awaiting their notifications or the pool is more than half used
+// (see zcRoom).
 func (c *conn) startSend() {
 	w := c.w
 	segs := c.q[c.qHead:]
@@ -152,27 +251,49 @@ func (c *conn) startSend() {
 	if len(segs) > maxIov {
 		segs = segs[:maxIov]
 	}
+	var total uint64
+	for i := range segs {
+		total += uint64(segs[i].end - segs[i].off)
+	}
+	zc := w.zcMin > 0 && total >= uint64(w.zcMin) && c.zcSeq-c.zcBase < zcWindow && w.pool.zcRoom()
 	ud := packUD(udSend, c.idx, c.gen, 0)
+	var aux uint32
+	code, codeMsg := uint8(opSend), uint8(opSendmsg)
+	if zc {
+		c.zcSeq++
+		for i := range segs {
+			segs[i].zc = c.zcSeq
+		}
+		ud = packUD(udSendZC, c.idx, c.gen, uint16(c.zcSeq))
+		code, codeMsg = opSendZC, opSendmsgZC
+		aux = zcReportUsage | testHookZCFlags
+		w.st.zcSends++
+	}
 	if len(segs) == 1 {
-		s := segs[0]
-		w.be.stage(sqOp{code: opSend, fd: c.opFd, flags: c.opFlags, ud: ud,
-			addr: w.pool.addr(s.slot, s.off), len: s.end - s.off})
+		w.be.stage(sqOp{code: code, fd: c.opFd, flags: c.opFlags, ud: ud, aux: aux,
+			addr: w.segAddr(&segs[0]), len: uint32(total)})
 	} else {
 		area := w.iovMem.ptr(int(c.idx) * iovAreaSize)
 		iov := unsafe.Slice((*iovec)(unsafe.Add(area, 64)), len(segs))
-		for i, s := range segs {
-			iov[i] = iovec{base: w.pool.addr(s.slot, s.off), len: uint64(s.end - s.off)}
+		for i := range segs {
+			iov[i] = iovec{base: w.segAddr(&segs[i]), len: uint64(segs[i].end - segs[i].off)}
 		}
 		*(*msghdr)(area) = msghdr{iov: uint64(uintptr(unsafe.Add(area, 64))), iovlen: uint64(len(segs))}
-		w.be.stage(sqOp{code: opSendmsg, fd: c.opFd, flags: c.opFlags, ud: ud, addr: uint64(uintptr(area))})
+		w.be.stage(sqOp{code: codeMsg, fd: c.opFd, flags: c.opFlags, ud: ud, aux: aux, addr: uint64(uintptr(area))})
 	}
+	c.sendUD = ud
 	c.sending = true
 	c.pending++
 }
 
-// sent advances the queue by n bytes the kernel took, releasing slots.
+// testHookZCFlags, when set by a test, is added to the zero-copy flags of
+// every zero-copy send: an invalid flag makes the kernel refuse the send
+// (EINVAL), to exercise the fallback to copies.
+var testHookZCFlags uint32
+
+// sentBytes advances the queue by n bytes the kernel took, releasing what
+// no send reads any more.
 func (c *conn) sentBytes(n int) {
-	p := c.w.pool
 	c.sent += uint64(n)
 	for n > 0 && c.qHead < len(c.q) {
 		s := &c.q[c.qHead]
@@ -183,11 +304,72 @@ func (c *conn) sentBytes(n int) {
 		s.off += uint32(take)
 		n -= take
 		if s.off == s.end {
-			p.put(s.slot)
+			c.retire(s)
 			c.qHead++
 		}
 	}
 	c.compactQueue()
+}
+
+// retire releases a segment the connection is done with, or, when a
+// zero-copy send that read it has not been notified yet, keeps it until
+// the notification.
+func (c *conn) retire(s *sendSeg) {
+	if s.zc <= c.zcBase {
+		c.releaseSeg(s)
+		return
+	}
+	c.held = append(c.held, *s)
+}
+
+// releaseSeg gives a segment's memory back: a pool slot to the pool, a
+// forwarded buffer to the ring, a reference to its owner (release runs
+// from the loop, see runReleases).
+func (c *conn) releaseSeg(s *sendSeg) {
+	w := c.w
+	switch s.kind {
+	case segPool:
+		w.pool.put(s.id)
+	case segRef:
+		c.refsOut--
+		w.releaseRef(s.id)
+	case segFwd:
+		if s.counted {
+			c.fwdBufs--
+		}
+		w.unholdBuf(uint16(s.id))
+	}
+}
+
+// zcSeqOf recovers the full number of an outstanding zero-copy send from
+// the 16 bits its user_data carries (the window is far narrower).
+func (c *conn) zcSeqOf(payload uint16) uint32 {
+	lo := c.zcBase + 1
+	return lo + uint32(payload-uint16(lo))
+}
+
+// zcDone records that zero-copy send seq needs no more waiting (its
+// notification came, or it never promised one) and releases the held
+// segments every send up to the oldest outstanding one was done with.
+// Notifications may come out of order; memory goes back in order.
+func (c *conn) zcDone(seq uint32) {
+	bit := seq - c.zcBase - 1
+	if bit >= zcWindow {
+		return // not outstanding
+	}
+	c.zcMask |= 1 << bit
+	for c.zcMask&1 != 0 {
+		c.zcMask >>= 1
+		c.zcBase++
+	}
+	for c.heldHead < len(c.held) && c.held[c.heldHead].zc <= c.zcBase {
+		c.releaseSeg(&c.held[c.heldHead])
+		c.heldHead++
+	}
+	if c.heldHead == len(c.held) {
+		clear(c.held)
+		c.held, c.heldHead = c.held[:0], 0
+	}
 }
 
 func (c *conn) compactQueue() {
@@ -201,11 +383,13 @@ func (c *conn) compactQueue() {
 	}
 }
 
-// dropQueue releases every queued slot (the connection failed or is being
-// torn down); bytes not yet sent are lost, and futures see the error.
+// dropQueue gives up every queued segment (the connection failed or is
+// being torn down); bytes not yet sent are lost, and futures see the
+// error. Memory a zero-copy send may still read stays held until its
+// notification.
 func (c *conn) dropQueue() {
-	for _, s := range c.q[c.qHead:] {
-		c.w.pool.put(s.slot)
+	for i := c.qHead; i < len(c.q); i++ {
+		c.retire(&c.q[i])
 	}
 	c.q = c.q[:0]
 	c.qHead = 0

@@ -12,6 +12,11 @@ type counters struct {
 	taskGoexits                  uint64
 	acceptErrors, acceptRefused  uint64
 	drainTimeouts, sendQueueFull uint64
+	bytesCopied, sendWaits       uint64
+	zcSends, zcCopied            uint64
+	zcFallbacks                  uint64
+	forwarded, forwardCopies     uint64
+	connects, connectErrors      uint64
 	// TLS (tls.go)
 	tlsHandshakes, tlsHandshakeErrors, tlsHandshakeTimeouts uint64
 }
@@ -23,6 +28,9 @@ type publishedCounters struct {
 	enobufs, poolExhausted, taskPanics, limitCloses               atomic.Uint64
 	taskGoexits, acceptErrors, acceptRefused                      atomic.Uint64
 	drainTimeouts, sendQueueFull                                  atomic.Uint64
+	bytesCopied, sendWaits, zcSends, zcCopied, zcFallbacks        atomic.Uint64
+	forwarded, forwardCopies                                      atomic.Uint64
+	connects, connectErrors                                       atomic.Uint64
 	tlsHandshakes, tlsHandshakeErrors, tlsHandshakeTimeouts       atomic.Uint64
 	cgoCalls, enters                                              atomic.Uint64
 	poolInUse                                                     atomic.Uint64
@@ -48,6 +56,15 @@ func (w *worker) publish() {
 	p.acceptRefused.Store(s.acceptRefused)
 	p.drainTimeouts.Store(s.drainTimeouts)
 	p.sendQueueFull.Store(s.sendQueueFull)
+	p.bytesCopied.Store(s.bytesCopied)
+	p.sendWaits.Store(s.sendWaits)
+	p.zcSends.Store(s.zcSends)
+	p.zcCopied.Store(s.zcCopied)
+	p.zcFallbacks.Store(s.zcFallbacks)
+	p.forwarded.Store(s.forwarded)
+	p.forwardCopies.Store(s.forwardCopies)
+	p.connects.Store(s.connects)
+	p.connectErrors.Store(s.connectErrors)
 	p.tlsHandshakes.Store(s.tlsHandshakes)
 	p.tlsHandshakeErrors.Store(s.tlsHandshakeErrors)
 	p.tlsHandshakeTimeouts.Store(s.tlsHandshakeTimeouts)
@@ -64,6 +81,12 @@ type WorkerStats struct {
 	// Accepted and Closed count connections; Rejected counts accepts
 	// refused because MaxConnections was reached.
 	Accepted, Rejected, Closed uint64
+	// Connected counts outbound connections established (Connect);
+	// ConnectErrors counts connects that failed (refused, timed out,
+	// cancelled, or refused before starting: ErrConnLimit, no fds).
+	// Closed counts established connections of both kinds, so
+	// Accepted+Connected-Closed is how many are open.
+	Connected, ConnectErrors uint64
 	// BytesIn and BytesOut count payload bytes received and sent.
 	BytesIn, BytesOut uint64
 	// LoopIterations counts backend enters made by the loop; TaskResumes
@@ -88,6 +111,22 @@ type WorkerStats struct {
 	SendSlotsInUse uint64
 	// SendQueueFull counts sends refused with ErrSendQueueFull.
 	SendQueueFull uint64
+	// BytesCopied counts bytes copied into the send pool (SendNowait,
+	// Send, SendWait, SendBuilder.Copy, ForwardRecvBuf when it copies):
+	// divided by messages, the user-space copying a benchmark pays.
+	BytesCopied uint64
+	// SendWaits counts SendWait calls that had to wait for room.
+	SendWaits uint64
+	// ZeroCopySends counts zero-copy sends submitted (io_uring, sends of
+	// at least Config.SendZCThreshold); ZeroCopyCopied counts their
+	// notifications that said the kernel copied anyway;
+	// ZeroCopyFallbacks counts workers that turned zero copy off (the
+	// kernel refused it or copied): at most one per worker.
+	ZeroCopySends, ZeroCopyCopied, ZeroCopyFallbacks uint64
+	// ForwardedBuffers counts ForwardRecvBuf calls that queued the
+	// received buffer itself; ForwardCopies those that copied (the bytes
+	// were not in a lent buffer, or the forwarding bounds were reached).
+	ForwardedBuffers, ForwardCopies uint64
 	// TaskPanics counts tasks that panicked and TaskGoexits tasks that
 	// called runtime.Goexit (each closed its connection only);
 	// LimitCloses counts connections closed for exceeding
@@ -124,11 +163,15 @@ func (rt *Runtime) Stats() []WorkerStats {
 		p := &w.pub
 		out[i] = WorkerStats{Worker: i,
 			Accepted: p.accepted.Load(), Rejected: p.rejected.Load(), Closed: p.closed.Load(),
+			Connected: p.connects.Load(), ConnectErrors: p.connectErrors.Load(),
 			BytesIn: p.bytesIn.Load(), BytesOut: p.bytesOut.Load(),
 			LoopIterations: p.loops.Load(), TaskResumes: p.resumes.Load(),
 			CgoCalls: p.cgoCalls.Load(), RingEnters: p.enters.Load(),
 			ENOBUFS: p.enobufs.Load(), SendPoolExhausted: p.poolExhausted.Load(),
 			SendSlotsInUse: p.poolInUse.Load(), SendQueueFull: p.sendQueueFull.Load(),
+			BytesCopied: p.bytesCopied.Load(), SendWaits: p.sendWaits.Load(),
+			ZeroCopySends: p.zcSends.Load(), ZeroCopyCopied: p.zcCopied.Load(), ZeroCopyFallbacks: p.zcFallbacks.Load(),
+			ForwardedBuffers: p.forwarded.Load(), ForwardCopies: p.forwardCopies.Load(),
 			TaskPanics: p.taskPanics.Load(), TaskGoexits: p.taskGoexits.Load(), LimitCloses: p.limitCloses.Load(),
 			AcceptErrors: p.acceptErrors.Load(), AcceptRefused: p.acceptRefused.Load(),
 			DrainTimeouts: p.drainTimeouts.Load(), ForeignCalls: w.foreign.calls.Load(), Wakeups: w.wakeups.Load(), Stalls: p.stalls.Load(),
@@ -144,6 +187,8 @@ func Total(stats []WorkerStats) WorkerStats {
 		t.Accepted += s.Accepted
 		t.Rejected += s.Rejected
 		t.Closed += s.Closed
+		t.Connected += s.Connected
+		t.ConnectErrors += s.ConnectErrors
 		t.BytesIn += s.BytesIn
 		t.BytesOut += s.BytesOut
 		t.LoopIterations += s.LoopIterations
@@ -154,6 +199,13 @@ func Total(stats []WorkerStats) WorkerStats {
 		t.SendPoolExhausted += s.SendPoolExhausted
 		t.SendSlotsInUse += s.SendSlotsInUse
 		t.SendQueueFull += s.SendQueueFull
+		t.BytesCopied += s.BytesCopied
+		t.SendWaits += s.SendWaits
+		t.ZeroCopySends += s.ZeroCopySends
+		t.ZeroCopyCopied += s.ZeroCopyCopied
+		t.ZeroCopyFallbacks += s.ZeroCopyFallbacks
+		t.ForwardedBuffers += s.ForwardedBuffers
+		t.ForwardCopies += s.ForwardCopies
 		t.TaskPanics += s.TaskPanics
 		t.TaskGoexits += s.TaskGoexits
 		t.LimitCloses += s.LimitCloses

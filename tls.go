@@ -433,33 +433,152 @@ func (cn *conn) queueSend(b []byte) error {
 	return cn.enqueue(b)
 }
 
-// write seals b into records queued on the connection, all or nothing.
+// write seals b into records queued on the connection, all or nothing,
+// counting a refusal like enqueue.
 func (t *tlsConn) write(b []byte) error {
-	cn := t.cn
+	err := t.tryWrite(b)
+	switch err {
+	case ErrSendPoolExhausted:
+		t.cn.w.st.poolExhausted++
+	case ErrSendQueueFull:
+		t.cn.w.st.sendQueueFull++
+	}
+	return err
+}
+
+// tryWrite is write without counting a refusal (SendWait retries).
+func (t *tlsConn) tryWrite(b []byte) error {
 	if !t.hsDone {
 		return ErrTLSHandshakePending
 	}
-	bound := t.sealedBound(len(b))
-	if !cn.poolRoom(bound) {
-		cn.w.st.poolExhausted++
-		return ErrSendPoolExhausted
-	}
-	if !cn.queueRoom(bound) {
-		cn.w.st.sendQueueFull++
-		return ErrSendQueueFull
-	}
-	if _, err := t.tc.Write(b); err != nil {
-		// The room was there for every record, so crypto/tls refused
-		// (its session is broken) or the bound was wrong: some records
-		// may be queued, the rest never will be, and the session cannot
-		// continue. Fail the connection rather than leave it silently
-		// broken.
-		err = fmt.Errorf("ringline: TLS write failed; connection closed: %w", err)
-		cn.fail(err)
-		cn.requestClose()
+	if err := t.room(t.sealedBound(len(b))); err != nil {
 		return err
 	}
-	return nil
+	_, err := t.tc.Write(b)
+	return t.sealed(err)
+}
+
+// room checks that n bytes of records fit the pool and MaxSendQueue.
+func (t *tlsConn) room(n int) error {
+	if !t.cn.poolRoom(n) {
+		return ErrSendPoolExhausted
+	}
+	return t.cn.queueRoom(n)
+}
+
+// sealed handles tls.Conn.Write's outcome. The room was there for every
+// record, so an error means crypto/tls refused (its session is broken) or
+// the bound was wrong: some records may be queued, the rest never will
+// be, and the session cannot continue. The connection fails rather than
+// stay silently broken.
+func (t *tlsConn) sealed(err error) error {
+	if err == nil {
+		return nil
+	}
+	err = fmt.Errorf("ringline: TLS write failed; connection closed: %w", err)
+	t.cn.fail(err)
+	t.cn.requestClose()
+	return err
+}
+
+// trySend is tryEnqueue for any connection (SendWait): sealed on TLS.
+func (cn *conn) trySend(b []byte) error {
+	if cn.tls != nil {
+		return cn.tls.tryWrite(b)
+	}
+	return cn.tryEnqueue(b)
+}
+
+// wireLen is what n bytes of plaintext may take in the send pool: the
+// records' bound on a TLS connection.
+func (cn *conn) wireLen(n int) int {
+	if cn.tls != nil {
+		return cn.tls.sealedBound(n)
+	}
+	return n
+}
+
+// tlsGatherMax is the most plaintext SendParts on a TLS connection gathers
+// before sealing it: one full record.
+const tlsGatherMax = 16 << 10
+
+// submitTLS seals a SendParts batch on a TLS connection, all or nothing:
+// its parts (copies already in pool slots, references in the caller's
+// memory) are gathered into records of up to 16 KiB (a part that large is
+// sealed on its own) and sealed as one send. The slots the copies took
+// go back at once, and every Ref's release is due at once (the kernel
+// never reads the caller's memory: what it sends are sealed copies); the
+// releases run from the loop like any other.
+func (sb *SendBuilder) submitTLS(cn *conn) (SendFuture, error) {
+	t := cn.tls
+	w := cn.w
+	if !t.hsDone {
+		return SendFuture{}, sb.refuse(ErrTLSHandshakePending)
+	}
+	// At most one tls.Conn.Write per part and one more, each adding two
+	// records to sealedBound's count.
+	bound := t.sealedBound(sb.bytes) + 2*(len(sb.segs)+1)*tlsRecordOverhead
+	if err := t.room(bound); err != nil {
+		if err == ErrSendPoolExhausted {
+			w.st.poolExhausted++
+		} else {
+			w.st.sendQueueFull++
+		}
+		return SendFuture{}, sb.refuse(err)
+	}
+	buf := w.tlsGather[:0]
+	var err error
+	seal := func(p []byte) {
+		if err == nil && len(p) > 0 {
+			_, err = t.tc.Write(p)
+		}
+	}
+	for _, s := range sb.segs {
+		var p []byte
+		if s.kind == segPool {
+			p = w.pool.slot(s.id)[s.off:s.end]
+		} else {
+			p = sb.refs[s.id].b[s.off:s.end]
+		}
+		if len(buf)+len(p) > tlsGatherMax {
+			seal(buf)
+			buf = buf[:0]
+		}
+		if len(p) >= tlsGatherMax {
+			seal(p)
+			continue
+		}
+		buf = append(buf, p...)
+	}
+	seal(buf)
+	clear(buf)
+	w.tlsGather = buf[:0]
+	if err = t.sealed(err); err != nil {
+		return SendFuture{}, sb.refuse(err)
+	}
+	for _, s := range sb.segs {
+		if s.kind == segPool {
+			w.pool.put(s.id)
+		}
+	}
+	for i := range sb.refs {
+		if f := sb.refs[i].release; f != nil {
+			w.relq = append(w.relq, f)
+			sb.refs[i].release = nil
+		}
+	}
+	f := SendFuture{c: sb.c, mark: cn.queued, n: sb.bytes}
+	sb.finish()
+	return f, nil
+}
+
+// closeWrite sends close_notify (ShutdownWrite): after it this side sends
+// nothing more, and the FIN follows it.
+func (t *tlsConn) closeWrite() {
+	if t.hsDone && !t.failed && !t.notifySent && t.cn.err == nil {
+		t.notifySent = true
+		_ = t.tc.CloseWrite()
+	}
 }
 
 // closing runs when the connection is asked to close (requestClose, before

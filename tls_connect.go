@@ -126,37 +126,29 @@ var (
 	errAlreadyTLS  = errors.New("ringline: the connection already runs TLS")
 )
 
-// The seam to outbound Connect (issue 8, built on another branch). Once it
-// is merged, tlsTCPDial and dialTCP become:
-//
-//	type tlsTCPDial struct{ f ConnectFuture }
-//
-//	func (t TaskCtx) dialTCP(addr netip.AddrPort, d time.Duration) (tlsTCPDial, error) {
-//		var f ConnectFuture
-//		var err error
-//		if d > 0 {
-//			f, err = t.ConnectWithTimeout(addr, d)
-//		} else {
-//			f, err = t.Connect(addr)
-//		}
-//		return tlsTCPDial{f: f}, err
-//	}
-//
-//	func (d tlsTCPDial) await() (ConnCtx, error) { return d.f.Await() }
-//
-// and ErrConnectUnavailable goes away.
-
-// ErrConnectUnavailable is what ConnectTLS returns in a build without
-// outbound Connect.
-var ErrConnectUnavailable = errors.New("ringline: ConnectTLS needs outbound Connect, which this build does not have yet")
-
-type tlsTCPDial struct{}
+// tlsTCPDial is the TCP connect under a ConnectTLS.
+type tlsTCPDial struct{ f ConnectFuture }
 
 func (t TaskCtx) dialTCP(addr netip.AddrPort, d time.Duration) (tlsTCPDial, error) {
-	if _, err := t.cur(); err != nil {
-		return tlsTCPDial{}, err
+	var f ConnectFuture
+	var err error
+	if d > 0 {
+		f, err = t.ConnectWithTimeout(addr, d)
+	} else {
+		f, err = t.Connect(addr)
 	}
-	return tlsTCPDial{}, ErrConnectUnavailable
+	return tlsTCPDial{f: f}, err
 }
 
-func (d tlsTCPDial) await() (ConnCtx, error) { return ConnCtx{}, ErrConnectUnavailable }
+func (d tlsTCPDial) await() (ConnCtx, error) { return d.f.Await() }
+
+// ConnectTLS is TaskCtx.ConnectTLS for the calling task (c.Task().ConnectTLS).
+func (c ConnCtx) ConnectTLS(addr netip.AddrPort, serverName string) (TLSConnectFuture, error) {
+	return c.Task().ConnectTLS(addr, serverName)
+}
+
+// ConnectTLSWithTimeout is TaskCtx.ConnectTLSWithTimeout for the calling
+// task.
+func (c ConnCtx) ConnectTLSWithTimeout(addr netip.AddrPort, serverName string, d time.Duration) (TLSConnectFuture, error) {
+	return c.Task().ConnectTLSWithTimeout(addr, serverName, d)
+}

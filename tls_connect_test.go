@@ -1,10 +1,3 @@
-//go:build ringline_connect_tls
-
-// These tests need outbound Connect (issue 8). They are ready for it, and
-// built only with -tags ringline_connect_tls until it is merged: then the
-// seam at the end of tls_connect.go is replaced as its comment says and
-// this build constraint goes.
-
 package ringline
 
 import (
@@ -21,20 +14,6 @@ import (
 	"github.com/ringline-go/ringline/internal/assert"
 	"github.com/ringline-go/ringline/internal/require"
 )
-
-// inTask runs f as a task on worker 0 of rt and returns what it returns.
-func inTask(t *testing.T, rt *Runtime, f func(tc TaskCtx) error) error {
-	t.Helper()
-	done := make(chan error, 1)
-	require.NoError(t, rt.Post(0, func(tc TaskCtx) { done <- f(tc) }))
-	select {
-	case err := <-done:
-		return err
-	case <-time.After(30 * time.Second):
-		t.Fatal("the client task did not finish within 30s")
-	}
-	return nil
-}
 
 // tlsEchoOver sends msg on c and reads its echo (in a task that owns c).
 func tlsEchoOver(c ConnCtx, msg []byte) error {
@@ -83,7 +62,7 @@ func TestConnectTLS(t *testing.T) {
 				_, _ = io.Copy(c, c)
 			}()
 			ap := netip.MustParseAddrPort(ln.Addr().String())
-			require.NoError(t, inTask(t, rt, func(tc TaskCtx) error {
+			require.NoError(t, inTask(t, rt, 0, func(tc TaskCtx) error {
 				f, err := tc.ConnectTLS(ap, "localhost")
 				if err != nil {
 					return err
@@ -101,7 +80,7 @@ func TestConnectTLS(t *testing.T) {
 		})
 		t.Run("own-listener", func(t *testing.T) {
 			ap := netip.MustParseAddrPort(rt.Addr().String())
-			require.NoError(t, inTask(t, rt, func(tc TaskCtx) error {
+			require.NoError(t, inTask(t, rt, 0, func(tc TaskCtx) error {
 				f, err := tc.ConnectTLSWithTimeout(ap, "localhost", 10*time.Second)
 				if err != nil {
 					return err
@@ -120,7 +99,7 @@ func TestConnectTLS(t *testing.T) {
 				return c
 			}(), echoTask)
 			ap := netip.MustParseAddrPort(bad.Addr().String())
-			err := inTask(t, bad, func(tc TaskCtx) error {
+			err := inTask(t, bad, 0, func(tc TaskCtx) error {
 				f, err := tc.ConnectTLS(ap, "localhost")
 				if err != nil {
 					return err
@@ -147,7 +126,7 @@ func TestConnectTLS(t *testing.T) {
 			}()
 			ap := netip.MustParseAddrPort(ln.Addr().String())
 			start := time.Now()
-			err = inTask(t, rt, func(tc TaskCtx) error {
+			err = inTask(t, rt, 0, func(tc TaskCtx) error {
 				f, err := tc.ConnectTLSWithTimeout(ap, "localhost", 300*time.Millisecond)
 				if err != nil {
 					return err
@@ -163,7 +142,7 @@ func TestConnectTLS(t *testing.T) {
 			require.NoError(t, err)
 			ap := netip.MustParseAddrPort(ln.Addr().String())
 			ln.Close()
-			err = inTask(t, rt, func(tc TaskCtx) error {
+			err = inTask(t, rt, 0, func(tc TaskCtx) error {
 				f, err := tc.ConnectTLS(ap, "localhost")
 				if err != nil {
 					return err

@@ -27,6 +27,23 @@ var (
 	_ [C.RL_SETUP_TASKRUN_FLAG - setupTaskrunFlag]struct{}
 	_ [outMinTimeout - C.RL_OUT_MIN_TIMEOUT]struct{}
 	_ [C.RL_OUT_MIN_TIMEOUT - outMinTimeout]struct{}
+	// The zero-copy send ops and flags.
+	_ [opSendZC - C.RL_OP_SEND_ZC]struct{}
+	_ [C.RL_OP_SEND_ZC - opSendZC]struct{}
+	_ [opSendmsgZC - C.RL_OP_SENDMSG_ZC]struct{}
+	_ [C.RL_OP_SENDMSG_ZC - opSendmsgZC]struct{}
+	_ [cqeFMore - C.RL_CQE_F_MORE]struct{}
+	_ [C.RL_CQE_F_MORE - cqeFMore]struct{}
+	_ [cqeFNotif - C.RL_CQE_F_NOTIF]struct{}
+	_ [C.RL_CQE_F_NOTIF - cqeFNotif]struct{}
+	_ [zcReportUsage - C.RL_SEND_ZC_REPORT_USAGE]struct{}
+	_ [C.RL_SEND_ZC_REPORT_USAGE - zcReportUsage]struct{}
+	_ [zcUsageCopied - C.RL_NOTIF_USAGE_ZC_COPIED]struct{}
+	_ [C.RL_NOTIF_USAGE_ZC_COPIED - zcUsageCopied]struct{}
+	_ [opConnect - C.RL_OP_CONNECT]struct{}
+	_ [C.RL_OP_CONNECT - opConnect]struct{}
+	_ [opLinkTimeout - C.RL_OP_LINK_TIMEOUT]struct{}
+	_ [C.RL_OP_LINK_TIMEOUT - opLinkTimeout]struct{}
 )
 
 func newURing(bc backendConfig) (backend, error) {
@@ -58,6 +75,8 @@ func probeKernel(entries, mask uint32) kernelProbe {
 	kp.acceptMulti = int(info.accept_multishot)
 	kp.sendZC = info.send_zc != 0
 	kp.sendmsgZC = info.sendmsg_zc != 0
+	kp.zcRes, kp.zcNotif, kp.zcCopied = int(info.zc_res), info.zc_notif != 0, info.zc_copied != 0
+	kp.zcSetupErr = int(info.zc_setup_err)
 	kp.ops = make(map[string]bool, len(uringOpNames)+2)
 	for op, name := range uringOpNames {
 		probeCgoCalls.Add(1)

@@ -21,7 +21,10 @@ type worker struct {
 	be      backend
 	det     detacher
 	handler AsyncEventHandler
-	lfd     int // listener, -1 when none
+	lfd     int  // listener, -1 when none
+	lunix   bool // the listener is a Unix socket (no TCP options on what it accepts)
+	// shutdown is the runtime's Shutdown, for TaskCtx.RequestShutdown.
+	shutdown func()
 	// exitReady is Launch's setup channel, for a factory that Goexits.
 	exitReady chan<- error
 
@@ -29,8 +32,12 @@ type worker struct {
 	freeSlots []uint32
 	live      int
 
-	pool   *sendPool
-	iovMem region
+	pool      *sendPool
+	iovMem    region
+	sendState // zero copy, references, forwarded buffers, SendWait (sendparts.go)
+	// tlsGather is where SendParts on a TLS connection gathers parts
+	// into a record (tls.go).
+	tlsGather []byte
 
 	cur *task
 	// tasks counts live tasks; allTasks holds them (intrusive list through
@@ -159,6 +166,7 @@ func (w *worker) setup(kind Backend) error {
 		be.close()
 		return err
 	}
+	w.setupSend()
 	w.conns = make([]*conn, 0, 64)
 	// Best effort: without it EMFILE would leave the backlog waiting; a
 	// missing spare is retried at the next accept pause.
@@ -201,6 +209,7 @@ func (w *worker) run() {
 	w.armAccept()
 	var drainDeadline time.Time
 	for {
+		w.serveSendWaits()
 		// Tasks run to their next suspension; what they queue is flushed
 		// below, so one enter carries every send of this iteration.
 		for len(w.runq) > 0 || len(w.aborts) > 0 {
@@ -275,6 +284,10 @@ func (w *worker) yieldToScheduler() {
 }
 
 func (w *worker) flushSends() {
+	// Releases and waiters first: a release callback may send, and slots
+	// freed by tasks that ended must reach SendWait callers before the
+	// loop blocks.
+	w.serveSendWaits()
 	for _, c := range w.flushq {
 		c.flushPending = false
 		if c.state == connOpen {
@@ -366,8 +379,14 @@ func (w *worker) complete(e *cqEntry) {
 	switch kind {
 	case udRecv:
 		w.onRecvCQE(cn, e)
-	case udSend:
+	case udSend, udSendZC:
 		w.onSendCQE(cn, e)
+	case udConnect, udLinkTimeout:
+		w.onConnectCQE(cn, kind, e.res)
+	case udShutdown:
+		// A failed half-close (ENOTCONN after a reset) changes nothing:
+		// the receive side reports the reset.
+		cn.pending--
 	case udCancel, udFilesUpdate:
 		cn.pending--
 		if kind == udFilesUpdate && e.res < 0 {
@@ -429,14 +448,39 @@ func (w *worker) onRecvCQE(cn *conn, e *cqEntry) {
 	}
 }
 
+// onSendCQE handles a send's completion. A zero-copy send completes
+// twice exactly when its first completion carries cqeFMore: the result,
+// then a notification (cqeFNotif) once the kernel no longer reads its
+// memory, which is only then released; a connection's slot is not reused
+// before its notifications have come (each counts in pending).
 func (w *worker) onSendCQE(cn *conn, e *cqEntry) {
+	res := e.res
+	if udKind(e.ud) == udSendZC {
+		seq := cn.zcSeqOf(udPayload(e.ud))
+		if e.flags&cqeFNotif != 0 {
+			cn.pending--
+			w.onZCNotif(uint32(res))
+			cn.zcDone(seq)
+			return
+		}
+		if e.flags&cqeFMore != 0 {
+			cn.pending++ // its notification
+		} else {
+			cn.zcDone(seq)
+		}
+		if res < 0 && zcRefused(res) {
+			// Nothing went out: the same bytes go again, copied.
+			w.zcFallback("the kernel refused a zero-copy send", syscall.Errno(-res))
+			res = 0
+		}
+	}
 	cn.sending = false
 	cn.pending--
-	if e.res >= 0 {
-		w.st.bytesOut += uint64(e.res)
-		cn.sentBytes(int(e.res))
+	if res >= 0 {
+		w.st.bytesOut += uint64(res)
+		cn.sentBytes(int(res))
 	} else {
-		cn.fail(errnoErr("send", e.res))
+		cn.fail(errnoErr("send", res))
 		cn.eof = true
 		cn.closeWanted = true
 	}
@@ -449,6 +493,8 @@ func (w *worker) onSendCQE(cn *conn, e *cqEntry) {
 		cn.startSend()
 	} else if cn.closeWanted && cn.sendIdle() && !cn.tlsAwaitsPeer() {
 		cn.startClose()
+	} else if cn.shutWr {
+		cn.maybeShutdownWrite()
 	}
 	cn.task.wake(waitSend)
 	if len(cn.sendWaiters) > 0 {
@@ -478,7 +524,9 @@ func (w *worker) onAccept(e *cqEntry) {
 		return
 	}
 	w.st.accepted++
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	if !w.lunix {
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	}
 	w.openConn(cn, fd, false)
 	c := ConnCtx{w: w, idx: cn.idx, gen: cn.gen}
 	secure := w.cfg.TLS != nil
@@ -640,8 +688,15 @@ func (w *worker) allocConn() *conn {
 	return cn
 }
 
+// openConn makes a new socket fd the connection in slot cn and starts it.
 func (w *worker) openConn(cn *conn, fd int, outbound bool) {
-	gen, q := cn.gen, cn.q[:0]
+	w.initConn(cn, fd, outbound)
+	w.startConn(cn)
+}
+
+// initConn takes slot cn for socket fd (state connOpen).
+func (w *worker) initConn(cn *conn, fd int, outbound bool) {
+	gen, q, held, sb, lq := cn.gen, cn.q[:0], cn.held[:0], cn.builder, cn.lentq[:0]
 	if cap(q) == 0 {
 		// Allocated here, on the worker's stack, not on the task's first
 		// Send: growing a slice on a fresh 2 KiB coroutine stack doubles
@@ -649,12 +704,17 @@ func (w *worker) openConn(cn *conn, fd int, outbound bool) {
 		// connection, measured).
 		q = make([]sendSeg, 0, 4)
 	}
-	*cn = conn{w: w, idx: cn.idx, gen: gen, state: connOpen, fd: int32(fd), lent: -1, outbound: outbound, q: q}
+	*cn = conn{w: w, idx: cn.idx, gen: gen, state: connOpen, fd: int32(fd), lent: -1, outbound: outbound, q: q, held: held, builder: sb, lentq: lq}
 	cn.drainT = timerNode{kind: tmDrain, conn: cn}
 	cn.rdT = timerNode{kind: tmReadDeadline, conn: cn}
 	cn.wrT = timerNode{kind: tmWriteDeadline, conn: cn}
 	w.live++
-	cn.opFd, cn.opFlags = w.det.attach(cn.idx, int32(fd), cn.gen)
+}
+
+// startConn registers a connected socket (in the fixed-file table where it
+// has room) and arms its receive.
+func (w *worker) startConn(cn *conn) {
+	cn.opFd, cn.opFlags = w.det.attach(cn.idx, cn.fd, cn.gen)
 	if cn.opFlags&opFFixed != 0 {
 		cn.pending++ // the FILES_UPDATE completion
 	}
@@ -715,7 +775,7 @@ func (w *worker) teardown() {
 		// Only sockets whose close was never staged: a staged close has
 		// been submitted by the last enter, and closing its number again
 		// could close an fd another worker just got.
-		if cn.state == connOpen && cn.fd >= 0 {
+		if (cn.state == connOpen || cn.state == connConnecting) && cn.fd >= 0 {
 			unix.Close(int(cn.fd))
 			cn.fd = -1
 		}
@@ -739,6 +799,8 @@ func (w *worker) teardown() {
 		w.wakeMu.Unlock()
 		w.publish() // after close, so its C calls are counted too
 	}
+	// After the ring: the kernel reads no more of what is still held.
+	w.releaseSendsAtStop()
 	if w.pool != nil {
 		w.pool.close()
 	}

@@ -107,7 +107,9 @@ elif out=$(run distro "$work/app-distro" -backend iouring); then
     want="$want: min-timeout batch waits unavailable"
   fi
   if expect distro "$out" "$want"$'\n' "backend: iouring" "echo: ok"; then
-    if ldd "$work/app-distro" | grep -q 'liburing\.so'; then
+    # Not `ldd | grep -q`: grep -q exits at the first match, ldd may then
+    # die of SIGPIPE, and pipefail turns that into a spurious failure.
+    if grep -q 'liburing\.so' <<<"$(ldd "$work/app-distro")"; then
       ok "distribution liburing $distro_ver (dynamic): $want; echo on io_uring"
     else
       bad "distro: the binary does not link the distribution's shared liburing"
@@ -128,7 +130,7 @@ elif ! (eval "$flags" && CGO_ENABLED=1 "$GO" build -o "$work/app-pinned" .) 2>"$
   sed 's/^/    /' "$work/err"
 elif out=$(run pinned "$work/app-pinned" -backend iouring); then
   if expect pinned "$out" "built against liburing 2.9"$'\n' "backend: iouring" "echo: ok"; then
-    if ldd "$work/app-pinned" | grep -q 'liburing'; then
+    if grep -q 'liburing' <<<"$(ldd "$work/app-pinned")"; then
       bad "pinned: the binary links a shared liburing"
     else
       ok "pinned liburing 2.9 (static) via cmd/ringline-liburing: echo on io_uring"

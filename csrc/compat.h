@@ -10,6 +10,8 @@
  *                 min-timeout batch waits compiled out.
  *   2.4 to 2.7:   min-timeout batch waits compiled out.
  *   2.8 and later: nothing to do.
+ *   Before the 6.2 kernel headers (liburing 2.3): the zero-copy usage
+ *   report's two constants, defined here.
  *
  * Included once, by rl.c, after <liburing.h>.
  */
@@ -101,6 +103,22 @@ static inline int io_uring_submit_and_wait_min_timeout(struct io_uring *ring, st
 #else
 #define RL_COMPILED_OUT 0u
 #endif
+
+/*
+ * Zero-copy send usage reports are kernel 6.2 ABI; liburing 2.3's copy of
+ * <linux/io_uring.h> predates them (its io_uring_prep_send_zc and
+ * io_uring_prep_sendmsg_zc are there). The values are the kernel's.
+ */
+#ifndef IORING_SEND_ZC_REPORT_USAGE
+#define IORING_SEND_ZC_REPORT_USAGE (1U << 3)
+#endif
+#ifndef IORING_NOTIF_USAGE_ZC_COPIED
+#define IORING_NOTIF_USAGE_ZC_COPIED (1U << 31)
+#endif
+_Static_assert(RL_SEND_ZC_REPORT_USAGE == IORING_SEND_ZC_REPORT_USAGE, "rl.h restates the kernel's value");
+_Static_assert(RL_NOTIF_USAGE_ZC_COPIED == IORING_NOTIF_USAGE_ZC_COPIED, "rl.h restates the kernel's value");
+_Static_assert(RL_CQE_F_MORE == IORING_CQE_F_MORE, "rl.h restates the kernel's value");
+_Static_assert(RL_CQE_F_NOTIF == IORING_CQE_F_NOTIF, "rl.h restates the kernel's value");
 
 /* Defined here rather than in rl.c: compat.h is included once, by rl.c. */
 int rl_liburing_version(void) { return RL_LIBURING_VERSION; }

@@ -4,10 +4,13 @@
 #include "rl.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <unistd.h>
 #include <liburing.h>
 #include "compat.h" /* what an older liburing lacks */
@@ -181,6 +184,17 @@ static void prep_one(struct io_uring_sqe *sqe, const struct rl_op *op)
 		break;
 	case RL_OP_SOCKET:
 		io_uring_prep_socket(sqe, op->fd, (int)op->len, (int)op->aux, 0);
+		break;
+	case RL_OP_SEND_ZC:
+		io_uring_prep_send_zc(sqe, op->fd, (void *)(uintptr_t)op->addr, op->len, MSG_NOSIGNAL, op->aux);
+		break;
+	case RL_OP_SENDMSG_ZC:
+		io_uring_prep_sendmsg_zc(sqe, op->fd, (const struct msghdr *)(uintptr_t)op->addr, MSG_NOSIGNAL);
+		sqe->ioprio = (__u16)op->aux; /* the zero-copy flags, as io_uring_prep_send_zc sets them */
+		break;
+	case RL_OP_LINK_TIMEOUT:
+		/* The kernel copies the timespec at submission. */
+		io_uring_prep_link_timeout(sqe, (struct __kernel_timespec *)(uintptr_t)op->addr, 0);
 		break;
 	default:
 		io_uring_prep_nop(sqe);
@@ -439,6 +453,9 @@ int rl_kernel_opcode(int which)
 	case RL_OP_CONNECT: return IORING_OP_CONNECT;
 	case RL_OP_TIMEOUT: return IORING_OP_TIMEOUT;
 	case RL_OP_SOCKET: return IORING_OP_SOCKET;
+	case RL_OP_SEND_ZC: return IORING_OP_SEND_ZC;
+	case RL_OP_SENDMSG_ZC: return IORING_OP_SENDMSG_ZC;
+	case RL_OP_LINK_TIMEOUT: return IORING_OP_LINK_TIMEOUT;
 	}
 	return -1;
 }
@@ -449,7 +466,7 @@ int rl_kernel_opcode(int which)
 /* The probe's user_data: each completion is matched to its op, since their
  * order differs between rings (without DEFER_TASKRUN the recv probe's last
  * completion can arrive after the accept probe has started). */
-enum { PROBE_UD_RECV = 1, PROBE_UD_ACCEPT = 2, PROBE_UD_CANCEL = 3 };
+enum { PROBE_UD_RECV = 1, PROBE_UD_ACCEPT = 2, PROBE_UD_CANCEL = 3, PROBE_UD_SEND_ZC = 4 };
 
 /* Consumes one completion (waiting up to a second for it) and reports it.
  * A socket an accept completion carries was accepted by this probe and is
@@ -598,6 +615,92 @@ out:
 	return ret;
 }
 
+/* A connected TCP pair over 127.0.0.1: *a and *b, or -errno. */
+static int tcp_pair(int *a, int *b)
+{
+	struct sockaddr_in sa;
+	socklen_t len = sizeof(sa);
+	int lfd, cfd = -1, afd, ret;
+
+	*a = *b = -1;
+	lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (lfd < 0)
+		return -errno;
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) || listen(lfd, 1) ||
+	    getsockname(lfd, (struct sockaddr *)&sa, &len)) {
+		ret = -errno;
+		goto out;
+	}
+	cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (cfd < 0 || connect(cfd, (struct sockaddr *)&sa, len)) {
+		ret = -errno;
+		goto out;
+	}
+	afd = accept(lfd, NULL, NULL);
+	if (afd >= 0)
+		fcntl(afd, F_SETFD, FD_CLOEXEC);
+	if (afd < 0) {
+		ret = -errno;
+		goto out;
+	}
+	*a = afd;
+	*b = cfd;
+	cfd = -1;
+	ret = 0;
+out:
+	if (cfd >= 0)
+		close(cfd);
+	close(lfd);
+	return ret;
+}
+
+/* One SEND_ZC asking for a usage report, over TCP loopback; fills the zc_*
+ * fields of info. It follows the kernel's rule: a notification comes
+ * exactly when the first completion carries IORING_CQE_F_MORE. */
+static void probe_send_zc(struct io_uring *ring, struct rl_probe_info *info)
+{
+	static char msg[4096];
+	struct io_uring_sqe *sqe;
+	unsigned flags;
+	int a, b, ret, res;
+
+	ret = tcp_pair(&a, &b);
+	if (ret < 0) {
+		info->zc_setup_err = ret;
+		return;
+	}
+	sqe = io_uring_get_sqe(ring);
+	if (!sqe) {
+		info->zc_setup_err = -EBUSY;
+		goto out;
+	}
+	io_uring_prep_send_zc(sqe, a, msg, sizeof(msg), MSG_NOSIGNAL, IORING_SEND_ZC_REPORT_USAGE);
+	io_uring_sqe_set_data64(sqe, PROBE_UD_SEND_ZC);
+	ret = io_uring_submit(ring);
+	if (ret < 0) {
+		info->zc_setup_err = ret;
+		goto out;
+	}
+	ret = probe_wait(ring, PROBE_UD_SEND_ZC, &res, &flags);
+	if (ret < 0) {
+		info->zc_setup_err = ret;
+		goto out;
+	}
+	info->zc_res = res;
+	if (flags & IORING_CQE_F_MORE) {
+		if (probe_wait(ring, PROBE_UD_SEND_ZC, &res, &flags) == 0 && (flags & IORING_CQE_F_NOTIF)) {
+			info->zc_notif = 1;
+			info->zc_copied = ((unsigned)res & IORING_NOTIF_USAGE_ZC_COPIED) != 0;
+		}
+	}
+out:
+	close(a);
+	close(b);
+}
+
 int rl_probe(struct rl_probe_info *info, unsigned entries, unsigned want_flags)
 {
 	struct rl_ring *r = NULL;
@@ -640,6 +743,8 @@ int rl_probe(struct rl_probe_info *info, unsigned entries, unsigned want_flags)
 		info->recv_multishot = info->buf_ring_err;
 	}
 	info->accept_multishot = probe_accept_multishot(&r->ring);
+	if (info->send_zc)
+		probe_send_zc(&r->ring, info);
 	/* Unregisters the buffer ring and tears the ring down (cancelling the
 	 * probes still armed) before the buffer they might use is freed. */
 	rl_ring_free(r);

@@ -28,7 +28,26 @@ enum {
 	RL_OP_CONNECT = 11,     /* fd, addr = sockaddr*, len = addrlen */
 	RL_OP_TIMEOUT = 12,     /* addr = struct __kernel_timespec* */
 	RL_OP_SOCKET = 13,      /* fd = domain, len = type, aux = protocol */
+	RL_OP_SEND_ZC = 14,     /* fd, addr/len, aux = IORING_SEND_ZC_* flags */
+	RL_OP_SENDMSG_ZC = 15,  /* fd, addr = struct msghdr*, aux = IORING_SEND_ZC_* flags */
+	/* Bounds the op before it (which carries RL_F_LINK) by the timespec
+	 * at addr: on expiry that op is cancelled (-ECANCELED) and this one
+	 * completes with -ETIME; otherwise this one completes -ECANCELED.
+	 * 14..19 are left to the send ops added alongside it. */
+	RL_OP_LINK_TIMEOUT = 20, /* addr = struct __kernel_timespec* */
 };
+
+/* Zero-copy sends (RL_OP_SEND_ZC, RL_OP_SENDMSG_ZC) complete twice when
+ * the first completion carries RL_CQE_F_MORE: the send's result, then a
+ * notification (RL_CQE_F_NOTIF, same user_data) once the kernel no longer
+ * reads the memory. With RL_SEND_ZC_REPORT_USAGE in aux, the notification's
+ * res has RL_NOTIF_USAGE_ZC_COPIED set when the kernel copied the bytes
+ * after all (loopback, a device without scatter-gather). The kernel's
+ * values, restated so Go need not include liburing. */
+#define RL_CQE_F_MORE (1U << 1)
+#define RL_CQE_F_NOTIF (1U << 3)
+#define RL_SEND_ZC_REPORT_USAGE (1U << 3)
+#define RL_NOTIF_USAGE_ZC_COPIED (1U << 31)
 
 /* Op flags. */
 enum {
@@ -182,6 +201,17 @@ struct rl_probe_info {
 	int accept_multishot;    /* the same for multishot accept */
 	int send_zc;             /* 1 when IORING_OP_SEND_ZC is supported */
 	int sendmsg_zc;          /* 1 when IORING_OP_SENDMSG_ZC is supported */
+	/* A real SEND_ZC with RL_SEND_ZC_REPORT_USAGE over a TCP loopback
+	 * connection: zc_res is the first completion's res (bytes, or -errno:
+	 * -EINVAL from kernels before 6.2, which lack usage reports), zc_notif
+	 * 1 when a notification followed it, zc_copied 1 when the notification
+	 * said the kernel copied (always, over loopback). zc_res is 0 and the
+	 * others too when the check could not run (the setup's -errno in
+	 * zc_setup_err then). */
+	int zc_res;
+	int zc_notif;
+	int zc_copied;
+	int zc_setup_err;
 	unsigned char ops[256];  /* ops[i] = 1 when IORING_OP_* number i is supported */
 };
 

@@ -1,9 +1,19 @@
 // Command echo is a TCP echo server on ringline. Each connection's task
-// reads whatever arrived and sends it back with Send, awaiting each send:
-// when a client stops reading, the server stops consuming its input (TCP
-// then throttles the client) and no byte is lost. When a client half-closes,
+// reads whatever arrived and sends it back, awaiting its sends: when a
+// client stops reading, the server stops consuming its input (TCP then
+// throttles the client) and no byte is lost. When a client half-closes,
 // everything it sent is still echoed before the server closes. With
 // -idle-timeout, a connection silent for that long is closed.
+//
+// -mode chooses how the bytes go back:
+//
+//	copy     Send: one copy into the send pool (the default)
+//	forward  ForwardRecvBuf: the kernel's receive buffer itself is sent
+//	         and goes back to the ring when the send completes (no copy);
+//	         bytes that had to be accumulated are copied
+//	parts    SendParts: the first 16 bytes copied, the rest referenced
+//	         from a buffer of the task's own (a Ref, released when the
+//	         kernel is done with it) — the scatter-gather API, shown
 //
 // With -tls-cert and -tls-key (PEM files) it serves TLS instead, and with
 // -tls-self-signed it makes a throwaway ECDSA P-256 certificate for
@@ -33,13 +43,21 @@ import (
 	"github.com/ringline-go/ringline"
 )
 
-// echo is the handler; idle, when set, closes a connection that sends
-// nothing for that long (a read deadline renewed before every read).
+// echo is the handler: mode is how the bytes go back (-mode); idle, when
+// set, closes a connection that sends nothing for that long (a read
+// deadline renewed before every read).
 type echo struct {
+	mode string
 	idle time.Duration
 }
 
 func (e echo) OnAccept(c ringline.ConnCtx) {
+	// parts: the referenced memory is the task's own buffer, reused once
+	// the kernel released it (each turn awaits its send, so one buffer is
+	// out at a time; release only counts how many are out).
+	var own []byte
+	out := 0
+	release := func() { out-- }
 	for {
 		if e.idle > 0 {
 			c.SetReadDeadline(time.Now().Add(e.idle))
@@ -47,7 +65,22 @@ func (e echo) OnAccept(c ringline.ConnCtx) {
 		var fut ringline.SendFuture
 		var err error
 		n := c.WithData(func(b []byte) ringline.ParseResult {
-			fut, err = c.Send(b)
+			switch e.mode {
+			case "forward":
+				if err = c.ForwardRecvBuf(b); err == nil {
+					fut, err = c.Send(nil) // resolves once everything queued is sent
+				}
+			case "parts":
+				head := min(len(b), 16)
+				if out > 0 {
+					own = nil // still read by the kernel: never reuse it
+				}
+				own = append(own[:0], b[head:]...)
+				out++
+				fut, err = c.SendParts().Copy(b[:head]).Ref(own, release).Send()
+			default:
+				fut, err = c.Send(b)
+			}
 			if err != nil {
 				c.Close() // WithData then returns 0 instead of waiting for more
 				return ringline.Consumed(0)
@@ -69,6 +102,7 @@ func main() {
 	backend := flag.String("backend", "auto", "backend: auto, iouring or epoll")
 	batchWait := flag.Duration("batch-wait", 0, "io_uring batch wait (Config.BatchWait), e.g. 50us; 0 is off")
 	probe := flag.Bool("probe", false, "print what the kernel offers and which backend auto picks, then exit")
+	mode := flag.String("mode", "copy", "how bytes are sent back: copy (Send), forward (ForwardRecvBuf) or parts (SendParts)")
 	grace := flag.Duration("grace", 5*time.Second, "on SIGINT/SIGTERM, how long to wait for connections to close before exiting anyway")
 	idle := flag.Duration("idle-timeout", 0, "close a connection that sends nothing for this long (0: never)")
 	certFile := flag.String("tls-cert", "", "serve TLS with this certificate (PEM; with -tls-key)")
@@ -80,6 +114,11 @@ func main() {
 		return
 	}
 
+	switch *mode {
+	case "copy", "forward", "parts":
+	default:
+		log.Fatalf("unknown -mode %q", *mode)
+	}
 	cfg := ringline.Config{Workers: *workers, BatchWait: *batchWait}
 	switch *backend {
 	case "auto":
@@ -112,11 +151,11 @@ func main() {
 	// shutdown, not the default action.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	rt, err := ringline.New(cfg).Bind(*addr).Launch(func(int) ringline.AsyncEventHandler { return echo{idle: *idle} })
+	rt, err := ringline.New(cfg).Bind(*addr).Launch(func(int) ringline.AsyncEventHandler { return echo{mode: *mode, idle: *idle} })
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Printf("echo: listening on %s with %d workers; backend %s: %s\n", rt.Addr(), rt.Workers(), rt.Backend(), rt.Features())
+	fmt.Printf("echo: listening on %s with %d workers; backend %s: %s; mode %s\n", rt.Addr(), rt.Workers(), rt.Backend(), rt.Features(), *mode)
 
 	select {
 	case s := <-sig:
@@ -137,7 +176,8 @@ func main() {
 	}
 	rt.Wait()
 	t := ringline.Total(rt.Stats())
-	fmt.Printf("echo: stopped; accepted %d, closed %d, bytes in %d out %d\n", t.Accepted, t.Closed, t.BytesIn, t.BytesOut)
+	fmt.Printf("echo: stopped; accepted %d, closed %d, bytes in %d out %d, copied into the send pool %d, buffers forwarded %d\n",
+		t.Accepted, t.Closed, t.BytesIn, t.BytesOut, t.BytesCopied, t.ForwardedBuffers)
 	if cfg.TLS != nil {
 		fmt.Printf("echo: TLS handshakes %d, failed %d (timed out %d)\n", t.TLSHandshakes, t.TLSHandshakeErrors, t.TLSHandshakeTimeouts)
 	}

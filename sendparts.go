@@ -1,0 +1,616 @@
+package ringline
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"syscall"
+	"unsafe"
+)
+
+// Scatter-gather and zero-copy sends: SendParts (copied and referenced
+// parts in one batch), ForwardRecvBuf (a received buffer sent as it is),
+// and zero-copy sends on io_uring (SEND_ZC / SENDMSG_ZC) above
+// Config.SendZCThreshold. All of them go through the connection's one send
+// queue (sendpool.go), so bytes reach the peer in call order whatever mix
+// of sends is used, with at most one send in flight per connection.
+
+// Limits of one SendParts batch. A batch over any of them is refused whole
+// with ErrSendPartsLimit: nothing is sent and every Ref's release is
+// called.
+const (
+	// SendPartsMaxParts is the most parts (Copy and Ref calls with
+	// bytes) one batch may have.
+	SendPartsMaxParts = 64
+	// SendPartsMaxRefs is the most Ref parts one batch may have.
+	SendPartsMaxRefs = 32
+	// SendPartsMaxRefBytes is the largest one Ref part may be.
+	SendPartsMaxRefBytes = 1 << 30
+	// sendMaxConnRefs bounds the Ref parts one connection may have queued
+	// or held; a batch past it is refused with ErrSendQueueFull.
+	sendMaxConnRefs = 4096
+)
+
+var (
+	// ErrSendPartsLimit is returned by SendBuilder.Submit and Send for a
+	// batch over SendPartsMaxParts, SendPartsMaxRefs or
+	// SendPartsMaxRefBytes. Nothing was sent; every Ref's release was
+	// called.
+	ErrSendPartsLimit = errors.New("ringline: SendParts batch over its limits (SendPartsMaxParts, SendPartsMaxRefs, SendPartsMaxRefBytes)")
+	// ErrSendBuilderDone is returned by SendBuilder.Submit and Send on a
+	// builder that was already submitted (call SendParts again for the
+	// next batch).
+	ErrSendBuilderDone = errors.New("ringline: SendBuilder already submitted; call SendParts for a new batch")
+	// errBatchAbandoned is what an unsubmitted batch's parts meet when the
+	// next SendParts on the connection (or its end) abandons it.
+	errBatchAbandoned = errors.New("ringline: SendParts batch abandoned before Submit")
+)
+
+// sendState is the worker's share of the send path beyond the pool.
+type sendState struct {
+	// zcMin is the smallest send that goes zero-copy, 0 when zero copy
+	// is off: not io_uring, disabled by Config.SendZCThreshold, or fallen
+	// back (zcOff) because the kernel refused or copied.
+	zcMin int
+	zcOff bool
+	// refs holds the caller memory of queued Ref parts: kept reachable
+	// and pinned while the kernel may read it.
+	refs    []sendRef
+	refFree []uint32
+	// relq are release callbacks due, run by runReleases from the loop
+	// (never in the middle of a queue update).
+	relq, relq2 []func()
+	// bufHold counts, per provided buffer, the queued or held segments
+	// that forward it (holdRecvDone: the receive side is done with it
+	// too). Allocated on the first forward.
+	bufHold []uint16
+	// pw are the tasks waiting in SendWait, first come first served.
+	pw []poolWaiter
+}
+
+// sendRef is one referenced part in the queue.
+type sendRef struct {
+	b       []byte
+	release func()
+	pin     runtime.Pinner
+	inUse   bool
+}
+
+const holdRecvDone = 1 << 15
+
+func (w *worker) setupSend() {
+	if w.cfg.SendZCThreshold > 0 && w.be.kind() == IOUring {
+		w.zcMin = w.cfg.SendZCThreshold
+	}
+}
+
+// serveSendWaits runs the release callbacks that are due and hands freed
+// pool slots to SendWait callers.
+func (w *worker) serveSendWaits() {
+	w.runReleases()
+	w.servePoolWaiters()
+}
+
+// newRef enters a Ref part into the worker's table. The memory is Go
+// memory the kernel reads asynchronously, after this call and Submit have
+// returned: the table keeps the slice, so the garbage collector keeps its
+// array alive however the caller drops it, and the runtime.Pinner pins it,
+// which is what guarantees that the collector neither moves nor frees an
+// object while it is pinned (Go's heap objects do not move today; the
+// pin keeps that a stated guarantee rather than an implementation
+// detail). A slice of stack memory cannot get here: b is stored in the
+// builder, so it escapes to the heap. Pinning costs no allocation once a
+// table entry has been used.
+func (w *worker) newRef(b []byte, release func()) uint32 {
+	var id uint32
+	if n := len(w.refFree); n > 0 {
+		id = w.refFree[n-1]
+		w.refFree = w.refFree[:n-1]
+	} else {
+		w.refs = append(w.refs, sendRef{})
+		id = uint32(len(w.refs) - 1)
+	}
+	r := &w.refs[id]
+	r.b, r.release, r.inUse = b, release, true
+	r.pin.Pin(unsafe.SliceData(b))
+	return id
+}
+
+// releaseRef unpins a Ref part the kernel is done with and queues its
+// release callback.
+func (w *worker) releaseRef(id uint32) {
+	r := &w.refs[id]
+	r.pin.Unpin()
+	if r.release != nil {
+		w.relq = append(w.relq, r.release)
+	}
+	r.b, r.release, r.inUse = nil, nil, false
+	w.refFree = append(w.refFree, id)
+}
+
+// runReleases calls the release callbacks that are due, in order. They run
+// on the worker's goroutine, outside any task, between two queue updates;
+// a callback may send (what it queues goes out this iteration).
+func (w *worker) runReleases() {
+	for len(w.relq) > 0 {
+		q := w.relq
+		w.relq, w.relq2 = w.relq2[:0], q
+		for i, f := range q {
+			q[i] = nil
+			w.callRelease(f)
+		}
+	}
+}
+
+// callRelease runs a release callback; a panic in it is logged and does
+// not stop the others.
+func (w *worker) callRelease(f func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			w.log.Error("ringline: a SendBuilder.Ref release callback panicked", "worker", w.id, "panic", fmt.Sprint(r))
+		}
+	}()
+	f()
+}
+
+// releaseSendsAtStop runs at the worker's teardown, after its ring is
+// gone: every reference still queued or held (a zero-copy notification
+// that did not come before the shutdown deadline) is released, so each
+// release still runs exactly once. Memory the kernel had pinned for such a
+// send stays pinned by the kernel (it holds page references); only what
+// Go does with it afterwards can reach the wire of a connection the
+// shutdown already closed.
+func (w *worker) releaseSendsAtStop() {
+	for _, cn := range w.conns {
+		if cn != nil {
+			cn.abandonBatch()
+		}
+	}
+	for i := range w.refs {
+		if w.refs[i].inUse {
+			w.releaseRef(uint32(i))
+		}
+	}
+	w.runReleases()
+}
+
+// zcRefused tells a zero-copy send the kernel or socket refused (nothing
+// was sent) from a connection failure.
+func zcRefused(res int32) bool {
+	return res == -int32(syscall.EOPNOTSUPP) || res == -int32(syscall.EINVAL)
+}
+
+// zcFallback turns zero copy off for the worker: the kernel refused it,
+// or copied the bytes anyway (loopback and veth deliveries, devices
+// without scatter-gather), where zero copy costs more than a copied send.
+func (w *worker) zcFallback(why string, errno syscall.Errno) {
+	if w.zcOff {
+		return
+	}
+	w.zcOff, w.zcMin = true, 0
+	w.st.zcFallbacks++
+	if errno != 0 {
+		w.log.Info("ringline: zero-copy sends off for this worker; sending copies", "worker", w.id, "reason", why, "err", errno)
+	} else {
+		w.log.Info("ringline: zero-copy sends off for this worker; sending copies", "worker", w.id, "reason", why)
+	}
+}
+
+// onZCNotif counts a zero-copy notification whose res says the kernel
+// copied after all, and falls back.
+func (w *worker) onZCNotif(res uint32) {
+	if res&zcUsageCopied == 0 {
+		return
+	}
+	w.st.zcCopied++
+	if !w.cfg.zcKeepCopied {
+		w.zcFallback("the kernel copied the zero-copy sends (loopback or a device without scatter-gather)", 0)
+	}
+}
+
+// holdBuf takes a hold on provided buffer bid for a forwarded segment.
+func (w *worker) holdBuf(bid uint16) {
+	if w.bufHold == nil {
+		w.bufHold = make([]uint16, w.cfg.BufferCount)
+	}
+	w.bufHold[bid]++
+}
+
+// heldBuf reports whether forwarded segments hold buffer bid.
+func (w *worker) heldBuf(bid uint16) bool {
+	return w.bufHold != nil && w.bufHold[bid]&^holdRecvDone != 0
+}
+
+// holdRecycle is called by recycle: a forwarded buffer goes back to the
+// ring only when its sends are done too. It reports whether the recycle
+// is deferred.
+func (w *worker) holdRecycle(bid uint16) bool {
+	if !w.heldBuf(bid) {
+		return false
+	}
+	w.bufHold[bid] |= holdRecvDone
+	return true
+}
+
+// unholdBuf drops a forwarded segment's hold; the buffer returns to the
+// ring when no hold is left and the receive side is done with it.
+func (w *worker) unholdBuf(bid uint16) {
+	h := w.bufHold[bid] - 1
+	if h == holdRecvDone {
+		w.bufHold[bid] = 0
+		w.recycle(bid)
+		return
+	}
+	w.bufHold[bid] = h
+}
+
+// fwdPerConn is the most provided buffers one connection may hold through
+// ForwardRecvBuf: a sixteenth of the ring (at least one).
+func (w *worker) fwdPerConn() int { return max(1, w.cfg.BufferCount/16) }
+
+// fwdReserve is how many buffers the ring keeps free for every
+// connection's receives: below it ForwardRecvBuf copies instead.
+func (w *worker) fwdReserve() int { return max(1, w.cfg.BufferCount/8) }
+
+// lentBuffer finds the provided buffer lent to a running parse closure
+// that b lies in, and where.
+func (w *worker) lentBuffer(b []byte) (bid uint16, off uint32, ok bool) {
+	p := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+	for _, pc := range w.parsing {
+		if pc.lent < 0 {
+			continue
+		}
+		lent := pc.lentData()
+		lo := uintptr(unsafe.Pointer(unsafe.SliceData(lent)))
+		if p >= lo && p+uintptr(len(b)) <= lo+uintptr(len(lent)) {
+			return uint16(pc.lent), pc.lentOff + uint32(p-lo), true
+		}
+	}
+	return 0, 0, false
+}
+
+// ForwardRecvBuf sends b, a slice of the bytes a WithData closure is
+// running over, on this connection (often another one than the closure's,
+// as a proxy does). When b lies in the kernel's receive buffer lent to
+// the closure, that buffer itself is queued (no copy) and goes back to the
+// ring only once the kernel has sent it; otherwise (accumulated bytes, a
+// WithBytes closure, a slice from elsewhere) b is copied into the send
+// pool as SendNowait would. Forwarding does not consume: the closure still
+// returns Consumed for what it is done with.
+//
+// Bytes reach the peer in call order with the connection's other sends.
+// What one connection may hold is bounded so the receive ring does not run
+// dry for the others: at most BufferCount/16 buffers (at least one) per
+// connection, and no forward takes the worker's free buffers below
+// BufferCount/8; past either, ForwardRecvBuf copies. Forwarding more bytes
+// of a buffer that is already held counts once. Both backends forward
+// (on epoll the send is written at once, so the buffer returns within the
+// loop iteration). WorkerStats.ForwardedBuffers and ForwardCopies count
+// which way each call went.
+//
+// Errors are SendNowait's; nothing is queued when one is returned. It
+// must be called on the worker (ErrNotInWorker otherwise); outside a
+// parse closure it copies.
+func (c ConnCtx) ForwardRecvBuf(b []byte) error {
+	cn, err := c.own("ForwardRecvBuf")
+	if err != nil {
+		return err
+	}
+	if err := cn.sendable(); err != nil {
+		return err
+	}
+	if len(b) == 0 {
+		return nil
+	}
+	w := cn.w
+	if cn.tls != nil {
+		// A TLS connection sends sealed records: the buffer's bytes are
+		// plaintext, so they are sealed like any send (a copy).
+		w.st.forwardCopies++
+		return cn.queueSend(b)
+	}
+	if bid, off, ok := w.lentBuffer(b); ok {
+		// A buffer already held by a forward costs the ring nothing more.
+		held := w.heldBuf(bid)
+		if held || cn.fwdBufs < w.fwdPerConn() && w.be.buffersFree() >= w.fwdReserve() {
+			return cn.forward(bid, off, len(b), !held)
+		}
+	}
+	w.st.forwardCopies++
+	return cn.enqueue(b)
+}
+
+// forward queues n bytes of provided buffer bid from off.
+func (cn *conn) forward(bid uint16, off uint32, n int, counted bool) error {
+	w := cn.w
+	if err := cn.queueRoom(n); err != nil {
+		w.st.sendQueueFull++
+		return err
+	}
+	w.holdBuf(bid)
+	if counted {
+		cn.fwdBufs++
+	}
+	cn.q = append(cn.q, sendSeg{kind: segFwd, id: uint32(bid), off: off, end: off + uint32(n), counted: counted})
+	cn.queued += uint64(n)
+	w.st.forwarded++
+	cn.scheduleFlush()
+	return nil
+}
+
+// SendBuilder assembles one scatter-gather send: parts copied into the
+// send pool (Copy) and caller-owned memory sent without a copy (Ref), in
+// the order they are added, submitted as one batch that reaches the peer
+// in call order with the connection's other sends.
+//
+// A builder comes from ConnCtx.SendParts and is valid until its Submit or
+// Send: use it from the task that made it, on the worker's goroutine, and
+// do not suspend (Await, WithData, SendWait) before submitting. It is the
+// connection's own builder, reused by the next SendParts, so a batch costs
+// no allocation once the connection has made one. A second SendParts on
+// the connection before Submit abandons the first batch (its references
+// are released, nothing of it is sent).
+//
+// Errors are sticky: the first Copy or Ref that cannot be honoured
+// (ErrSendPoolExhausted, ErrSendPartsLimit, the connection's state)
+// records it, later parts are ignored (a Ref's release is still called),
+// and Submit reports it.
+type SendBuilder struct {
+	c     ConnCtx
+	w     *worker
+	err   error
+	open  bool
+	segs  []sendSeg // in order; a segRef's id indexes refs
+	refs  []builderRef
+	parts int
+	nrefs int
+	bytes int // bytes to send
+	// copied is how many of them Copy put into the pool; the current
+	// slot is where the next Copy goes (slotUsers segments refer to it).
+	copied    int
+	slot      uint32
+	slotEnd   uint32
+	slotUsers int
+}
+
+type builderRef struct {
+	b       []byte
+	release func()
+}
+
+// SendParts returns the connection's scatter-gather builder, empty. See
+// SendBuilder. Off the worker, or on a stale or closed connection, the
+// builder it returns refuses the batch at Submit (with ErrNotInWorker,
+// ErrStale, ErrClosed or the connection's failure) and calls every Ref's
+// release.
+//
+//	err := c.SendParts().Copy(header).Ref(value, done).Submit()
+func (c ConnCtx) SendParts() *SendBuilder {
+	cn, err := c.own("SendParts")
+	if err != nil {
+		// A builder of its own: the connection's is not this caller's
+		// to touch. Only misuse allocates.
+		return &SendBuilder{c: c, err: err, open: true}
+	}
+	sb := cn.builder
+	if sb == nil {
+		sb = &SendBuilder{w: cn.w}
+		cn.builder = sb
+	}
+	if sb.open {
+		sb.refuse(errBatchAbandoned)
+	}
+	sb.c = c
+	sb.open = true
+	sb.err = cn.sendable()
+	return sb
+}
+
+// usable reports whether a part may be added now.
+func (sb *SendBuilder) usable() bool {
+	if sb.err != nil {
+		return false
+	}
+	if sb.w == nil || !sb.w.onWorker() {
+		sb.err = ErrNotInWorker
+		return false
+	}
+	return true
+}
+
+// Copy adds a copy of p to the batch: p is copied into the worker's send
+// pool now and may be reused as soon as Copy returns. Copies made between
+// references are packed into the same pool slots.
+func (sb *SendBuilder) Copy(p []byte) *SendBuilder {
+	if !sb.open || len(p) == 0 || !sb.usable() {
+		return sb
+	}
+	if sb.parts++; sb.parts > SendPartsMaxParts {
+		sb.err = ErrSendPartsLimit
+		return sb
+	}
+	w := sb.w
+	pool := w.pool
+	room := 0
+	if sb.slotUsers > 0 {
+		room = int(pool.slotSize - sb.slotEnd)
+	}
+	if rest := len(p) - room; rest > 0 && pool.slotsFor(rest) > pool.avail() {
+		w.st.poolExhausted++
+		sb.err = ErrSendPoolExhausted
+		return sb
+	}
+	sb.bytes += len(p)
+	sb.copied += len(p)
+	for len(p) > 0 {
+		if sb.slotUsers == 0 || sb.slotEnd == pool.slotSize {
+			sb.slot, sb.slotEnd, sb.slotUsers = pool.get(), 0, 0
+		}
+		start := sb.slotEnd
+		n := copy(pool.slot(sb.slot)[start:], p)
+		p = p[n:]
+		sb.slotEnd += uint32(n)
+		if k := len(sb.segs) - 1; k >= 0 && sb.segs[k].kind == segPool && sb.segs[k].id == sb.slot && sb.segs[k].end == start {
+			sb.segs[k].end += uint32(n)
+			continue
+		}
+		if sb.slotUsers > 0 {
+			pool.share(sb.slot) // get counted the first segment
+		}
+		sb.slotUsers++
+		sb.segs = append(sb.segs, sendSeg{kind: segPool, id: sb.slot, off: start, end: sb.slotEnd})
+	}
+	return sb
+}
+
+// Ref adds p to the batch without copying it: the kernel reads p itself,
+// after Submit has returned, so p must not be modified until release is
+// called. release (nil for none) is called exactly once, on the worker's
+// goroutine outside any task, when the kernel no longer reads p: after
+// the send that took its last byte completed, or, for a zero-copy send,
+// after the kernel's notification; also when the batch is refused (then
+// inside Submit or Send), when the connection fails or resets before p
+// went out, when the batch is abandoned, and at shutdown. release must
+// not block or suspend; it may send. A panic in it is logged.
+//
+// p must be Go memory (or memory outside the Go heap that stays mapped
+// until release): ringline keeps p reachable and pins it with a
+// runtime.Pinner until release, so the garbage collector neither frees
+// nor moves it while the kernel reads it. An empty p is not sent; its
+// release is called at Submit.
+func (sb *SendBuilder) Ref(p []byte, release func()) *SendBuilder {
+	if !sb.open {
+		// Nothing will send it: the release is due now.
+		if release != nil {
+			release()
+		}
+		return sb
+	}
+	sb.refs = append(sb.refs, builderRef{b: p, release: release})
+	if len(p) == 0 || !sb.usable() {
+		return sb
+	}
+	sb.parts++
+	sb.nrefs++
+	if sb.parts > SendPartsMaxParts || sb.nrefs > SendPartsMaxRefs || len(p) > SendPartsMaxRefBytes {
+		sb.err = ErrSendPartsLimit
+		return sb
+	}
+	sb.bytes += len(p)
+	sb.segs = append(sb.segs, sendSeg{kind: segRef, id: uint32(len(sb.refs) - 1), end: uint32(len(p))})
+	return sb
+}
+
+// Submit queues the batch and returns at once, like SendNowait. It is all
+// or nothing: on an error nothing of the batch is sent and every Ref's
+// release has been called before Submit returns. Errors are SendNowait's
+// (the batch's bytes, copied and referenced, count against
+// Config.MaxSendQueue), ErrSendPartsLimit, and ErrSendBuilderDone for a
+// builder already submitted.
+func (sb *SendBuilder) Submit() error {
+	_, err := sb.submit()
+	return err
+}
+
+// Send is Submit returning a SendFuture that resolves, like Send's, once
+// the kernel has taken every byte of the batch (and of everything queued
+// before it). Ref releases may come after that: a zero-copy send's memory
+// is released on its notification.
+func (sb *SendBuilder) Send() (SendFuture, error) {
+	return sb.submit()
+}
+
+func (sb *SendBuilder) submit() (SendFuture, error) {
+	if !sb.open {
+		return SendFuture{}, ErrSendBuilderDone
+	}
+	if sb.err != nil {
+		return SendFuture{}, sb.refuse(sb.err)
+	}
+	cn, err := sb.c.own("SendBuilder.Submit")
+	if err == nil {
+		err = cn.sendable()
+	}
+	if err == nil && cn.tls != nil {
+		return sb.submitTLS(cn)
+	}
+	if err == nil {
+		if err = cn.queueRoom(sb.bytes); err == nil && cn.refsOut > 0 && cn.refsOut+sb.nrefs > sendMaxConnRefs {
+			err = ErrSendQueueFull
+		}
+		if err == ErrSendQueueFull {
+			sb.w.st.sendQueueFull++
+		}
+	}
+	if err != nil {
+		return SendFuture{}, sb.refuse(err)
+	}
+	w := cn.w
+	for _, s := range sb.segs {
+		if s.kind == segRef {
+			r := &sb.refs[s.id]
+			s.id = w.newRef(r.b, r.release)
+			r.release = nil // the table's now
+			cn.refsOut++
+		}
+		cn.q = append(cn.q, s)
+	}
+	cn.queued += uint64(sb.bytes)
+	w.st.bytesCopied += uint64(sb.copied)
+	if sb.bytes > 0 {
+		cn.scheduleFlush()
+	}
+	f := SendFuture{c: sb.c, mark: cn.queued, n: sb.bytes}
+	sb.finish() // empty Refs' releases
+	return f, nil
+}
+
+// refuse gives back what the batch took (pool slots) and calls every
+// release, in order; it returns err.
+func (sb *SendBuilder) refuse(err error) error {
+	if sb.w != nil && sb.w.onWorker() {
+		for _, s := range sb.segs {
+			if s.kind == segPool {
+				sb.w.pool.put(s.id)
+			}
+		}
+	}
+	sb.finish()
+	return err
+}
+
+// finish calls the releases the builder still owns and empties it.
+func (sb *SendBuilder) finish() {
+	// Detached while the callbacks run: one may start the connection's
+	// next batch on this builder.
+	refs := sb.refs
+	sb.refs = nil
+	sb.open = false
+	sb.segs = sb.segs[:0]
+	sb.parts, sb.nrefs, sb.bytes, sb.copied, sb.slotUsers = 0, 0, 0, 0, 0
+	defer func() {
+		if sb.refs == nil {
+			sb.refs = refs[:0]
+		}
+	}()
+	for i := range refs {
+		f := refs[i].release
+		refs[i] = builderRef{}
+		if f == nil {
+			continue
+		}
+		if sb.w != nil {
+			sb.w.callRelease(f)
+		} else {
+			f()
+		}
+	}
+}
+
+// abandonBatch refuses a batch left open on a connection that is going
+// away (or a worker that stops).
+func (cn *conn) abandonBatch() {
+	if sb := cn.builder; sb != nil && sb.open {
+		sb.refuse(errBatchAbandoned)
+	}
+}
