@@ -600,7 +600,9 @@ func (t *tlsConn) closing() {
 		// no room even for this alert the peer sees a truncation.
 		_ = t.tc.CloseWrite()
 	}
-	if t.readDone || t.rawEOF || cn.w.cfg.TLSCloseTimeout < 0 {
+	// Nothing to wait for when the peer is done, or when this side no
+	// longer receives (the runtime is shutting down: receives stopped).
+	if t.readDone || t.rawEOF || cn.eof || cn.w.stopped || cn.w.cfg.TLSCloseTimeout < 0 {
 		return
 	}
 	t.awaitPeer = true

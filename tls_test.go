@@ -1146,9 +1146,9 @@ func buildEchoExample(t *testing.T) string {
 }
 
 // TestEchoExampleTLS: the echo example serves TLS with -tls-self-signed
-// (a client pinning the printed fingerprint gets its echo) and with
-// -tls-cert/-tls-key (a client verifying against the CA), then reports
-// its handshakes when stopped.
+// (a client pinning the printed fingerprint gets its echo; -mode parts)
+// and with -tls-cert/-tls-key (a client verifying against the CA; -mode
+// forward), then reports its handshakes when stopped.
 func TestEchoExampleTLS(t *testing.T) {
 	bin := buildEchoExample(t)
 	dir := t.TempDir()
@@ -1162,7 +1162,10 @@ func TestEchoExampleTLS(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
 		for _, mode := range []string{"self-signed", "cert-key"} {
 			t.Run(mode, func(t *testing.T) {
-				args := []string{"-addr", "127.0.0.1:0", "-workers", "1", "-backend", be.String()}
+				// The echo's send modes ride along: SendParts with one
+				// certificate, ForwardRecvBuf with the other.
+				sendMode := map[string]string{"self-signed": "parts", "cert-key": "forward"}[mode]
+				args := []string{"-addr", "127.0.0.1:0", "-workers", "1", "-backend", be.String(), "-mode", sendMode}
 				if mode == "self-signed" {
 					args = append(args, "-tls-self-signed")
 				} else {
