@@ -561,7 +561,7 @@ type benchServerSpec struct {
 	// netns runs the load client in that network namespace (a veth
 	// peer: benchVeth).
 	netns string
-	tls  bool // serve TLS 1.3 (ringline and Go net only)
+	tls   bool // serve TLS 1.3 (ringline and Go net only)
 }
 
 // benchServer is a started server and the process it runs in.
