@@ -8,8 +8,8 @@ import (
 )
 
 // Client TLS: ConnectTLS opens an outbound TCP connection with Connect
-// (issue 8) and runs the client handshake in the calling task, which owns
-// the connection, before the future resolves.
+// (connect.go) and runs the client handshake in the calling task, which
+// owns the connection, before the future resolves.
 
 // TLSConnectFuture is the pending result of ConnectTLS or
 // ConnectTLSWithTimeout. It belongs to the task that called ConnectTLS.
