@@ -83,12 +83,26 @@ func acceptEMFILEChild(t *testing.T, beName string) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := unix.Write(fd, []byte("x")); err != nil {
+			// A socket with SO_RCVTIMEO/SO_SNDTIMEO returns EINTR when a
+			// signal (the Go runtime's preemption) interrupts it, even
+			// with SA_RESTART (signal(7)): retry those.
+			var err error
+			for {
+				if _, err = unix.Write(fd, []byte("x")); err != unix.EINTR {
+					break
+				}
+			}
+			if err != nil {
 				outcomes[i] = err
 				return
 			}
 			var b [1]byte
-			n, err := unix.Read(fd, b[:])
+			var n int
+			for {
+				if n, err = unix.Read(fd, b[:]); err != unix.EINTR {
+					break
+				}
+			}
 			switch {
 			case err != nil:
 				outcomes[i] = err
