@@ -50,7 +50,7 @@ func TestTimersOrderNotEarly(t *testing.T) {
 					start := time.Now()
 					due := start.Add(d)
 					var err error
-					if d%2 == 0 {
+					if (d/time.Millisecond)%2 == 0 {
 						err = tc.Sleep(d)
 					} else {
 						err = tc.SleepUntil(due) // the worker's deadline is exactly due
