@@ -61,9 +61,11 @@ type sendState struct {
 	// (never in the middle of a queue update).
 	relq, relq2 []func()
 	// bufHold counts, per provided buffer, the queued or held segments
-	// that forward it (holdRecvDone: the receive side is done with it
-	// too). Allocated on the first forward.
-	bufHold []uint16
+	// that forward it; bufDone says the receive side is done with it too
+	// (it goes back to the ring when both are). Allocated on the first
+	// forward.
+	bufHold []uint32
+	bufDone []bool
 	// pw are the tasks waiting in SendWait, first come first served.
 	pw []poolWaiter
 }
@@ -76,7 +78,11 @@ type sendRef struct {
 	inUse   bool
 }
 
-const holdRecvDone = 1 << 15
+// bufHoldMax bounds the forwarded segments that may read one buffer at
+// once; past it ForwardRecvBuf copies. Far beyond what queues can hold
+// (every segment is at least a byte of some connection's MaxSendQueue),
+// it only keeps the count from wrapping.
+const bufHoldMax = 1 << 31
 
 func (w *worker) setupSend() {
 	if w.cfg.SendZCThreshold > 0 && w.be.kind() == IOUring {
@@ -211,14 +217,15 @@ func (w *worker) onZCNotif(res uint32) {
 // holdBuf takes a hold on provided buffer bid for a forwarded segment.
 func (w *worker) holdBuf(bid uint16) {
 	if w.bufHold == nil {
-		w.bufHold = make([]uint16, w.cfg.BufferCount)
+		w.bufHold = make([]uint32, w.cfg.BufferCount)
+		w.bufDone = make([]bool, w.cfg.BufferCount)
 	}
 	w.bufHold[bid]++
 }
 
 // heldBuf reports whether forwarded segments hold buffer bid.
 func (w *worker) heldBuf(bid uint16) bool {
-	return w.bufHold != nil && w.bufHold[bid]&^holdRecvDone != 0
+	return w.bufHold != nil && w.bufHold[bid] != 0
 }
 
 // holdRecycle is called by recycle: a forwarded buffer goes back to the
@@ -228,20 +235,17 @@ func (w *worker) holdRecycle(bid uint16) bool {
 	if !w.heldBuf(bid) {
 		return false
 	}
-	w.bufHold[bid] |= holdRecvDone
+	w.bufDone[bid] = true
 	return true
 }
 
 // unholdBuf drops a forwarded segment's hold; the buffer returns to the
 // ring when no hold is left and the receive side is done with it.
 func (w *worker) unholdBuf(bid uint16) {
-	h := w.bufHold[bid] - 1
-	if h == holdRecvDone {
-		w.bufHold[bid] = 0
+	if w.bufHold[bid]--; w.bufHold[bid] == 0 && w.bufDone[bid] {
+		w.bufDone[bid] = false
 		w.recycle(bid)
-		return
 	}
-	w.bufHold[bid] = h
 }
 
 // fwdPerConn is the most provided buffers one connection may hold through
@@ -283,7 +287,10 @@ func (w *worker) lentBuffer(b []byte) (bid uint16, off uint32, ok bool) {
 // dry for the others: at most BufferCount/16 buffers (at least one) per
 // connection, and no forward takes the worker's free buffers below
 // BufferCount/8; past either, ForwardRecvBuf copies. Forwarding more bytes
-// of a buffer that is already held counts once. Both backends forward
+// of a buffer that is already held counts once. A slice that starts where
+// the connection's previous forward of the same buffer ended extends that
+// send segment, so forwarding a buffer message by message costs one iovec
+// and one hold, not one per call. Both backends forward
 // (on epoll the send is written at once, so the buffer returns within the
 // loop iteration). WorkerStats.ForwardedBuffers and ForwardCopies count
 // which way each call went.
@@ -306,7 +313,7 @@ func (c ConnCtx) ForwardRecvBuf(b []byte) error {
 	if bid, off, ok := w.lentBuffer(b); ok {
 		// A buffer already held by a forward costs the ring nothing more.
 		held := w.heldBuf(bid)
-		if held || cn.fwdBufs < w.fwdPerConn() && w.be.buffersFree() >= w.fwdReserve() {
+		if held && w.bufHold[bid] < bufHoldMax || !held && cn.fwdBufs < w.fwdPerConn() && w.be.buffersFree() >= w.fwdReserve() {
 			return cn.forward(bid, off, len(b), !held)
 		}
 	}
@@ -321,12 +328,19 @@ func (cn *conn) forward(bid uint16, off uint32, n int, counted bool) error {
 		w.st.sendQueueFull++
 		return err
 	}
-	w.holdBuf(bid)
-	if counted {
-		cn.fwdBufs++
-	}
-	cn.q = append(cn.q, sendSeg{kind: segFwd, id: uint32(bid), off: off, end: off + uint32(n), counted: counted})
 	cn.queued += uint64(n)
+	if k := len(cn.q) - 1; k >= cn.qHead && cn.q[k].kind == segFwd && cn.q[k].id == uint32(bid) && cn.q[k].end == off {
+		// The bytes right after the last forwarded ones (a closure
+		// forwarding a buffer message by message): one segment, one
+		// iovec, one hold.
+		cn.q[k].end += uint32(n)
+	} else {
+		w.holdBuf(bid)
+		if counted {
+			cn.fwdBufs++
+		}
+		cn.q = append(cn.q, sendSeg{kind: segFwd, id: uint32(bid), off: off, end: off + uint32(n), counted: counted})
+	}
 	w.st.forwarded++
 	cn.scheduleFlush()
 	return nil
