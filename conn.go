@@ -93,9 +93,11 @@ type conn struct {
 	// still read, in send order, from heldHead.
 	held     []sendSeg
 	heldHead int
-	refsOut  int          // SendBuilder.Ref parts queued or held
-	fwdBufs  int          // provided buffers queued or held by ForwardRecvBuf
-	builder  *SendBuilder // SendParts' builder, reused
+	refsOut  int // SendBuilder.Ref parts queued or held
+	// fwdHeld are the provided buffers its queued or held forwarded
+	// segments read (ForwardRecvBuf), at most fwdPerConn.
+	fwdHeld []fwdHold
+	builder *SendBuilder // SendParts' builder, reused
 
 	// Write side shut down (ShutdownWrite): shutWr once asked, shutStaged
 	// once the shutdown op went to the kernel behind the last queued byte.

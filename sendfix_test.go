@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ringline-go/ringline/internal/assert"
 	"github.com/ringline-go/ringline/internal/require"
 )
@@ -66,8 +68,75 @@ func TestForwardHoldCountNoOverflow(t *testing.T) {
 	})
 }
 
-// len is the pool's free slot count, reserved ones included.
-func (p *sendPool) len() int { return len(p.free) }
+// Found in review (R2): a buffer forwarded to a second connection while
+// the first held it was not counted against the second ("costs the ring
+// nothing more"), and stayed held by it after the first's send completed:
+// a fan-out to a subscriber that does not read let that one connection
+// hold far more than BufferCount/16 buffers (56 of 64 here).
+func TestForwardFanoutBoundedPerConnection(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be) // 64 buffers: at most 4 per connection, 8 kept free
+		cfg.SendZCThreshold = -1
+		var subs []ConnCtx
+		ready := make(chan struct{}, 2)
+		rt := serve(t, cfg, func(c ConnCtx) {
+			role := byte(0)
+			c.WithData(func(b []byte) ParseResult { role = b[0]; return Consumed(1) })
+			if role == 'S' {
+				subs = append(subs, c)
+				ready <- struct{}{}
+				for c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) }) > 0 {
+				}
+				return
+			}
+			for c.WithData(func(b []byte) ParseResult {
+				for _, s := range subs {
+					_ = s.ForwardRecvBuf(b) // a subscriber past its queue cap just misses it
+				}
+				return Consumed(len(b))
+			}) > 0 {
+			}
+		})
+		require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 16<<10))
+		fast := dial(t, rt)
+		_, err := fast.Write([]byte("S"))
+		require.NoError(t, err)
+		<-ready
+		slow := dialRcvbuf(t, rt, 4<<10) // never reads
+		_, err = slow.Write([]byte("S"))
+		require.NoError(t, err)
+		<-ready
+		go func() { _, _ = io.Copy(io.Discard, fast) }()
+		pub := dial(t, rt)
+		_, err = pub.Write([]byte("P"))
+		require.NoError(t, err)
+		for i := 0; i < 64; i++ {
+			_, err = pub.Write(pattern(4096, byte(i)))
+			require.NoError(t, err)
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(200 * time.Millisecond)
+		w := rt.workers[0]
+		held, counted, free := 0, 0, 0
+		done := make(chan struct{})
+		require.NoError(t, w.post(func() {
+			cn := subs[1].get()
+			bids := map[uint32]bool{}
+			for _, s := range cn.q[cn.qHead:] {
+				if s.kind == segFwd {
+					bids[s.id] = true
+				}
+			}
+			held, counted, free = len(bids), len(cn.fwdHeld), w.be.buffersFree()
+			close(done)
+		}))
+		<-done
+		t.Logf("slow subscriber holds %d distinct buffers (counted %d); ring free %d of %d", held, counted, free, cfg.BufferCount)
+		assert.LessOrEqual(t, held, cfg.BufferCount/16, "buffers one connection holds")
+		assert.Equal(t, held, counted, "every buffer it holds is charged to it")
+		assert.GreaterOrEqual(t, free, cfg.BufferCount-cfg.BufferCount/16, "only the slow subscriber's share is out of the ring")
+	})
+}
 
 // Found in review (R1): a closure that forwards one buffer in many
 // slices, in order (message by message), queued a segment (and an iovec,
@@ -107,3 +176,6 @@ func TestForwardConsecutiveSlicesShareASegment(t *testing.T) {
 		assert.Equal(t, 1, maxAdded, "segments one buffer's forwarded slices take")
 	})
 }
+
+// len is the pool's free slot count, reserved ones included.
+func (p *sendPool) len() int { return len(p.free) }

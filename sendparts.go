@@ -60,10 +60,10 @@ type sendState struct {
 	// relq are release callbacks due, run by runReleases from the loop
 	// (never in the middle of a queue update).
 	relq, relq2 []func()
-	// bufHold counts, per provided buffer, the queued or held segments
-	// that forward it; bufDone says the receive side is done with it too
-	// (it goes back to the ring when both are). Allocated on the first
-	// forward.
+	// bufHold counts, per provided buffer, the connections whose queued
+	// or held segments forward it (conn.fwdHeld); bufDone says the
+	// receive side is done with it too (it goes back to the ring when
+	// both are). Allocated on the first forward.
 	bufHold []uint32
 	bufDone []bool
 	// pw are the tasks waiting in SendWait, first come first served.
@@ -78,11 +78,18 @@ type sendRef struct {
 	inUse   bool
 }
 
-// bufHoldMax bounds the forwarded segments that may read one buffer at
-// once; past it ForwardRecvBuf copies. Far beyond what queues can hold
-// (every segment is at least a byte of some connection's MaxSendQueue),
-// it only keeps the count from wrapping.
-const bufHoldMax = 1 << 31
+// fwdHold is a provided buffer that a connection's forwarded segments
+// read, and how many of them do.
+type fwdHold struct {
+	bid  uint16
+	segs uint32
+}
+
+// fwdSegsMax bounds the forwarded segments of one connection that may
+// read one buffer at once; past it ForwardRecvBuf copies. Far beyond what
+// a queue can hold (every segment is at least a byte of MaxSendQueue), it
+// only keeps the count from wrapping.
+const fwdSegsMax = 1 << 31
 
 func (w *worker) setupSend() {
 	if w.cfg.SendZCThreshold > 0 && w.be.kind() == IOUring {
@@ -214,7 +221,7 @@ func (w *worker) onZCNotif(res uint32) {
 	}
 }
 
-// holdBuf takes a hold on provided buffer bid for a forwarded segment.
+// holdBuf takes a connection's hold on provided buffer bid.
 func (w *worker) holdBuf(bid uint16) {
 	if w.bufHold == nil {
 		w.bufHold = make([]uint32, w.cfg.BufferCount)
@@ -239,13 +246,39 @@ func (w *worker) holdRecycle(bid uint16) bool {
 	return true
 }
 
-// unholdBuf drops a forwarded segment's hold; the buffer returns to the
-// ring when no hold is left and the receive side is done with it.
+// unholdBuf drops a connection's hold; the buffer returns to the ring
+// when no hold is left and the receive side is done with it.
 func (w *worker) unholdBuf(bid uint16) {
 	if w.bufHold[bid]--; w.bufHold[bid] == 0 && w.bufDone[bid] {
 		w.bufDone[bid] = false
 		w.recycle(bid)
 	}
+}
+
+// fwdFind is the index of buffer bid in the connection's holds, or -1.
+// The table has at most fwdPerConn entries, and the buffer forwarded last
+// is at its end.
+func (cn *conn) fwdFind(bid uint16) int {
+	for i := len(cn.fwdHeld) - 1; i >= 0; i-- {
+		if cn.fwdHeld[i].bid == bid {
+			return i
+		}
+	}
+	return -1
+}
+
+// fwdRelease drops one forwarded segment of buffer bid; the connection's
+// hold on the buffer goes with its last one.
+func (cn *conn) fwdRelease(bid uint16) {
+	i := cn.fwdFind(bid)
+	h := &cn.fwdHeld[i]
+	if h.segs--; h.segs > 0 {
+		return
+	}
+	last := len(cn.fwdHeld) - 1
+	cn.fwdHeld[i] = cn.fwdHeld[last]
+	cn.fwdHeld = cn.fwdHeld[:last]
+	cn.w.unholdBuf(bid)
 }
 
 // fwdPerConn is the most provided buffers one connection may hold through
@@ -286,8 +319,10 @@ func (w *worker) lentBuffer(b []byte) (bid uint16, off uint32, ok bool) {
 // What one connection may hold is bounded so the receive ring does not run
 // dry for the others: at most BufferCount/16 buffers (at least one) per
 // connection, and no forward takes the worker's free buffers below
-// BufferCount/8; past either, ForwardRecvBuf copies. Forwarding more bytes
-// of a buffer that is already held counts once. A slice that starts where
+// BufferCount/8; past either, ForwardRecvBuf copies. A buffer counts once
+// per connection that holds it, whatever else that connection forwards
+// from it and whichever other connections hold it too (a fan-out charges
+// every subscriber). A slice that starts where
 // the connection's previous forward of the same buffer ended extends that
 // send segment, so forwarding a buffer message by message costs one iovec
 // and one hold, not one per call. Both backends forward
@@ -311,18 +346,21 @@ func (c ConnCtx) ForwardRecvBuf(b []byte) error {
 	}
 	w := cn.w
 	if bid, off, ok := w.lentBuffer(b); ok {
-		// A buffer already held by a forward costs the ring nothing more.
-		held := w.heldBuf(bid)
-		if held && w.bufHold[bid] < bufHoldMax || !held && cn.fwdBufs < w.fwdPerConn() && w.be.buffersFree() >= w.fwdReserve() {
-			return cn.forward(bid, off, len(b), !held)
+		// Every connection is charged for every buffer it holds, whoever
+		// else holds it too: a fan-out's slow subscriber keeps the
+		// buffers it holds out of the ring after the fast ones are done.
+		i := cn.fwdFind(bid)
+		if i >= 0 && cn.fwdHeld[i].segs < fwdSegsMax || i < 0 && len(cn.fwdHeld) < w.fwdPerConn() && w.be.buffersFree() >= w.fwdReserve() {
+			return cn.forward(bid, off, len(b), i)
 		}
 	}
 	w.st.forwardCopies++
 	return cn.enqueue(b)
 }
 
-// forward queues n bytes of provided buffer bid from off.
-func (cn *conn) forward(bid uint16, off uint32, n int, counted bool) error {
+// forward queues n bytes of provided buffer bid from off; hold is the
+// buffer's index in the connection's holds, or -1.
+func (cn *conn) forward(bid uint16, off uint32, n int, hold int) error {
 	w := cn.w
 	if err := cn.queueRoom(n); err != nil {
 		w.st.sendQueueFull++
@@ -335,11 +373,16 @@ func (cn *conn) forward(bid uint16, off uint32, n int, counted bool) error {
 		// iovec, one hold.
 		cn.q[k].end += uint32(n)
 	} else {
-		w.holdBuf(bid)
-		if counted {
-			cn.fwdBufs++
+		if hold < 0 {
+			if cn.fwdHeld == nil {
+				cn.fwdHeld = make([]fwdHold, 0, 4)
+			}
+			cn.fwdHeld = append(cn.fwdHeld, fwdHold{bid: bid, segs: 1})
+			w.holdBuf(bid)
+		} else {
+			cn.fwdHeld[hold].segs++
 		}
-		cn.q = append(cn.q, sendSeg{kind: segFwd, id: uint32(bid), off: off, end: off + uint32(n), counted: counted})
+		cn.q = append(cn.q, sendSeg{kind: segFwd, id: uint32(bid), off: off, end: off + uint32(n)})
 	}
 	w.st.forwarded++
 	cn.scheduleFlush()

@@ -613,7 +613,7 @@ func TestForwardRecvBufBoundedPerConnection(t *testing.T) {
 				}
 				if cn := c.get(); cn != nil {
 					mu.Lock()
-					maxHeld = max(maxHeld, cn.fwdBufs)
+					maxHeld = max(maxHeld, len(cn.fwdHeld))
 					mu.Unlock()
 				}
 				return Consumed(len(b))

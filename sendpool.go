@@ -103,10 +103,6 @@ type sendSeg struct {
 	// send's notification (and every earlier one's) has come.
 	zc   uint32
 	kind uint8
-	// counted: this forward took its buffer from the ring on behalf of
-	// the connection (conn.fwdBufs); a buffer forwarded again while held
-	// takes nothing more.
-	counted bool
 }
 
 // iovecs per send; more segments go out in the next send of the chain.
@@ -320,10 +316,7 @@ func (c *conn) releaseSeg(s *sendSeg) {
 		c.refsOut--
 		w.releaseRef(s.id)
 	case segFwd:
-		if s.counted {
-			c.fwdBufs--
-		}
-		w.unholdBuf(uint16(s.id))
+		c.fwdRelease(uint16(s.id))
 	}
 }
 

@@ -683,7 +683,7 @@ func (w *worker) openConn(cn *conn, fd int, outbound bool) {
 
 // initConn takes slot cn for socket fd (state connOpen).
 func (w *worker) initConn(cn *conn, fd int, outbound bool) {
-	gen, q, held, sb, lq := cn.gen, cn.q[:0], cn.held[:0], cn.builder, cn.lentq[:0]
+	gen, q, held, sb, lq, fh := cn.gen, cn.q[:0], cn.held[:0], cn.builder, cn.lentq[:0], cn.fwdHeld[:0]
 	if cap(q) == 0 {
 		// Allocated here, on the worker's stack, not on the task's first
 		// Send: growing a slice on a fresh 2 KiB coroutine stack doubles
@@ -691,7 +691,7 @@ func (w *worker) initConn(cn *conn, fd int, outbound bool) {
 		// connection, measured).
 		q = make([]sendSeg, 0, 4)
 	}
-	*cn = conn{w: w, idx: cn.idx, gen: gen, state: connOpen, fd: int32(fd), lent: -1, outbound: outbound, q: q, held: held, builder: sb, lentq: lq}
+	*cn = conn{w: w, idx: cn.idx, gen: gen, state: connOpen, fd: int32(fd), lent: -1, outbound: outbound, q: q, held: held, builder: sb, lentq: lq, fwdHeld: fh}
 	cn.drainT = timerNode{kind: tmDrain, conn: cn}
 	cn.rdT = timerNode{kind: tmReadDeadline, conn: cn}
 	cn.wrT = timerNode{kind: tmWriteDeadline, conn: cn}
