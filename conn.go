@@ -98,6 +98,13 @@ type conn struct {
 	// segments read (ForwardRecvBuf), at most fwdPerConn.
 	fwdHeld []fwdHold
 	builder *SendBuilder // SendParts' builder, reused
+	// The copy tail: the pool slot the connection's last copy went into
+	// (cslot) and where its free room starts (cend), while ctail. One of
+	// the connection's segments (queued, held, or in an open SendParts
+	// batch) refers to it as long as ctail holds (putSlot).
+	cslot, cend uint32
+	ctail       bool
+	copies      uint32 // copyOut calls, for SendBuilder's refusal
 
 	// Write side shut down (ShutdownWrite): shutWr once asked, shutStaged
 	// once the shutdown op went to the kernel behind the last queued byte.

@@ -5,6 +5,7 @@ package ringline
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"sync"
 	"testing"
@@ -174,6 +175,149 @@ func TestForwardConsecutiveSlicesShareASegment(t *testing.T) {
 		mu.Lock()
 		defer mu.Unlock()
 		assert.Equal(t, 1, maxAdded, "segments one buffer's forwarded slices take")
+	})
+}
+
+// Found in review (R6): MaxSendQueue bounds a connection's queued bytes
+// so that a peer that never reads cannot take the pool from the others;
+// but every copied part that followed a reference or a forwarded buffer
+// started a fresh pool slot (no tail room behind a reference, and every
+// SendParts batch started a slot of its own), so a connection queueing
+// small header+reference replies spent a whole slot per reply while
+// MaxSendQueue counted a few hundred bytes: one slow peer exhausted the
+// worker's pool (512 replies, 134 KiB, all 512 slots).
+func TestSmallPartsHitQueueCapBeforePool(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		// parts: the review's case, one batch per reply. nowait: the
+		// header sent with SendNowait behind the previous reply's
+		// reference. forward: the header forwarded (a slice of the
+		// request's receive buffer) behind a reference, then a copy.
+		for _, mode := range []string{"parts", "nowait", "forward"} {
+			t.Run(mode, func(t *testing.T) {
+				cfg := testConfig(be) // pool 512 x 4 KiB; MaxSendQueue 1 MiB
+				cfg.SendZCThreshold = -1
+				type res struct {
+					n    int
+					err  error
+					used int
+				}
+				out := make(chan res, 1)
+				value := pattern(256, 1)
+				rt := serve(t, cfg, func(c ConnCtx) {
+					var r res
+					if c.WithData(func(b []byte) ParseResult {
+						for ; r.err == nil && r.n < 100000; r.n++ {
+							switch mode {
+							case "parts":
+								r.err = c.SendParts().Copy([]byte("$256\r\n")).Ref(value, nil).Submit()
+							case "nowait":
+								if r.err = c.SendNowait([]byte("$256\r\n")); r.err == nil {
+									r.err = c.SendParts().Ref(value, nil).Submit()
+								}
+							case "forward":
+								if r.err = c.ForwardRecvBuf(b[:1]); r.err == nil {
+									if r.err = c.SendParts().Ref(value, nil).Submit(); r.err == nil {
+										r.err = c.SendNowait([]byte("\r\n"))
+									}
+								}
+							}
+						}
+						r.used = c.w.pool.inUse()
+						return Consumed(len(b))
+					}) == 0 {
+						return
+					}
+					out <- r
+					c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
+				})
+				cl := dialRcvbuf(t, rt, 4<<10) // never reads
+				_, err := cl.Write([]byte("go"))
+				require.NoError(t, err)
+				r := <-out
+				t.Logf("%d replies then %v; pool slots in use %d of %d", r.n-1, r.err, r.used, cfg.SendPoolSlots)
+				assert.ErrorIs(t, r.err, ErrSendQueueFull, "the connection's cap, not the worker's pool, stops it")
+				// The copies share slots: 6 bytes or fewer per reply.
+				assert.LessOrEqual(t, r.used, r.n*6/cfg.SendSlotSize+2, "pool slots the copies took")
+			})
+		}
+	})
+}
+
+// Copies share the connection's copy tail across references, batches and
+// a send made while a batch is open; a refused batch gives back only what
+// it took. The bytes arrive in call order, and every slot is free once
+// they are sent (debug builds poison a slot freed early).
+func TestCopiesShareSlotsInCallOrder(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		for _, mode := range zcModes(be) {
+			t.Run(mode, func(t *testing.T) {
+				cfg := zcConfig(testConfig(be), mode)
+				cfg.SendZCThreshold = min(cfg.SendZCThreshold, 8)
+				big := make([]byte, 2*cfg.SendSlotSize)
+				type res struct {
+					refused error
+					slots   int
+				}
+				out := make(chan res, 1)
+				ref := []byte("<ref>")
+				rt := serve(t, cfg, func(c ConnCtx) {
+					if c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) }) == 0 {
+						return
+					}
+					var r res
+					for i := 0; i < 100; i++ {
+						must := func(err error) {
+							if err != nil {
+								panic(err)
+							}
+						}
+						must(c.SendNowait([]byte("a1")))
+						sb := c.SendParts().Copy([]byte("b1")).Ref(ref, nil)
+						must(c.SendNowait([]byte("a2"))) // queued before the open batch
+						must(sb.Copy([]byte("b2")).Submit())
+						// Refused (too many parts) after taking tail room
+						// and fresh slots.
+						sb = c.SendParts().Copy([]byte("lost")).Ref(ref, nil).Copy(big)
+						for k := 0; k < SendPartsMaxParts; k++ {
+							sb.Copy([]byte("x"))
+						}
+						r.refused = sb.Submit()
+						must(c.SendNowait([]byte("a3")))
+						must(c.SendParts().Copy([]byte("b3;")).Submit())
+						// Refused after another send copied behind it:
+						// that send's bytes are not overwritten.
+						sb = c.SendParts().Copy([]byte("l2"))
+						must(c.SendNowait([]byte("a4")))
+						for k := 0; k < SendPartsMaxParts; k++ {
+							sb.Copy([]byte("x"))
+						}
+						if err := sb.Submit(); !errors.Is(err, ErrSendPartsLimit) {
+							panic(err)
+						}
+						must(c.SendNowait([]byte("a5")))
+						must(c.SendNowait([]byte("a6")))
+					}
+					r.slots = c.w.pool.inUse()
+					out <- r
+					c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
+				})
+				cl := dial(t, rt)
+				_, err := cl.Write([]byte("go"))
+				require.NoError(t, err)
+				r := <-out
+				assert.ErrorIs(t, r.refused, ErrSendPartsLimit)
+				// 86 bytes a round take room: what was sent, and the
+				// second refused batch's 66 (another send followed them).
+				assert.LessOrEqual(t, r.slots, 100*86/cfg.SendSlotSize+2, "slots the 100 rounds of small copies hold")
+				want := bytes.Repeat([]byte("a1a2b1<ref>b2a3b3;a4a5a6"), 100)
+				got := make([]byte, len(want))
+				_, err = io.ReadFull(cl, got)
+				require.NoError(t, err)
+				require.Equal(t, string(want), string(got))
+				require.True(t, settle(10*time.Second, func() bool { return Total(rt.Stats()).SendSlotsInUse == 0 }),
+					"slots in use: %d", Total(rt.Stats()).SendSlotsInUse)
+			})
+		}
 	})
 }
 

@@ -409,6 +409,7 @@ func (cn *conn) forward(bid uint16, off uint32, n int, hold int) error {
 type SendBuilder struct {
 	c     ConnCtx
 	w     *worker
+	cn    *conn // whose copy tail Copy fills; nil on a misuse builder
 	err   error
 	open  bool
 	segs  []sendSeg // in order; a segRef's id indexes refs
@@ -416,12 +417,15 @@ type SendBuilder struct {
 	parts int
 	nrefs int
 	bytes int // bytes to send
-	// copied is how many of them Copy put into the pool; the current
-	// slot is where the next Copy goes (slotUsers segments refer to it).
-	copied    int
-	slot      uint32
-	slotEnd   uint32
-	slotUsers int
+	// copied is how many of them Copy put into the pool.
+	copied int
+	// The connection's copy tail when the batch began (t0ok: it had one,
+	// still alive), its copy count then, and the copies the batch made:
+	// a refused batch that no other copy followed gives the tail room it
+	// took back.
+	t0slot, t0end  uint32
+	t0ok           bool
+	copies0, ncopy uint32
 }
 
 type builderRef struct {
@@ -445,7 +449,7 @@ func (c ConnCtx) SendParts() *SendBuilder {
 	}
 	sb := cn.builder
 	if sb == nil {
-		sb = &SendBuilder{w: cn.w}
+		sb = &SendBuilder{w: cn.w, cn: cn}
 		cn.builder = sb
 	}
 	if sb.open {
@@ -454,6 +458,8 @@ func (c ConnCtx) SendParts() *SendBuilder {
 	sb.c = c
 	sb.open = true
 	sb.err = cn.sendable()
+	sb.t0slot, sb.t0end, sb.t0ok = cn.cslot, cn.cend, cn.ctail
+	sb.copies0, sb.ncopy = cn.copies, 0
 	return sb
 }
 
@@ -470,8 +476,10 @@ func (sb *SendBuilder) usable() bool {
 }
 
 // Copy adds a copy of p to the batch: p is copied into the worker's send
-// pool now and may be reused as soon as Copy returns. Copies made between
-// references are packed into the same pool slots.
+// pool now and may be reused as soon as Copy returns. Copies share pool
+// slots with the connection's other copies, across references, forwarded
+// buffers and batches, so small parts between references take a slot per
+// Config.SendSlotSize bytes, not one each.
 func (sb *SendBuilder) Copy(p []byte) *SendBuilder {
 	if !sb.open || len(p) == 0 || !sb.usable() {
 		return sb
@@ -480,37 +488,17 @@ func (sb *SendBuilder) Copy(p []byte) *SendBuilder {
 		sb.err = ErrSendPartsLimit
 		return sb
 	}
-	w := sb.w
+	w, cn := sb.w, sb.cn
 	pool := w.pool
-	room := 0
-	if sb.slotUsers > 0 {
-		room = int(pool.slotSize - sb.slotEnd)
-	}
-	if rest := len(p) - room; rest > 0 && pool.slotsFor(rest) > pool.avail() {
+	if rest := len(p) - cn.copyRoom(); rest > 0 && pool.slotsFor(rest) > pool.avail() {
 		w.st.poolExhausted++
 		sb.err = ErrSendPoolExhausted
 		return sb
 	}
 	sb.bytes += len(p)
 	sb.copied += len(p)
-	for len(p) > 0 {
-		if sb.slotUsers == 0 || sb.slotEnd == pool.slotSize {
-			sb.slot, sb.slotEnd, sb.slotUsers = pool.get(), 0, 0
-		}
-		start := sb.slotEnd
-		n := copy(pool.slot(sb.slot)[start:], p)
-		p = p[n:]
-		sb.slotEnd += uint32(n)
-		if k := len(sb.segs) - 1; k >= 0 && sb.segs[k].kind == segPool && sb.segs[k].id == sb.slot && sb.segs[k].end == start {
-			sb.segs[k].end += uint32(n)
-			continue
-		}
-		if sb.slotUsers > 0 {
-			pool.share(sb.slot) // get counted the first segment
-		}
-		sb.slotUsers++
-		sb.segs = append(sb.segs, sendSeg{kind: segPool, id: sb.slot, off: start, end: sb.slotEnd})
-	}
+	sb.segs = cn.copyOut(sb.segs, 0, p)
+	sb.ncopy++
 	return sb
 }
 
@@ -594,7 +582,15 @@ func (sb *SendBuilder) submit() (SendFuture, error) {
 		return SendFuture{}, sb.refuse(err)
 	}
 	w := cn.w
-	for _, s := range sb.segs {
+	for k, s := range sb.segs {
+		if k == 0 && s.kind == segPool {
+			if n := len(cn.q) - 1; n >= cn.qHead && cn.q[n].kind == segPool && cn.q[n].id == s.id && cn.q[n].end == s.off {
+				// Right behind the queue's last copy: one segment.
+				cn.q[n].end = s.end
+				w.pool.put(s.id) // the queue's segment still refers to it
+				continue
+			}
+		}
 		if s.kind == segRef {
 			r := &sb.refs[s.id]
 			s.id = w.newRef(r.b, r.release)
@@ -616,11 +612,16 @@ func (sb *SendBuilder) submit() (SendFuture, error) {
 // refuse gives back what the batch took (pool slots) and calls every
 // release, in order; it returns err.
 func (sb *SendBuilder) refuse(err error) error {
-	if sb.w != nil && sb.w.onWorker() {
+	if cn := sb.cn; cn != nil && sb.w.onWorker() {
 		for _, s := range sb.segs {
 			if s.kind == segPool {
-				sb.w.pool.put(s.id)
+				cn.putSlot(s.id)
 			}
+		}
+		if sb.ncopy > 0 && cn.copies-sb.copies0 == sb.ncopy {
+			// Only this batch copied since it began: the room it took is
+			// the connection's again.
+			cn.cslot, cn.cend, cn.ctail = sb.t0slot, sb.t0end, sb.t0ok
 		}
 	}
 	sb.finish()
@@ -635,7 +636,7 @@ func (sb *SendBuilder) finish() {
 	sb.refs = nil
 	sb.open = false
 	sb.segs = sb.segs[:0]
-	sb.parts, sb.nrefs, sb.bytes, sb.copied, sb.slotUsers = 0, 0, 0, 0, 0
+	sb.parts, sb.nrefs, sb.bytes, sb.copied = 0, 0, 0, 0
 	defer func() {
 		if sb.refs == nil {
 			sb.refs = refs[:0]

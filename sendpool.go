@@ -10,13 +10,13 @@ import (
 // (SendWait waits for room instead).
 //
 // A slot is counted by the queue segments that refer to it: usually one,
-// more when a SendParts batch packs copies on both sides of a referenced
-// part into one slot. It is free again when the last one is released.
+// more when copies on both sides of a referenced or forwarded part share
+// it (see conn.copyOut). It is free again when the last one is released.
 type sendPool struct {
 	mem      region
 	slotSize uint32
 	free     []uint32 // stack of free slot numbers
-	refs     []uint16 // segments referring to each slot
+	refs     []uint32 // segments referring to each slot (up to a segment per byte)
 	// held is how many free slots are earmarked for SendWait callers
 	// (servePoolWaiters): every other send sees len(free)-held, so a
 	// waiter's turn cannot be taken by a later send.
@@ -28,7 +28,7 @@ func newSendPool(slots, slotSize int) (*sendPool, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &sendPool{mem: mem, slotSize: uint32(slotSize), free: make([]uint32, slots), refs: make([]uint16, slots)}
+	p := &sendPool{mem: mem, slotSize: uint32(slotSize), free: make([]uint32, slots), refs: make([]uint32, slots)}
 	for i := range p.free {
 		p.free[i] = uint32(slots - 1 - i)
 	}
@@ -45,15 +45,17 @@ func (p *sendPool) get() uint32 {
 // share counts one more segment referring to slot s.
 func (p *sendPool) share(s uint32) { p.refs[s]++ }
 
-// put releases one segment's hold on slot s.
-func (p *sendPool) put(s uint32) {
+// put releases one segment's hold on slot s and reports whether that
+// freed the slot.
+func (p *sendPool) put(s uint32) bool {
 	if p.refs[s]--; p.refs[s] > 0 {
-		return
+		return false
 	}
 	if debugPoison {
 		poison(p.slot(s))
 	}
 	p.free = append(p.free, s)
+	return true
 }
 
 // avail is how many slots a send may take now.
@@ -136,13 +138,61 @@ type iovec struct {
 // until notifications return (zcMask has one bit per send in the window).
 const zcWindow = 64
 
-// tailRoom is how many bytes fit behind the last queued segment without a
-// new slot: only a pool segment can grow.
-func (c *conn) tailRoom() int {
-	if n := len(c.q); n > c.qHead && c.q[n-1].kind == segPool {
-		return int(c.w.pool.slotSize - c.q[n-1].end)
+// copyRoom is how many bytes fit in the connection's copy tail, the pool
+// slot its last copy went into, without a fresh slot.
+func (c *conn) copyRoom() int {
+	if !c.ctail {
+		return 0
 	}
-	return 0
+	return int(c.w.pool.slotSize - c.cend)
+}
+
+// copyOut copies b into the connection's copy tail and fresh slots as
+// needed (the caller checked there are enough), adding segments for it to
+// segs (the queue, or an open SendParts batch); segs[lo:] are segments the
+// bytes may extend. Copies share the tail slot whatever was queued between
+// them (a reference, a forwarded buffer, another batch): segments are
+// sent in order wherever their bytes lie, so the slot's later bytes may
+// go out after other memory, and a connection queueing small headers
+// between references takes a slot per SendSlotSize bytes of headers, not
+// one per header. Each segment in a slot counts one reference to it.
+func (c *conn) copyOut(segs []sendSeg, lo int, b []byte) []sendSeg {
+	p := c.w.pool
+	c.copies++
+	for len(b) > 0 {
+		fresh := false
+		if !c.ctail || c.cend == p.slotSize {
+			c.cslot, c.cend, c.ctail, fresh = p.get(), 0, true, true
+		}
+		start := c.cend
+		n := copy(p.slot(c.cslot)[start:], b)
+		b = b[n:]
+		c.cend += uint32(n)
+		if k := len(segs) - 1; k >= lo && segs[k].kind == segPool && segs[k].id == c.cslot && segs[k].end == start {
+			segs[k].end += uint32(n)
+			continue
+		}
+		if !fresh {
+			p.share(c.cslot) // get counted a fresh slot's first segment
+		}
+		segs = append(segs, sendSeg{kind: segPool, id: c.cslot, off: start, end: c.cend})
+	}
+	return segs
+}
+
+// putSlot releases one of the connection's segments in pool slot s; once
+// the slot is free it is no longer the connection's copy tail (nor the
+// one an open batch would give back).
+func (c *conn) putSlot(s uint32) {
+	if !c.w.pool.put(s) {
+		return
+	}
+	if c.ctail && c.cslot == s {
+		c.ctail = false
+	}
+	if sb := c.builder; sb != nil && sb.t0ok && sb.t0slot == s {
+		sb.t0ok = false
+	}
 }
 
 // queueRoom reports ErrSendQueueFull when n more bytes would take the
@@ -154,8 +204,8 @@ func (c *conn) queueRoom(n int) error {
 	return nil
 }
 
-// enqueue copies b behind the connection's queued bytes, filling the tail
-// slot first. It is all or nothing: when the connection's queue would pass
+// enqueue copies b behind the connection's queued bytes, filling its copy
+// tail first. It is all or nothing: when the connection's queue would pass
 // MaxSendQueue or the pool cannot hold b, nothing is queued and
 // ErrSendQueueFull or ErrSendPoolExhausted is returned (and counted).
 func (c *conn) enqueue(b []byte) error {
@@ -173,8 +223,7 @@ func (c *conn) enqueue(b []byte) error {
 func (c *conn) tryEnqueue(b []byte) error {
 	w := c.w
 	p := w.pool
-	room := c.tailRoom()
-	if rest := len(b) - room; rest > 0 && p.slotsFor(rest) > p.avail() {
+	if rest := len(b) - c.copyRoom(); rest > 0 && p.slotsFor(rest) > p.avail() {
 		return ErrSendPoolExhausted
 	}
 	if err := c.queueRoom(len(b)); err != nil {
@@ -182,18 +231,7 @@ func (c *conn) tryEnqueue(b []byte) error {
 	}
 	c.queued += uint64(len(b))
 	w.st.bytesCopied += uint64(len(b))
-	if room > 0 {
-		t := &c.q[len(c.q)-1]
-		n := copy(p.slot(t.id)[t.end:], b)
-		t.end += uint32(n)
-		b = b[n:]
-	}
-	for len(b) > 0 {
-		s := p.get()
-		n := copy(p.slot(s), b)
-		c.q = append(c.q, sendSeg{kind: segPool, id: s, end: uint32(n)})
-		b = b[n:]
-	}
+	c.q = c.copyOut(c.q, c.qHead, b)
 	c.scheduleFlush()
 	return nil
 }
@@ -311,7 +349,7 @@ func (c *conn) releaseSeg(s *sendSeg) {
 	w := c.w
 	switch s.kind {
 	case segPool:
-		w.pool.put(s.id)
+		c.putSlot(s.id)
 	case segRef:
 		c.refsOut--
 		w.releaseRef(s.id)

@@ -78,7 +78,7 @@ func (c ConnCtx) SendWait(b []byte) error {
 		return err
 	}
 	w.st.sendWaits++
-	need := w.pool.slotsFor(max(len(b)-cn.tailRoom(), 0))
+	need := w.pool.slotsFor(max(len(b)-cn.copyRoom(), 0))
 	w.pw = append(w.pw, poolWaiter{t: t, cn: cn, gen: cn.gen, n: len(b), need: need})
 	for {
 		t.suspend(waitPool)
@@ -101,7 +101,7 @@ func (c ConnCtx) SendWait(b []byte) error {
 		}
 		// Someone else's send on this connection changed its tail since
 		// the grant: wait again, keeping the place in line.
-		wt.need = w.pool.slotsFor(max(len(b)-cn.tailRoom(), 0))
+		wt.need = w.pool.slotsFor(max(len(b)-cn.copyRoom(), 0))
 		wt.woken = false
 	}
 }
