@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -318,6 +319,144 @@ func TestCopiesShareSlotsInCallOrder(t *testing.T) {
 					"slots in use: %d", Total(rt.Stats()).SendSlotsInUse)
 			})
 		}
+	})
+}
+
+// Found in review (R3): CloseDrainTimeout promises that a closed
+// connection whose peer does not read is reset and its pool slots freed.
+// With zero copy, the bytes were "sent" (the first completion came) while
+// the kernel still read the pool slots, so Close found the queue idle,
+// closed the socket at once (no drain timer, no RST) and the slots, the
+// Ref memory and the connection slot stayed taken until the peer read or
+// the kernel gave up on the orphaned socket (minutes).
+func TestZeroCopyCloseHonoursDrainTimeout(t *testing.T) {
+	onIOUring(t, func(t *testing.T) {
+		cfg := zcConfig(testConfig(IOUring), "zerocopy")
+		cfg.CloseDrainTimeout = 100 * time.Millisecond
+		released := make(chan struct{}, 1)
+		rt := serve(t, cfg, func(c ConnCtx) {
+			if c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) }) == 0 {
+				return
+			}
+			value := pattern(256<<10, 1)
+			if err := c.SendParts().Copy(pattern(128<<10, 2)).Ref(value, func() { released <- struct{}{} }).Submit(); err != nil {
+				panic(err)
+			}
+			c.Close()
+		})
+		require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 2<<20))
+		cl := dialRcvbuf(t, rt, 8<<10) // never reads
+		_, err := cl.Write([]byte("go"))
+		require.NoError(t, err)
+		time.Sleep(time.Second) // ten drain timeouts
+		st := Total(rt.Stats())
+		t.Logf("after 10x CloseDrainTimeout: slots in use %d, closed %d, drain timeouts %d, zc sends %d", st.SendSlotsInUse, st.Closed, st.DrainTimeouts, st.ZeroCopySends)
+		select {
+		case <-released:
+		default:
+			t.Errorf("Ref not released after 10x CloseDrainTimeout")
+		}
+		assert.Zero(t, st.SendSlotsInUse, "pool slots freed after the drain timeout")
+		assert.Equal(t, uint64(1), st.Closed, "connection slot freed after the drain timeout")
+	})
+}
+
+// Found in review (R3): while a connection is open, bytes a zero-copy send
+// handed to the kernel stopped counting against MaxSendQueue at its first
+// completion, though their pool slots stay taken until the notification:
+// a peer that does not read held MaxSendQueue plus its socket send buffer
+// in pool slots (1 MiB under a 256 KiB cap here, and up to the kernel's
+// send buffer limit). Sends now go zero-copy only while the bytes
+// awaiting notifications stay under half of MaxSendQueue (past it the
+// kernel copies, into its own memory), so one connection holds at most
+// 1.5 times MaxSendQueue of the pool.
+func TestZeroCopyHeldBytesBoundedByMaxSendQueue(t *testing.T) {
+	onIOUring(t, func(t *testing.T) {
+		cfg := zcConfig(testConfig(IOUring), "zerocopy") // pool 512 x 4 KiB
+		cfg.MaxSendQueue = 256 << 10
+		type res struct {
+			accepted, used, held int
+			zc                   uint64
+		}
+		out := make(chan res, 1)
+		rt := serve(t, cfg, func(c ConnCtx) {
+			if c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) }) == 0 {
+				return
+			}
+			chunk := pattern(16<<10, 4)
+			var r res
+			for round := 0; round < 4; round++ {
+				for c.SendNowait(chunk) == nil {
+					r.accepted += len(chunk)
+				}
+				r.used = max(r.used, c.w.pool.inUse())
+				// Until the kernel has taken all of it (its socket buffer
+				// holds it), then try again.
+				f, err := c.Send(nil)
+				if err != nil {
+					panic(err)
+				}
+				if _, err := f.Await(); err != nil {
+					panic(err)
+				}
+			}
+			r.zc, r.held = c.w.st.zcSends, c.get().heldBytes
+			out <- r
+			c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
+		})
+		require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20))
+		cl := dialRcvbuf(t, rt, 8<<10) // never reads
+		_, err := cl.Write([]byte("go"))
+		require.NoError(t, err)
+		r := <-out
+		t.Logf("accepted %d KiB in 4 rounds (MaxSendQueue %d KiB); %d KiB held for notifications; at most %d pool slots in use; %d zero-copy sends",
+			r.accepted>>10, cfg.MaxSendQueue>>10, r.held>>10, r.used, r.zc)
+		assert.Greater(t, r.zc, uint64(0), "zero-copy sends made")
+		// Beyond what awaits notifications, sends are copied by the
+		// kernel (into its socket buffer, not the pool).
+		assert.LessOrEqual(t, r.held, cfg.MaxSendQueue/2, "bytes held for notifications")
+		assert.LessOrEqual(t, r.used, 3*cfg.MaxSendQueue/2/cfg.SendSlotSize+2, "pool slots one connection holds")
+	})
+}
+
+// With R3's fix, Cancel too: a connection cancelled while zero-copy bytes
+// await the peer's acknowledgement is reset, so the kernel lets go of its
+// memory at once rather than when an orphaned socket gives up.
+func TestZeroCopyCancelResetsHeldMemory(t *testing.T) {
+	onIOUring(t, func(t *testing.T) {
+		cfg := zcConfig(testConfig(IOUring), "zerocopy") // CloseDrainTimeout: the default 10 s
+		released := make(chan struct{}, 1)
+		rt := serve(t, cfg, func(c ConnCtx) {
+			if c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) }) == 0 {
+				return
+			}
+			if err := c.SendParts().Ref(pattern(256<<10, 1), func() { released <- struct{}{} }).Submit(); err != nil {
+				panic(err)
+			}
+			if f, err := c.Send(nil); err != nil {
+				panic(err)
+			} else if _, err := f.Await(); err != nil { // taken by the kernel, not acknowledged
+				panic(err)
+			}
+			_ = c.Cancel()
+		})
+		require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 2<<20))
+		cl := dialRcvbuf(t, rt, 8<<10) // never reads
+		_, err := cl.Write([]byte("go"))
+		require.NoError(t, err)
+		select {
+		case <-released:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the reference was not released after Cancel")
+		}
+		require.True(t, settle(5*time.Second, func() bool {
+			st := Total(rt.Stats())
+			return st.Closed == 1 && st.SendSlotsInUse == 0
+		}), "connection slot freed")
+		assert.Greater(t, Total(rt.Stats()).ZeroCopySends, uint64(0))
+		_ = cl.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = io.ReadAll(cl)
+		assert.ErrorIs(t, err, syscall.ECONNRESET, "the peer sees the cut stream as a reset")
 	})
 }
 

@@ -382,7 +382,7 @@ func (cn *conn) forward(bid uint16, off uint32, n int, hold int) error {
 		} else {
 			cn.fwdHeld[hold].segs++
 		}
-		cn.q = append(cn.q, sendSeg{kind: segFwd, id: uint32(bid), off: off, end: off + uint32(n)})
+		cn.q = append(cn.q, sendSeg{kind: segFwd, id: uint32(bid), start: off, off: off, end: off + uint32(n)})
 	}
 	w.st.forwarded++
 	cn.scheduleFlush()

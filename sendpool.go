@@ -96,8 +96,9 @@ const (
 )
 
 // sendSeg is a run of queued bytes [off, end) of one slot, reference or
-// buffer.
+// buffer; start is where it began (off advances as bytes are sent).
 type sendSeg struct {
+	start    uint32
 	off, end uint32
 	id       uint32
 	// zc is the number of the last zero-copy send that read these bytes
@@ -175,7 +176,7 @@ func (c *conn) copyOut(segs []sendSeg, lo int, b []byte) []sendSeg {
 		if !fresh {
 			p.share(c.cslot) // get counted a fresh slot's first segment
 		}
-		segs = append(segs, sendSeg{kind: segPool, id: c.cslot, off: start, end: c.cend})
+		segs = append(segs, sendSeg{kind: segPool, id: c.cslot, start: start, off: start, end: c.cend})
 	}
 	return segs
 }
@@ -197,6 +198,10 @@ func (c *conn) putSlot(s uint32) {
 
 // queueRoom reports ErrSendQueueFull when n more bytes would take the
 // connection past MaxSendQueue (a single send larger than it never fits).
+// Bytes the kernel has taken do not count, so a task that awaited
+// everything it queued has all of it again (an echo of everything a parse
+// was shown always fits), even while a zero-copy send's bytes await their
+// notification: startSend keeps those under half of MaxSendQueue instead.
 func (c *conn) queueRoom(n int) error {
 	if int(c.queued-c.sent)+n > c.w.cfg.MaxSendQueue {
 		return ErrSendQueueFull
@@ -260,8 +265,13 @@ func (w *worker) segAddr(s *sendSeg) uint64 {
 // one send is in flight per connection, so bytes reach the peer in order.
 // A send of at least Config.SendZCThreshold bytes goes zero-copy on
 // io_uring (w.zcMin > 0), unless the connection has zcWindow zero-copy
-// sends awaiting their notifications or the pool is more than half used
-// (see zcRoom).
+// sends awaiting their notifications, the pool is more than half used
+// (see zcRoom), or the connection's bytes awaiting notifications would
+// pass half of MaxSendQueue. Their memory stays taken until the peer has
+// acknowledged them, however large the socket's send buffer: with this
+// bound a connection whose peer does not read holds at most 1.5 times
+// MaxSendQueue of the pool (MaxSendQueue queued, and half of it held);
+// past it the kernel copies, into its own memory.
 func (c *conn) startSend() {
 	w := c.w
 	segs := c.q[c.qHead:]
@@ -275,7 +285,8 @@ func (c *conn) startSend() {
 	for i := range segs {
 		total += uint64(segs[i].end - segs[i].off)
 	}
-	zc := w.zcMin > 0 && total >= uint64(w.zcMin) && c.zcSeq-c.zcBase < zcWindow && w.pool.zcRoom()
+	zc := w.zcMin > 0 && total >= uint64(w.zcMin) && c.zcSeq-c.zcBase < zcWindow && w.pool.zcRoom() &&
+		c.heldBytes+int(total) <= w.cfg.MaxSendQueue/2
 	ud := packUD(udSend, c.idx, c.gen, 0)
 	var aux uint32
 	code, codeMsg := uint8(opSend), uint8(opSendmsg)
@@ -340,6 +351,7 @@ func (c *conn) retire(s *sendSeg) {
 		return
 	}
 	c.held = append(c.held, *s)
+	c.heldBytes += int(s.end - s.start)
 }
 
 // releaseSeg gives a segment's memory back: a pool slot to the pool, a
@@ -380,7 +392,9 @@ func (c *conn) zcDone(seq uint32) {
 		c.zcBase++
 	}
 	for c.heldHead < len(c.held) && c.held[c.heldHead].zc <= c.zcBase {
-		c.releaseSeg(&c.held[c.heldHead])
+		s := &c.held[c.heldHead]
+		c.heldBytes -= int(s.end - s.start)
+		c.releaseSeg(s)
 		c.heldHead++
 	}
 	if c.heldHead == len(c.held) {
@@ -413,3 +427,13 @@ func (c *conn) dropQueue() {
 }
 
 func (c *conn) sendIdle() bool { return !c.sending && c.qHead == len(c.q) }
+
+// drained reports whether the connection may close: nothing queued or in
+// flight, and no memory a zero-copy send may still read (its
+// notification comes once the peer has acknowledged the bytes, so a
+// closed socket would keep it, the pool slots and the connection slot
+// for as long as the kernel keeps trying). A failed connection's socket
+// sends nothing more: it closes at once.
+func (c *conn) drained() bool {
+	return c.sendIdle() && (c.heldHead == len(c.held) || c.err != nil)
+}

@@ -456,6 +456,9 @@ func (w *worker) onSendCQE(cn *conn, e *cqEntry) {
 			cn.pending--
 			w.onZCNotif(uint32(res))
 			cn.zcDone(seq)
+			if cn.closeWanted && cn.state == connOpen && cn.drained() {
+				cn.startClose() // the close waited for this notification
+			}
 			return
 		}
 		if e.flags&cqeFMore != 0 {
@@ -486,7 +489,7 @@ func (w *worker) onSendCQE(cn *conn, e *cqEntry) {
 	}
 	if !cn.sendIdle() && cn.state == connOpen {
 		cn.startSend()
-	} else if cn.closeWanted && cn.sendIdle() {
+	} else if cn.closeWanted && cn.drained() {
 		cn.startClose()
 	} else if cn.shutWr {
 		cn.maybeShutdownWrite()
