@@ -83,7 +83,10 @@ type Config struct {
 	// Err reports ErrDrainTimeout. Default 10s.
 	CloseDrainTimeout time.Duration
 	// ShutdownTimeout bounds how long Shutdown lets connections drain
-	// and tasks return before it stops them. Default 2s.
+	// and tasks return before it stops them. Shortly before it (a quarter
+	// of it, at most 500ms), connections whose zero-copy sends still
+	// await the peer's acknowledgement are reset, so the kernel lets go
+	// of their memory before the workers end. Default 2s.
 	ShutdownTimeout time.Duration
 	// StallThreshold is how long one loop iteration (in practice, one
 	// task running without yielding: a handler that blocks) may take

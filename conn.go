@@ -712,16 +712,30 @@ func (cn *conn) drainExpired() {
 	if !cn.draining || cn.state != connOpen {
 		return
 	}
-	cn.draining = false
+	cn.w.st.drainTimeouts++
+	cn.reset(ErrDrainTimeout)
+}
+
+// reset fails an open connection with err and closes it with RST
+// (SO_LINGER 0): what is queued is dropped, the send in flight cancelled,
+// and the kernel drops what the socket holds, so zero-copy notifications
+// come at once.
+func (cn *conn) reset(err error) {
 	w := cn.w
-	w.st.drainTimeouts++
-	cn.fail(ErrDrainTimeout)
+	if cn.draining {
+		cn.draining = false
+		w.timers.remove(&cn.drainT)
+	}
+	cn.fail(err)
+	cn.eof = true
+	cn.closeWanted = true
 	if cn.fd >= 0 {
 		_ = unix.SetsockoptLinger(int(cn.fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 	}
 	if cn.sending {
 		w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: cn.sendUD})
 		cn.pending++
+		cn.wakeAll()
 		return // onSendCQE drops the queue and closes
 	}
 	cn.dropQueue()

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -166,23 +167,66 @@ func (w *worker) callRelease(f func()) {
 	f()
 }
 
+// leakedRefs keeps, for the life of the process, the references whose
+// zero-copy notification had not come when their worker stopped: the
+// kernel may still send from their pages (an orphaned socket), so their
+// memory must be neither reused nor freed, and their pinners must stay
+// reachable (an unreachable pinner with pinned objects is a fatal error).
+var leakedRefs struct {
+	sync.Mutex
+	refs []sendRef
+}
+
 // releaseSendsAtStop runs at the worker's teardown, after its ring is
-// gone: every reference still queued or held (a zero-copy notification
-// that did not come before the shutdown deadline) is released, so each
-// release still runs exactly once. Memory the kernel had pinned for such a
-// send stays pinned by the kernel (it holds page references); only what
-// Go does with it afterwards can reach the wire of a connection the
-// shutdown already closed.
+// gone: every reference still queued or held is released, so each release
+// still runs exactly once, except those a zero-copy send read whose
+// notification has not come. The kernel may still send from those (the
+// shutdown reset their connections shortly before the deadline, which
+// normally brings every notification, but a socket that was already
+// closed, or a slow kernel, may not have let go): what the release
+// callback or Go's allocator wrote there would reach the wire. They are
+// kept pinned and reachable instead, their release never called, logged
+// and counted (ZeroCopyRefsLeaked). Pool slots and provided buffers are
+// unmapped memory by then, which the kernel's page references keep as
+// they are.
 func (w *worker) releaseSendsAtStop() {
+	var inKernel []bool
 	for _, cn := range w.conns {
-		if cn != nil {
-			cn.abandonBatch()
+		if cn == nil {
+			continue
+		}
+		cn.abandonBatch()
+		for _, segs := range [2][]sendSeg{cn.q[cn.qHead:], cn.held[cn.heldHead:]} {
+			for i := range segs {
+				if s := &segs[i]; s.kind == segRef && s.zc > cn.zcBase {
+					if inKernel == nil {
+						inKernel = make([]bool, len(w.refs))
+					}
+					inKernel[s.id] = true
+				}
+			}
 		}
 	}
+	leaked := 0
 	for i := range w.refs {
-		if w.refs[i].inUse {
-			w.releaseRef(uint32(i))
+		r := &w.refs[i]
+		if !r.inUse {
+			continue
 		}
+		if inKernel != nil && inKernel[i] {
+			leakedRefs.Lock()
+			leakedRefs.refs = append(leakedRefs.refs, sendRef{b: r.b, pin: r.pin})
+			leakedRefs.Unlock()
+			*r = sendRef{}
+			leaked++
+			continue
+		}
+		w.releaseRef(uint32(i))
+	}
+	if leaked > 0 {
+		w.st.zcLeaked += uint64(leaked)
+		w.log.Warn("ringline: references still read by zero-copy sends at shutdown are kept pinned and never released (the kernel may still send from them)",
+			"worker", w.id, "references", leaked)
 	}
 	w.runReleases()
 }
@@ -511,6 +555,14 @@ func (sb *SendBuilder) Copy(p []byte) *SendBuilder {
 // inside Submit or Send), when the connection fails or resets before p
 // went out, when the batch is abandoned, and at shutdown. release must
 // not block or suspend; it may send. A panic in it is logged.
+//
+// The one exception is a zero-copy send whose notification has not come
+// when the worker stops (shutdown resets such connections shortly before
+// Config.ShutdownTimeout, which normally brings it): the kernel may still
+// send from p, so p is never released. ringline keeps it pinned and
+// reachable for the life of the process, logs it and counts it in
+// WorkerStats.ZeroCopyRefsLeaked; release is not called, and the memory
+// must be treated as lent to the kernel for good.
 //
 // p must be Go memory (or memory outside the Go heap that stays mapped
 // until release): ringline keeps p reachable and pins it with a

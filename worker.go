@@ -204,7 +204,10 @@ func (w *worker) run() {
 	w.busyIter.Store(1)
 	w.startTask()
 	w.armAccept()
-	var drainDeadline time.Time
+	// At resetAt, shortly before drainDeadline, connections whose
+	// zero-copy notifications are outstanding are reset, so the kernel
+	// lets go of their memory before teardown (resetZeroCopyAtStop).
+	var drainDeadline, resetAt time.Time
 	for {
 		w.serveSendWaits()
 		// Tasks run to their next suspension; what they queue is flushed
@@ -223,17 +226,29 @@ func (w *worker) run() {
 		if w.stopping.Load() {
 			if drainDeadline.IsZero() {
 				drainDeadline = time.Now().Add(w.cfg.ShutdownTimeout)
+				resetAt = drainDeadline.Add(-min(w.cfg.ShutdownTimeout/4, 500*time.Millisecond))
 				w.beginStop()
 				continue
 			}
-			if (w.live == 0 && w.tasks == 0 && !w.acceptArmed) || time.Now().After(drainDeadline) {
+			now := time.Now()
+			if !resetAt.IsZero() && !now.Before(resetAt) {
+				resetAt = time.Time{}
+				w.resetZeroCopyAtStop()
+			}
+			if (w.live == 0 && w.tasks == 0 && !w.acceptArmed) || now.After(drainDeadline) {
 				return
 			}
 		}
 
 		timeout := w.nextTimeout()
-		if !drainDeadline.IsZero() && (timeout < 0 || timeout > 50*time.Millisecond) {
-			timeout = 50 * time.Millisecond
+		if !drainDeadline.IsZero() {
+			tick := 50 * time.Millisecond
+			if !resetAt.IsZero() {
+				tick = min(tick, max(time.Until(resetAt), time.Millisecond))
+			}
+			if timeout < 0 || timeout > tick {
+				timeout = tick
+			}
 		}
 		wait := len(w.runq) == 0
 		if wait {
@@ -714,6 +729,29 @@ func (w *worker) startConn(cn *conn) {
 	cn.stageRecv()
 }
 
+// testHookNoStopReset, when set by a test, skips resetZeroCopyAtStop: the
+// notifications then do not come before teardown (a kernel slow to let
+// go), to exercise what teardown does with references still outstanding.
+var testHookNoStopReset bool
+
+// resetZeroCopyAtStop resets, shortly before the shutdown deadline, every
+// open connection with zero-copy notifications outstanding: they come
+// once the peer has acknowledged the bytes, which a peer that does not
+// read never does, and what the kernel still holds at teardown it keeps
+// sending from an orphaned socket. The reset makes the kernel drop it and
+// notify, so the memory (pool slots, references, forwarded buffers) is
+// released safely before the worker ends.
+func (w *worker) resetZeroCopyAtStop() {
+	if testHookNoStopReset {
+		return
+	}
+	for _, cn := range w.conns {
+		if cn != nil && cn.state == connOpen && cn.zcSeq != cn.zcBase {
+			cn.reset(ErrShutdown)
+		}
+	}
+}
+
 // beginStop starts shutdown: no new accepts, every connection closes, and
 // tasks that do not return when told are stopped.
 func (w *worker) beginStop() {
@@ -787,10 +825,13 @@ func (w *worker) teardown() {
 		w.beClosed = true
 		w.be.close()
 		w.wakeMu.Unlock()
+	}
+	// After the ring: no operation reads memory any more, but a zero-copy
+	// send's socket may (its references stay pinned).
+	w.releaseSendsAtStop()
+	if w.be != nil {
 		w.publish() // after close, so its C calls are counted too
 	}
-	// After the ring: the kernel reads no more of what is still held.
-	w.releaseSendsAtStop()
 	if w.pool != nil {
 		w.pool.close()
 	}
