@@ -55,6 +55,7 @@ type conn struct {
 	lentOff     uint32
 	lentEnd     uint32
 	lentq       []lentBuf // received behind the lent buffer, unread (recv.go)
+	lentqHead   int       // the next of lentq to lend
 	lentqBytes  int
 	acc         []byte // accumulator: acc[accOff:] is unread
 	accOff      int

@@ -542,3 +542,108 @@ func TestZeroCopyCancelResetsHeldMemory(t *testing.T) {
 
 // len is the pool's free slot count, reserved ones included.
 func (p *sendPool) len() int { return len(p.free) }
+
+// Found in review (R5): a SendWait that could not be served yet earmarked
+// every slot that freed, so a peer that never reads (holding its
+// MaxSendQueue) plus one large SendWait left every other connection of the
+// worker unable to queue even two bytes while free slots remained. Now
+// earmarks leave the pool's last eighth to the others (a waiter that can
+// finish takes it too), so the waiter still fills up as slots free while
+// small sends go on.
+func TestSendWaitLeavesRoomForOthers(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be) // pool 512 x 4 KiB = 2 MiB; MaxSendQueue 1 MiB
+		cfg.SendZCThreshold = -1
+		cfg.ShutdownTimeout = 300 * time.Millisecond // the slow peers never read
+		type res struct {
+			err        error
+			free, held int
+		}
+		out := make(chan res, 1)
+		bDone := make(chan error, 1)
+		rt := serve(t, cfg, func(c ConnCtx) {
+			role := byte(0)
+			if c.WithData(func(b []byte) ParseResult { role = b[0]; return Consumed(1) }) == 0 {
+				return
+			}
+			switch role {
+			case 'A': // its peer never reads: fill the queue to its cap
+				chunk := make([]byte, 4096)
+				for c.SendNowait(chunk) == nil {
+				}
+			case 'D': // another peer that never reads: 700 KiB
+				chunk := make([]byte, 4096)
+				for i := 0; i < 175 && c.SendNowait(chunk) == nil; i++ {
+				}
+			case 'B': // one large send that waits
+				bDone <- c.SendWait(pattern(1<<20, 'B'))
+			case 'C': // a small reply on an unrelated connection
+				err := c.SendNowait([]byte("hi"))
+				out <- res{err, c.w.pool.len(), c.w.pool.held}
+			}
+			c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
+		})
+		require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 16<<10))
+		a := dialRcvbuf(t, rt, 4<<10)
+		_, err := a.Write([]byte("A"))
+		require.NoError(t, err)
+		time.Sleep(100 * time.Millisecond)
+		d := dialRcvbuf(t, rt, 4<<10)
+		_, err = d.Write([]byte("D"))
+		require.NoError(t, err)
+		time.Sleep(100 * time.Millisecond)
+		b := dialRcvbuf(t, rt, 4<<10)
+		_, err = b.Write([]byte("B"))
+		require.NoError(t, err)
+		require.True(t, settle(10*time.Second, func() bool { return Total(rt.Stats()).SendWaits == 1 }), "B waits")
+		c := dial(t, rt)
+		_, err = c.Write([]byte("C"))
+		require.NoError(t, err)
+		r := <-out
+		t.Logf("C's 2-byte SendNowait: %v with %d of %d pool slots free, %d earmarked for B", r.err, r.free, cfg.SendPoolSlots, r.held)
+		require.NoError(t, r.err, "a 2-byte send with free slots in the pool")
+		got := make([]byte, 2)
+		_, err = io.ReadFull(c, got)
+		require.NoError(t, err)
+		assert.Equal(t, "hi", string(got))
+		assert.Greater(t, r.held, 0, "B still fills up as slots free")
+		// Once A's peer reads, B is served whole.
+		go func() { _, _ = io.Copy(io.Discard, a) }()
+		select {
+		case err := <-bDone:
+			require.NoError(t, err)
+		case <-time.After(20 * time.Second):
+			t.Fatal("B's SendWait was not served once the pool drained")
+		}
+		bb := make([]byte, 1<<20)
+		_, err = io.ReadFull(b, bb)
+		require.NoError(t, err)
+		assert.True(t, bytes.Equal(pattern(1<<20, 'B'), bb), "B's bytes")
+	})
+}
+
+// Found in review (R5): SendWait inside a parse closure panicked (the
+// closure must not suspend) only when it had to wait, so a handler that
+// worked in tests broke under load. It now fails the same way every time:
+// the connection closes and the panic is logged, whether or not the pool
+// has room.
+func TestSendWaitInsideParseClosureAlwaysFails(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be)
+		logs := captureLog(&cfg)
+		rt := serve(t, cfg, func(c ConnCtx) {
+			c.WithData(func(b []byte) ParseResult {
+				_ = c.SendWait([]byte("room for this"))
+				return Consumed(len(b))
+			})
+		})
+		cl := dial(t, rt)
+		_, err := cl.Write([]byte("go"))
+		require.NoError(t, err)
+		require.NoError(t, cl.SetReadDeadline(time.Now().Add(10*time.Second)))
+		got, _ := io.ReadAll(cl)
+		assert.Empty(t, got, "nothing queued by the misused SendWait")
+		require.True(t, settle(10*time.Second, func() bool { return Total(rt.Stats()).TaskPanics == 1 }))
+		assert.Contains(t, logs.String(), "SendWait")
+	})
+}

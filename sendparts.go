@@ -25,7 +25,9 @@ const (
 	SendPartsMaxParts = 64
 	// SendPartsMaxRefs is the most Ref parts one batch may have.
 	SendPartsMaxRefs = 32
-	// SendPartsMaxRefBytes is the largest one Ref part may be.
+	// SendPartsMaxRefBytes is the largest one Ref part may be. A batch's
+	// bytes also count against Config.MaxSendQueue, so in practice the
+	// lower of the two bounds a part, and a whole batch.
 	SendPartsMaxRefBytes = 1 << 30
 	// sendMaxConnRefs bounds the Ref parts one connection may have queued
 	// or held; a batch past it is refused with ErrSendQueueFull.

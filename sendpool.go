@@ -61,6 +61,10 @@ func (p *sendPool) put(s uint32) bool {
 // avail is how many slots a send may take now.
 func (p *sendPool) avail() int { return len(p.free) - p.held }
 
+// reserve is how many free slots SendWait's earmarks leave to sends that
+// do not wait (servePoolWaiters): an eighth of the pool, at least one.
+func (p *sendPool) reserve() int { return max(cap(p.free)/8, 1) }
+
 // inUse is how many slots are taken (free never grows past its capacity,
 // the slot count).
 func (p *sendPool) inUse() int { return cap(p.free) - len(p.free) }
