@@ -45,7 +45,11 @@ type Config struct {
 	// MaxSendQueue bounds the bytes one connection may have queued for
 	// the kernel (sent with SendNowait/Send and not yet taken by the
 	// kernel), so a peer that never reads cannot take the worker's whole
-	// send pool from the other connections. A send that would take the
+	// send pool from the other connections. On io_uring, bytes a
+	// zero-copy send handed to the kernel keep their memory until the
+	// peer acknowledges them; a connection keeps at most half of
+	// MaxSendQueue that way (its later sends are copied by the kernel),
+	// so it holds at most 1.5 times MaxSendQueue of the pool. A send that would take the
 	// queue past it fails with ErrSendQueueFull and nothing is queued
 	// (a single send larger than MaxSendQueue always fails: split it).
 	// SendSlotSize..pool size. Default: a quarter of the pool
@@ -74,11 +78,16 @@ type Config struct {
 	SendZCThreshold int
 	// CloseDrainTimeout bounds how long a closed connection (Close, or
 	// its task returned) may take to hand its queued bytes to a peer that
-	// is not reading them; after it the connection is reset, its pool
-	// slots freed and Err reports ErrDrainTimeout. Default 10s.
+	// is not reading them (and, for zero-copy sends, for the peer to
+	// acknowledge them: the kernel reads their memory until then); after
+	// it the connection is reset, its pool slots and references freed and
+	// Err reports ErrDrainTimeout. Default 10s.
 	CloseDrainTimeout time.Duration
 	// ShutdownTimeout bounds how long Shutdown lets connections drain
-	// and tasks return before it stops them. Default 2s.
+	// and tasks return before it stops them. Shortly before it (a quarter
+	// of it, at most 500ms), connections whose zero-copy sends still
+	// await the peer's acknowledgement are reset, so the kernel lets go
+	// of their memory before the workers end. Default 2s.
 	ShutdownTimeout time.Duration
 	// StallThreshold is how long one loop iteration (in practice, one
 	// task running without yielding: a handler that blocks) may take

@@ -55,6 +55,7 @@ type conn struct {
 	lentOff     uint32
 	lentEnd     uint32
 	lentq       []lentBuf // received behind the lent buffer, unread (recv.go)
+	lentqHead   int       // the next of lentq to lend
 	lentqBytes  int
 	acc         []byte // accumulator: acc[accOff:] is unread
 	accOff      int
@@ -91,11 +92,21 @@ type conn struct {
 	zcMask        uint64
 	// held are segments already sent whose memory a zero-copy send may
 	// still read, in send order, from heldHead.
-	held     []sendSeg
-	heldHead int
-	refsOut  int          // SendBuilder.Ref parts queued or held
-	fwdBufs  int          // provided buffers queued or held by ForwardRecvBuf
-	builder  *SendBuilder // SendParts' builder, reused
+	held      []sendSeg
+	heldHead  int
+	heldBytes int // bytes of held[heldHead:]
+	refsOut   int // SendBuilder.Ref parts queued or held
+	// fwdHeld are the provided buffers its queued or held forwarded
+	// segments read (ForwardRecvBuf), at most fwdPerConn.
+	fwdHeld []fwdHold
+	builder *SendBuilder // SendParts' builder, reused
+	// The copy tail: the pool slot the connection's last copy went into
+	// (cslot) and where its free room starts (cend), while ctail. One of
+	// the connection's segments (queued, held, or in an open SendParts
+	// batch) refers to it as long as ctail holds (putSlot).
+	cslot, cend uint32
+	ctail       bool
+	copies      uint32 // copyOut calls, for SendBuilder's refusal
 
 	// Write side shut down (ShutdownWrite): shutWr once asked, shutStaged
 	// once the shutdown op went to the kernel behind the last queued byte.
@@ -320,7 +331,10 @@ func (c ConnCtx) Err() error {
 // Close closes the connection once its queued sends have drained: bytes
 // sent before Close reach the peer, unless the peer does not read them
 // within Config.CloseDrainTimeout, after which the connection is reset and
-// Err reports ErrDrainTimeout. Close does not wait; the task may keep
+// Err reports ErrDrainTimeout. Zero-copy sends drain when the peer has
+// acknowledged their bytes (the kernel's notification): until then the
+// socket stays open, so the reset at the deadline can make the kernel let
+// go of their memory. Close does not wait; the task may keep
 // running, but receives report EOF and new sends fail with ErrClosed.
 // Closing a stale or closed handle does nothing.
 func (c ConnCtx) Close() {
@@ -520,9 +534,11 @@ func (cn *conn) maybeShutdownWrite() {
 // suspended in WithData, WithBytes or RecvReady wakes, gets 0 (false), and
 // Err reports an error wrapping syscall.ECANCELED; SendFutures not yet
 // resolved fail with it. Unlike Close it does not drain: queued bytes are
-// dropped, and when any were (or a send was in flight) the socket is
-// reset (SO_LINGER 0) rather than closed with a FIN, so the peer cannot
-// mistake the cut stream for a complete one. Both backends behave alike.
+// dropped, and when any were (or a send was in flight, or a zero-copy
+// send's bytes await the peer's acknowledgement, which holds their
+// memory) the socket is reset (SO_LINGER 0) rather than closed with a
+// FIN, so the peer cannot mistake the cut stream for a complete one and
+// the kernel lets go of the memory at once. Both backends behave alike.
 // Any task of the worker may call it. It returns nil, ErrStale for a stale
 // handle and ErrNotInWorker off the worker; cancelling a connection that
 // is already closing does nothing.
@@ -548,7 +564,7 @@ func (cn *conn) abort(err error) {
 		return
 	}
 	w := cn.w
-	if !cn.sendIdle() && cn.fd >= 0 {
+	if (!cn.sendIdle() || cn.heldHead < len(cn.held)) && cn.fd >= 0 {
 		_ = unix.SetsockoptLinger(int(cn.fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 	}
 	if cn.draining {
@@ -680,8 +696,8 @@ func (cn *conn) fail(err error) {
 	}
 }
 
-// requestClose closes after the send queue drains, within
-// Config.CloseDrainTimeout.
+// requestClose closes after the send queue drains (zero-copy
+// notifications included), within Config.CloseDrainTimeout.
 func (cn *conn) requestClose() {
 	if cn.closeWanted {
 		return
@@ -691,7 +707,7 @@ func (cn *conn) requestClose() {
 	}
 	cn.closeWanted = true
 	cn.eof = true
-	if cn.sendIdle() && !cn.tlsAwaitsPeer() {
+	if cn.closeReady() {
 		cn.startClose()
 	} else if !cn.draining && cn.state == connOpen {
 		cn.draining = true
@@ -703,21 +719,36 @@ func (cn *conn) requestClose() {
 // queued bytes in time, so one peer that never reads cannot pin send pool
 // slots for ever: SO_LINGER 0 makes the close send RST, the send in
 // flight is cancelled, and the slots are freed once its completion says
-// the kernel is done with them.
+// the kernel is done with them. The reset also drops what the socket
+// holds, so zero-copy notifications come at once.
 func (cn *conn) drainExpired() {
 	if !cn.draining || cn.state != connOpen {
 		return
 	}
-	cn.draining = false
+	cn.w.st.drainTimeouts++
+	cn.reset(ErrDrainTimeout)
+}
+
+// reset fails an open connection with err and closes it with RST
+// (SO_LINGER 0): what is queued is dropped, the send in flight cancelled,
+// and the kernel drops what the socket holds, so zero-copy notifications
+// come at once.
+func (cn *conn) reset(err error) {
 	w := cn.w
-	w.st.drainTimeouts++
-	cn.fail(ErrDrainTimeout)
+	if cn.draining {
+		cn.draining = false
+		w.timers.remove(&cn.drainT)
+	}
+	cn.fail(err)
+	cn.eof = true
+	cn.closeWanted = true
 	if cn.fd >= 0 {
 		_ = unix.SetsockoptLinger(int(cn.fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 	}
 	if cn.sending {
 		w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: cn.sendUD})
 		cn.pending++
+		cn.wakeAll()
 		return // onSendCQE drops the queue and closes
 	}
 	cn.dropQueue()

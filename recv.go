@@ -32,12 +32,15 @@ type lentBuf struct {
 
 // promoteLent lends the next queued buffer once the lent one is consumed.
 func (cn *conn) promoteLent() {
-	if len(cn.lentq) == 0 {
+	if cn.lentqHead == len(cn.lentq) {
 		return
 	}
-	b := cn.lentq[0]
-	n := copy(cn.lentq, cn.lentq[1:])
-	cn.lentq = cn.lentq[:n]
+	// A head index, not a shift: a connection may have lentQMax queued.
+	b := cn.lentq[cn.lentqHead]
+	cn.lentqHead++
+	if cn.lentqHead == len(cn.lentq) {
+		cn.lentq, cn.lentqHead = cn.lentq[:0], 0
+	}
 	cn.lentqBytes -= int(b.n)
 	cn.lent, cn.lentOff, cn.lentEnd = int32(b.bid), 0, b.n
 }
@@ -197,10 +200,13 @@ func (cn *conn) onRecv(bid uint16, n int) {
 		cn.lent = int32(bid)
 		cn.lentOff = uint32(n - len(data))
 		cn.lentEnd = uint32(n)
-	} else if waiting && cn.lent >= 0 && len(cn.acc) == cn.accOff && len(cn.lentq) < w.lentQMax() && cn.sink == nil {
+	} else if waiting && cn.lent >= 0 && len(cn.acc) == cn.accOff && len(cn.lentq)-cn.lentqHead < w.lentQMax() && cn.sink == nil {
 		// Behind the lent one, for the closure's next run.
 		if cn.lentq == nil {
 			cn.lentq = make([]lentBuf, 0, 8)
+		} else if cn.lentqHead > 0 && len(cn.lentq) == cap(cn.lentq) {
+			cn.lentq = cn.lentq[:copy(cn.lentq, cn.lentq[cn.lentqHead:])]
+			cn.lentqHead = 0
 		}
 		cn.lentq = append(cn.lentq, lentBuf{bid: bid, n: uint32(n)})
 		cn.lentqBytes += n
@@ -274,12 +280,14 @@ func (cn *conn) park() {
 // receive buffer itself. Use WithBytes to keep received bytes. When
 // several receive buffers are waiting, f may be shown the first one only
 // (so a task that consumes whole buffers reads them without a copy); when
-// f consumes nothing from it, f runs again at once over all unread bytes. f runs
-// synchronously and must not suspend: calling Await, WithData or RecvReady
-// inside it panics (closing only this connection), as does parsing the same
-// connection again from inside it. It may send (SendNowait, Send without
-// Await), Close, and SetRecvSink (which takes effect once f's Consumed has
-// been applied).
+// f consumes nothing from it, f runs again at once over all unread bytes.
+// So a run of f that consumes nothing must have no effects (no sends, no
+// ForwardRecvBuf): the same bytes come again, at once or when more
+// arrive. f runs synchronously and must not suspend: calling Await,
+// SendWait, WithData or RecvReady inside it panics (closing only this
+// connection), as does parsing the same connection again from inside it.
+// It may send (SendNowait, Send without Await), Close, and SetRecvSink
+// (which takes effect once f's Consumed has been applied).
 //
 // WithData must be called by the task that owns the connection; from any
 // other task, or off the worker, it returns 0 without calling f or
@@ -388,7 +396,7 @@ func (cn *conn) runParse(f func([]byte) ParseResult, fb func(Bytes) ParseResult)
 		// Nothing consumed with more bytes behind (queued buffers, the
 		// accumulator): f needs bytes across them, and runs again below
 		// over them joined.
-		if lentDone = n > 0 || len(cn.lentq) == 0 && cn.accOff == len(cn.acc); lentDone {
+		if lentDone = n > 0 || len(cn.lentq) == cn.lentqHead && cn.accOff == len(cn.acc); lentDone {
 			if !w.heldBuf(uint16(cn.lent)) { // forwarded bytes are still to be sent
 				poison(data[:n])
 			}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -24,7 +25,9 @@ const (
 	SendPartsMaxParts = 64
 	// SendPartsMaxRefs is the most Ref parts one batch may have.
 	SendPartsMaxRefs = 32
-	// SendPartsMaxRefBytes is the largest one Ref part may be.
+	// SendPartsMaxRefBytes is the largest one Ref part may be. A batch's
+	// bytes also count against Config.MaxSendQueue, so in practice the
+	// lower of the two bounds a part, and a whole batch.
 	SendPartsMaxRefBytes = 1 << 30
 	// sendMaxConnRefs bounds the Ref parts one connection may have queued
 	// or held; a batch past it is refused with ErrSendQueueFull.
@@ -60,10 +63,12 @@ type sendState struct {
 	// relq are release callbacks due, run by runReleases from the loop
 	// (never in the middle of a queue update).
 	relq, relq2 []func()
-	// bufHold counts, per provided buffer, the queued or held segments
-	// that forward it (holdRecvDone: the receive side is done with it
-	// too). Allocated on the first forward.
-	bufHold []uint16
+	// bufHold counts, per provided buffer, the connections whose queued
+	// or held segments forward it (conn.fwdHeld); bufDone says the
+	// receive side is done with it too (it goes back to the ring when
+	// both are). Allocated on the first forward.
+	bufHold []uint32
+	bufDone []bool
 	// pw are the tasks waiting in SendWait, first come first served.
 	pw []poolWaiter
 }
@@ -76,7 +81,18 @@ type sendRef struct {
 	inUse   bool
 }
 
-const holdRecvDone = 1 << 15
+// fwdHold is a provided buffer that a connection's forwarded segments
+// read, and how many of them do.
+type fwdHold struct {
+	bid  uint16
+	segs uint32
+}
+
+// fwdSegsMax bounds the forwarded segments of one connection that may
+// read one buffer at once; past it ForwardRecvBuf copies. Far beyond what
+// a queue can hold (every segment is at least a byte of MaxSendQueue), it
+// only keeps the count from wrapping.
+const fwdSegsMax = 1 << 31
 
 func (w *worker) setupSend() {
 	if w.cfg.SendZCThreshold > 0 && w.be.kind() == IOUring {
@@ -153,23 +169,66 @@ func (w *worker) callRelease(f func()) {
 	f()
 }
 
+// leakedRefs keeps, for the life of the process, the references whose
+// zero-copy notification had not come when their worker stopped: the
+// kernel may still send from their pages (an orphaned socket), so their
+// memory must be neither reused nor freed, and their pinners must stay
+// reachable (an unreachable pinner with pinned objects is a fatal error).
+var leakedRefs struct {
+	sync.Mutex
+	refs []sendRef
+}
+
 // releaseSendsAtStop runs at the worker's teardown, after its ring is
-// gone: every reference still queued or held (a zero-copy notification
-// that did not come before the shutdown deadline) is released, so each
-// release still runs exactly once. Memory the kernel had pinned for such a
-// send stays pinned by the kernel (it holds page references); only what
-// Go does with it afterwards can reach the wire of a connection the
-// shutdown already closed.
+// gone: every reference still queued or held is released, so each release
+// still runs exactly once, except those a zero-copy send read whose
+// notification has not come. The kernel may still send from those (the
+// shutdown reset their connections shortly before the deadline, which
+// normally brings every notification, but a socket that was already
+// closed, or a slow kernel, may not have let go): what the release
+// callback or Go's allocator wrote there would reach the wire. They are
+// kept pinned and reachable instead, their release never called, logged
+// and counted (ZeroCopyRefsLeaked). Pool slots and provided buffers are
+// unmapped memory by then, which the kernel's page references keep as
+// they are.
 func (w *worker) releaseSendsAtStop() {
+	var inKernel []bool
 	for _, cn := range w.conns {
-		if cn != nil {
-			cn.abandonBatch()
+		if cn == nil {
+			continue
+		}
+		cn.abandonBatch()
+		for _, segs := range [2][]sendSeg{cn.q[cn.qHead:], cn.held[cn.heldHead:]} {
+			for i := range segs {
+				if s := &segs[i]; s.kind == segRef && s.zc > cn.zcBase {
+					if inKernel == nil {
+						inKernel = make([]bool, len(w.refs))
+					}
+					inKernel[s.id] = true
+				}
+			}
 		}
 	}
+	leaked := 0
 	for i := range w.refs {
-		if w.refs[i].inUse {
-			w.releaseRef(uint32(i))
+		r := &w.refs[i]
+		if !r.inUse {
+			continue
 		}
+		if inKernel != nil && inKernel[i] {
+			leakedRefs.Lock()
+			leakedRefs.refs = append(leakedRefs.refs, sendRef{b: r.b, pin: r.pin})
+			leakedRefs.Unlock()
+			*r = sendRef{}
+			leaked++
+			continue
+		}
+		w.releaseRef(uint32(i))
+	}
+	if leaked > 0 {
+		w.st.zcLeaked += uint64(leaked)
+		w.log.Warn("ringline: references still read by zero-copy sends at shutdown are kept pinned and never released (the kernel may still send from them)",
+			"worker", w.id, "references", leaked)
 	}
 	w.runReleases()
 }
@@ -208,17 +267,18 @@ func (w *worker) onZCNotif(res uint32) {
 	}
 }
 
-// holdBuf takes a hold on provided buffer bid for a forwarded segment.
+// holdBuf takes a connection's hold on provided buffer bid.
 func (w *worker) holdBuf(bid uint16) {
 	if w.bufHold == nil {
-		w.bufHold = make([]uint16, w.cfg.BufferCount)
+		w.bufHold = make([]uint32, w.cfg.BufferCount)
+		w.bufDone = make([]bool, w.cfg.BufferCount)
 	}
 	w.bufHold[bid]++
 }
 
 // heldBuf reports whether forwarded segments hold buffer bid.
 func (w *worker) heldBuf(bid uint16) bool {
-	return w.bufHold != nil && w.bufHold[bid]&^holdRecvDone != 0
+	return w.bufHold != nil && w.bufHold[bid] != 0
 }
 
 // holdRecycle is called by recycle: a forwarded buffer goes back to the
@@ -228,20 +288,43 @@ func (w *worker) holdRecycle(bid uint16) bool {
 	if !w.heldBuf(bid) {
 		return false
 	}
-	w.bufHold[bid] |= holdRecvDone
+	w.bufDone[bid] = true
 	return true
 }
 
-// unholdBuf drops a forwarded segment's hold; the buffer returns to the
-// ring when no hold is left and the receive side is done with it.
+// unholdBuf drops a connection's hold; the buffer returns to the ring
+// when no hold is left and the receive side is done with it.
 func (w *worker) unholdBuf(bid uint16) {
-	h := w.bufHold[bid] - 1
-	if h == holdRecvDone {
-		w.bufHold[bid] = 0
+	if w.bufHold[bid]--; w.bufHold[bid] == 0 && w.bufDone[bid] {
+		w.bufDone[bid] = false
 		w.recycle(bid)
+	}
+}
+
+// fwdFind is the index of buffer bid in the connection's holds, or -1.
+// The table has at most fwdPerConn entries, and the buffer forwarded last
+// is at its end.
+func (cn *conn) fwdFind(bid uint16) int {
+	for i := len(cn.fwdHeld) - 1; i >= 0; i-- {
+		if cn.fwdHeld[i].bid == bid {
+			return i
+		}
+	}
+	return -1
+}
+
+// fwdRelease drops one forwarded segment of buffer bid; the connection's
+// hold on the buffer goes with its last one.
+func (cn *conn) fwdRelease(bid uint16) {
+	i := cn.fwdFind(bid)
+	h := &cn.fwdHeld[i]
+	if h.segs--; h.segs > 0 {
 		return
 	}
-	w.bufHold[bid] = h
+	last := len(cn.fwdHeld) - 1
+	cn.fwdHeld[i] = cn.fwdHeld[last]
+	cn.fwdHeld = cn.fwdHeld[:last]
+	cn.w.unholdBuf(bid)
 }
 
 // fwdPerConn is the most provided buffers one connection may hold through
@@ -282,8 +365,13 @@ func (w *worker) lentBuffer(b []byte) (bid uint16, off uint32, ok bool) {
 // What one connection may hold is bounded so the receive ring does not run
 // dry for the others: at most BufferCount/16 buffers (at least one) per
 // connection, and no forward takes the worker's free buffers below
-// BufferCount/8; past either, ForwardRecvBuf copies. Forwarding more bytes
-// of a buffer that is already held counts once. Both backends forward
+// BufferCount/8; past either, ForwardRecvBuf copies. A buffer counts once
+// per connection that holds it, whatever else that connection forwards
+// from it and whichever other connections hold it too (a fan-out charges
+// every subscriber). A slice that starts where
+// the connection's previous forward of the same buffer ended extends that
+// send segment, so forwarding a buffer message by message costs one iovec
+// and one hold, not one per call. Both backends forward
 // (on epoll the send is written at once, so the buffer returns within the
 // loop iteration). WorkerStats.ForwardedBuffers and ForwardCopies count
 // which way each call went.
@@ -310,29 +398,44 @@ func (c ConnCtx) ForwardRecvBuf(b []byte) error {
 		return cn.queueSend(b)
 	}
 	if bid, off, ok := w.lentBuffer(b); ok {
-		// A buffer already held by a forward costs the ring nothing more.
-		held := w.heldBuf(bid)
-		if held || cn.fwdBufs < w.fwdPerConn() && w.be.buffersFree() >= w.fwdReserve() {
-			return cn.forward(bid, off, len(b), !held)
+		// Every connection is charged for every buffer it holds, whoever
+		// else holds it too: a fan-out's slow subscriber keeps the
+		// buffers it holds out of the ring after the fast ones are done.
+		i := cn.fwdFind(bid)
+		if i >= 0 && cn.fwdHeld[i].segs < fwdSegsMax || i < 0 && len(cn.fwdHeld) < w.fwdPerConn() && w.be.buffersFree() >= w.fwdReserve() {
+			return cn.forward(bid, off, len(b), i)
 		}
 	}
 	w.st.forwardCopies++
 	return cn.enqueue(b)
 }
 
-// forward queues n bytes of provided buffer bid from off.
-func (cn *conn) forward(bid uint16, off uint32, n int, counted bool) error {
+// forward queues n bytes of provided buffer bid from off; hold is the
+// buffer's index in the connection's holds, or -1.
+func (cn *conn) forward(bid uint16, off uint32, n int, hold int) error {
 	w := cn.w
 	if err := cn.queueRoom(n); err != nil {
 		w.st.sendQueueFull++
 		return err
 	}
-	w.holdBuf(bid)
-	if counted {
-		cn.fwdBufs++
-	}
-	cn.q = append(cn.q, sendSeg{kind: segFwd, id: uint32(bid), off: off, end: off + uint32(n), counted: counted})
 	cn.queued += uint64(n)
+	if k := len(cn.q) - 1; k >= cn.qHead && cn.q[k].kind == segFwd && cn.q[k].id == uint32(bid) && cn.q[k].end == off {
+		// The bytes right after the last forwarded ones (a closure
+		// forwarding a buffer message by message): one segment, one
+		// iovec, one hold.
+		cn.q[k].end += uint32(n)
+	} else {
+		if hold < 0 {
+			if cn.fwdHeld == nil {
+				cn.fwdHeld = make([]fwdHold, 0, 4)
+			}
+			cn.fwdHeld = append(cn.fwdHeld, fwdHold{bid: bid, segs: 1})
+			w.holdBuf(bid)
+		} else {
+			cn.fwdHeld[hold].segs++
+		}
+		cn.q = append(cn.q, sendSeg{kind: segFwd, id: uint32(bid), start: off, off: off, end: off + uint32(n)})
+	}
 	w.st.forwarded++
 	cn.scheduleFlush()
 	return nil
@@ -358,6 +461,7 @@ func (cn *conn) forward(bid uint16, off uint32, n int, counted bool) error {
 type SendBuilder struct {
 	c     ConnCtx
 	w     *worker
+	cn    *conn // whose copy tail Copy fills; nil on a misuse builder
 	err   error
 	open  bool
 	segs  []sendSeg // in order; a segRef's id indexes refs
@@ -365,12 +469,15 @@ type SendBuilder struct {
 	parts int
 	nrefs int
 	bytes int // bytes to send
-	// copied is how many of them Copy put into the pool; the current
-	// slot is where the next Copy goes (slotUsers segments refer to it).
-	copied    int
-	slot      uint32
-	slotEnd   uint32
-	slotUsers int
+	// copied is how many of them Copy put into the pool.
+	copied int
+	// The connection's copy tail when the batch began (t0ok: it had one,
+	// still alive), its copy count then, and the copies the batch made:
+	// a refused batch that no other copy followed gives the tail room it
+	// took back.
+	t0slot, t0end  uint32
+	t0ok           bool
+	copies0, ncopy uint32
 }
 
 type builderRef struct {
@@ -394,7 +501,7 @@ func (c ConnCtx) SendParts() *SendBuilder {
 	}
 	sb := cn.builder
 	if sb == nil {
-		sb = &SendBuilder{w: cn.w}
+		sb = &SendBuilder{w: cn.w, cn: cn}
 		cn.builder = sb
 	}
 	if sb.open {
@@ -403,6 +510,8 @@ func (c ConnCtx) SendParts() *SendBuilder {
 	sb.c = c
 	sb.open = true
 	sb.err = cn.sendable()
+	sb.t0slot, sb.t0end, sb.t0ok = cn.cslot, cn.cend, cn.ctail
+	sb.copies0, sb.ncopy = cn.copies, 0
 	return sb
 }
 
@@ -419,8 +528,10 @@ func (sb *SendBuilder) usable() bool {
 }
 
 // Copy adds a copy of p to the batch: p is copied into the worker's send
-// pool now and may be reused as soon as Copy returns. Copies made between
-// references are packed into the same pool slots.
+// pool now and may be reused as soon as Copy returns. Copies share pool
+// slots with the connection's other copies, across references, forwarded
+// buffers and batches, so small parts between references take a slot per
+// Config.SendSlotSize bytes, not one each.
 func (sb *SendBuilder) Copy(p []byte) *SendBuilder {
 	if !sb.open || len(p) == 0 || !sb.usable() {
 		return sb
@@ -429,37 +540,17 @@ func (sb *SendBuilder) Copy(p []byte) *SendBuilder {
 		sb.err = ErrSendPartsLimit
 		return sb
 	}
-	w := sb.w
+	w, cn := sb.w, sb.cn
 	pool := w.pool
-	room := 0
-	if sb.slotUsers > 0 {
-		room = int(pool.slotSize - sb.slotEnd)
-	}
-	if rest := len(p) - room; rest > 0 && pool.slotsFor(rest) > pool.avail() {
+	if rest := len(p) - cn.copyRoom(); rest > 0 && pool.slotsFor(rest) > pool.avail() {
 		w.st.poolExhausted++
 		sb.err = ErrSendPoolExhausted
 		return sb
 	}
 	sb.bytes += len(p)
 	sb.copied += len(p)
-	for len(p) > 0 {
-		if sb.slotUsers == 0 || sb.slotEnd == pool.slotSize {
-			sb.slot, sb.slotEnd, sb.slotUsers = pool.get(), 0, 0
-		}
-		start := sb.slotEnd
-		n := copy(pool.slot(sb.slot)[start:], p)
-		p = p[n:]
-		sb.slotEnd += uint32(n)
-		if k := len(sb.segs) - 1; k >= 0 && sb.segs[k].kind == segPool && sb.segs[k].id == sb.slot && sb.segs[k].end == start {
-			sb.segs[k].end += uint32(n)
-			continue
-		}
-		if sb.slotUsers > 0 {
-			pool.share(sb.slot) // get counted the first segment
-		}
-		sb.slotUsers++
-		sb.segs = append(sb.segs, sendSeg{kind: segPool, id: sb.slot, off: start, end: sb.slotEnd})
-	}
+	sb.segs = cn.copyOut(sb.segs, 0, p)
+	sb.ncopy++
 	return sb
 }
 
@@ -472,6 +563,14 @@ func (sb *SendBuilder) Copy(p []byte) *SendBuilder {
 // inside Submit or Send), when the connection fails or resets before p
 // went out, when the batch is abandoned, and at shutdown. release must
 // not block or suspend; it may send. A panic in it is logged.
+//
+// The one exception is a zero-copy send whose notification has not come
+// when the worker stops (shutdown resets such connections shortly before
+// Config.ShutdownTimeout, which normally brings it): the kernel may still
+// send from p, so p is never released. ringline keeps it pinned and
+// reachable for the life of the process, logs it and counts it in
+// WorkerStats.ZeroCopyRefsLeaked; release is not called, and the memory
+// must be treated as lent to the kernel for good.
 //
 // p must be Go memory (or memory outside the Go heap that stays mapped
 // until release): ringline keeps p reachable and pins it with a
@@ -546,7 +645,15 @@ func (sb *SendBuilder) submit() (SendFuture, error) {
 		return SendFuture{}, sb.refuse(err)
 	}
 	w := cn.w
-	for _, s := range sb.segs {
+	for k, s := range sb.segs {
+		if k == 0 && s.kind == segPool {
+			if n := len(cn.q) - 1; n >= cn.qHead && cn.q[n].kind == segPool && cn.q[n].id == s.id && cn.q[n].end == s.off {
+				// Right behind the queue's last copy: one segment.
+				cn.q[n].end = s.end
+				w.pool.put(s.id) // the queue's segment still refers to it
+				continue
+			}
+		}
 		if s.kind == segRef {
 			r := &sb.refs[s.id]
 			s.id = w.newRef(r.b, r.release)
@@ -568,11 +675,16 @@ func (sb *SendBuilder) submit() (SendFuture, error) {
 // refuse gives back what the batch took (pool slots) and calls every
 // release, in order; it returns err.
 func (sb *SendBuilder) refuse(err error) error {
-	if sb.w != nil && sb.w.onWorker() {
+	if cn := sb.cn; cn != nil && sb.w.onWorker() {
 		for _, s := range sb.segs {
 			if s.kind == segPool {
-				sb.w.pool.put(s.id)
+				cn.putSlot(s.id)
 			}
+		}
+		if sb.ncopy > 0 && cn.copies-sb.copies0 == sb.ncopy {
+			// Only this batch copied since it began: the room it took is
+			// the connection's again.
+			cn.cslot, cn.cend, cn.ctail = sb.t0slot, sb.t0end, sb.t0ok
 		}
 	}
 	sb.finish()
@@ -587,7 +699,7 @@ func (sb *SendBuilder) finish() {
 	sb.refs = nil
 	sb.open = false
 	sb.segs = sb.segs[:0]
-	sb.parts, sb.nrefs, sb.bytes, sb.copied, sb.slotUsers = 0, 0, 0, 0, 0
+	sb.parts, sb.nrefs, sb.bytes, sb.copied = 0, 0, 0, 0
 	defer func() {
 		if sb.refs == nil {
 			sb.refs = refs[:0]

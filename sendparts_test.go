@@ -613,7 +613,7 @@ func TestForwardRecvBufBoundedPerConnection(t *testing.T) {
 				}
 				if cn := c.get(); cn != nil {
 					mu.Lock()
-					maxHeld = max(maxHeld, cn.fwdBufs)
+					maxHeld = max(maxHeld, len(cn.fwdHeld))
 					mu.Unlock()
 				}
 				return Consumed(len(b))
@@ -633,11 +633,13 @@ func TestForwardRecvBufBoundedPerConnection(t *testing.T) {
 	})
 }
 
-// Zero copy (io_uring): a connection that closes while its zero-copy sends
+// Zero copy (io_uring): a connection closed while its zero-copy sends
 // still await notifications (the peer has not read the bytes) keeps its
-// slot until they come; the reference is released only then (its release
-// scrubs the memory, and the peer still reads the original bytes), and
-// the slot is reused afterwards.
+// socket open until they come, within CloseDrainTimeout (see
+// TestZeroCopyCloseHonoursDrainTimeout for a peer that never reads); the
+// reference is released only then (its release scrubs the memory, and the
+// peer still reads the original bytes), the socket closes with a FIN
+// behind them, and the slot is reused afterwards.
 func TestZeroCopyNotificationAfterClose(t *testing.T) {
 	onIOUring(t, func(t *testing.T) {
 		cfg := zcConfig(testConfig(IOUring), "zerocopy")
@@ -673,20 +675,23 @@ func TestZeroCopyNotificationAfterClose(t *testing.T) {
 			_, err := cl.Write([]byte("go"))
 			require.NoError(t, err)
 			<-closed
+			// The task has closed: the socket stays open while the
+			// notifications are outstanding.
 			var state uint8
-			var pending int
-			require.True(t, settle(10*time.Second, func() bool {
-				w := rt.workers[0]
-				done := make(chan struct{})
-				require.NoError(t, w.post(func() {
-					cn := w.conns[0] // one connection at a time: always slot 0
-					state, pending = cn.state, cn.pending
-					close(done)
-				}))
-				<-done
-				return state == connClosed
-			}), "the connection closed (state %d)", state)
-			assert.Greater(t, pending, 0, "notifications outstanding after the close")
+			var closeWanted bool
+			var held, pending int
+			w := rt.workers[0]
+			done := make(chan struct{})
+			require.NoError(t, w.post(func() {
+				cn := w.conns[0] // one connection at a time: always slot 0
+				state, closeWanted, held, pending = cn.state, cn.closeWanted, len(cn.held)-cn.heldHead, cn.pending
+				close(done)
+			}))
+			<-done
+			assert.Equal(t, uint8(connOpen), state, "socket closed before its notifications came")
+			assert.True(t, closeWanted)
+			assert.Greater(t, held, 0, "segments awaiting notifications")
+			assert.Greater(t, pending, 0, "notifications outstanding")
 			st := Total(rt.Stats())
 			assert.Greater(t, st.ZeroCopySends, uint64(0))
 			assert.Zero(t, rel.n[id].Load(), "released before the kernel was done with it")

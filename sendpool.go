@@ -10,13 +10,13 @@ import (
 // (SendWait waits for room instead).
 //
 // A slot is counted by the queue segments that refer to it: usually one,
-// more when a SendParts batch packs copies on both sides of a referenced
-// part into one slot. It is free again when the last one is released.
+// more when copies on both sides of a referenced or forwarded part share
+// it (see conn.copyOut). It is free again when the last one is released.
 type sendPool struct {
 	mem      region
 	slotSize uint32
 	free     []uint32 // stack of free slot numbers
-	refs     []uint16 // segments referring to each slot
+	refs     []uint32 // segments referring to each slot (up to a segment per byte)
 	// held is how many free slots are earmarked for SendWait callers
 	// (servePoolWaiters): every other send sees len(free)-held, so a
 	// waiter's turn cannot be taken by a later send.
@@ -28,7 +28,7 @@ func newSendPool(slots, slotSize int) (*sendPool, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &sendPool{mem: mem, slotSize: uint32(slotSize), free: make([]uint32, slots), refs: make([]uint16, slots)}
+	p := &sendPool{mem: mem, slotSize: uint32(slotSize), free: make([]uint32, slots), refs: make([]uint32, slots)}
 	for i := range p.free {
 		p.free[i] = uint32(slots - 1 - i)
 	}
@@ -45,19 +45,25 @@ func (p *sendPool) get() uint32 {
 // share counts one more segment referring to slot s.
 func (p *sendPool) share(s uint32) { p.refs[s]++ }
 
-// put releases one segment's hold on slot s.
-func (p *sendPool) put(s uint32) {
+// put releases one segment's hold on slot s and reports whether that
+// freed the slot.
+func (p *sendPool) put(s uint32) bool {
 	if p.refs[s]--; p.refs[s] > 0 {
-		return
+		return false
 	}
 	if debugPoison {
 		poison(p.slot(s))
 	}
 	p.free = append(p.free, s)
+	return true
 }
 
 // avail is how many slots a send may take now.
 func (p *sendPool) avail() int { return len(p.free) - p.held }
+
+// reserve is how many free slots SendWait's earmarks leave to sends that
+// do not wait (servePoolWaiters): an eighth of the pool, at least one.
+func (p *sendPool) reserve() int { return max(cap(p.free)/8, 1) }
 
 // inUse is how many slots are taken (free never grows past its capacity,
 // the slot count).
@@ -94,8 +100,9 @@ const (
 )
 
 // sendSeg is a run of queued bytes [off, end) of one slot, reference or
-// buffer.
+// buffer; start is where it began (off advances as bytes are sent).
 type sendSeg struct {
+	start    uint32
 	off, end uint32
 	id       uint32
 	// zc is the number of the last zero-copy send that read these bytes
@@ -103,10 +110,6 @@ type sendSeg struct {
 	// send's notification (and every earlier one's) has come.
 	zc   uint32
 	kind uint8
-	// counted: this forward took its buffer from the ring on behalf of
-	// the connection (conn.fwdBufs); a buffer forwarded again while held
-	// takes nothing more.
-	counted bool
 }
 
 // iovecs per send; more segments go out in the next send of the chain.
@@ -140,17 +143,69 @@ type iovec struct {
 // until notifications return (zcMask has one bit per send in the window).
 const zcWindow = 64
 
-// tailRoom is how many bytes fit behind the last queued segment without a
-// new slot: only a pool segment can grow.
-func (c *conn) tailRoom() int {
-	if n := len(c.q); n > c.qHead && c.q[n-1].kind == segPool {
-		return int(c.w.pool.slotSize - c.q[n-1].end)
+// copyRoom is how many bytes fit in the connection's copy tail, the pool
+// slot its last copy went into, without a fresh slot.
+func (c *conn) copyRoom() int {
+	if !c.ctail {
+		return 0
 	}
-	return 0
+	return int(c.w.pool.slotSize - c.cend)
+}
+
+// copyOut copies b into the connection's copy tail and fresh slots as
+// needed (the caller checked there are enough), adding segments for it to
+// segs (the queue, or an open SendParts batch); segs[lo:] are segments the
+// bytes may extend. Copies share the tail slot whatever was queued between
+// them (a reference, a forwarded buffer, another batch): segments are
+// sent in order wherever their bytes lie, so the slot's later bytes may
+// go out after other memory, and a connection queueing small headers
+// between references takes a slot per SendSlotSize bytes of headers, not
+// one per header. Each segment in a slot counts one reference to it.
+func (c *conn) copyOut(segs []sendSeg, lo int, b []byte) []sendSeg {
+	p := c.w.pool
+	c.copies++
+	for len(b) > 0 {
+		fresh := false
+		if !c.ctail || c.cend == p.slotSize {
+			c.cslot, c.cend, c.ctail, fresh = p.get(), 0, true, true
+		}
+		start := c.cend
+		n := copy(p.slot(c.cslot)[start:], b)
+		b = b[n:]
+		c.cend += uint32(n)
+		if k := len(segs) - 1; k >= lo && segs[k].kind == segPool && segs[k].id == c.cslot && segs[k].end == start {
+			segs[k].end += uint32(n)
+			continue
+		}
+		if !fresh {
+			p.share(c.cslot) // get counted a fresh slot's first segment
+		}
+		segs = append(segs, sendSeg{kind: segPool, id: c.cslot, start: start, off: start, end: c.cend})
+	}
+	return segs
+}
+
+// putSlot releases one of the connection's segments in pool slot s; once
+// the slot is free it is no longer the connection's copy tail (nor the
+// one an open batch would give back).
+func (c *conn) putSlot(s uint32) {
+	if !c.w.pool.put(s) {
+		return
+	}
+	if c.ctail && c.cslot == s {
+		c.ctail = false
+	}
+	if sb := c.builder; sb != nil && sb.t0ok && sb.t0slot == s {
+		sb.t0ok = false
+	}
 }
 
 // queueRoom reports ErrSendQueueFull when n more bytes would take the
 // connection past MaxSendQueue (a single send larger than it never fits).
+// Bytes the kernel has taken do not count, so a task that awaited
+// everything it queued has all of it again (an echo of everything a parse
+// was shown always fits), even while a zero-copy send's bytes await their
+// notification: startSend keeps those under half of MaxSendQueue instead.
 func (c *conn) queueRoom(n int) error {
 	if int(c.queued-c.sent)+n > c.w.cfg.MaxSendQueue {
 		return ErrSendQueueFull
@@ -158,8 +213,8 @@ func (c *conn) queueRoom(n int) error {
 	return nil
 }
 
-// enqueue copies b behind the connection's queued bytes, filling the tail
-// slot first. It is all or nothing: when the connection's queue would pass
+// enqueue copies b behind the connection's queued bytes, filling its copy
+// tail first. It is all or nothing: when the connection's queue would pass
 // MaxSendQueue or the pool cannot hold b, nothing is queued and
 // ErrSendQueueFull or ErrSendPoolExhausted is returned (and counted).
 func (c *conn) enqueue(b []byte) error {
@@ -188,7 +243,7 @@ func (c *conn) tryEnqueue(b []byte) error {
 // poolRoom reports whether n more bytes fit behind the tail segment and in
 // the pool's free slots.
 func (c *conn) poolRoom(n int) bool {
-	rest := n - c.tailRoom()
+	rest := n - c.copyRoom()
 	return rest <= 0 || c.w.pool.slotsFor(rest) <= c.w.pool.avail()
 }
 
@@ -196,23 +251,9 @@ func (c *conn) poolRoom(n int) bool {
 // first; the caller has checked poolRoom (a TLS connection checks once for
 // all the records of a write, tls.go).
 func (c *conn) appendQueue(b []byte) {
-	w := c.w
-	p := w.pool
-	room := c.tailRoom()
 	c.queued += uint64(len(b))
-	w.st.bytesCopied += uint64(len(b))
-	if room > 0 && len(b) > 0 {
-		t := &c.q[len(c.q)-1]
-		n := copy(p.slot(t.id)[t.end:], b)
-		t.end += uint32(n)
-		b = b[n:]
-	}
-	for len(b) > 0 {
-		s := p.get()
-		n := copy(p.slot(s), b)
-		c.q = append(c.q, sendSeg{kind: segPool, id: s, end: uint32(n)})
-		b = b[n:]
-	}
+	c.w.st.bytesCopied += uint64(len(b))
+	c.q = c.copyOut(c.q, c.qHead, b)
 	c.scheduleFlush()
 }
 
@@ -240,8 +281,13 @@ func (w *worker) segAddr(s *sendSeg) uint64 {
 // one send is in flight per connection, so bytes reach the peer in order.
 // A send of at least Config.SendZCThreshold bytes goes zero-copy on
 // io_uring (w.zcMin > 0), unless the connection has zcWindow zero-copy
-// sends awaiting their notifications or the pool is more than half used
-// (see zcRoom).
+// sends awaiting their notifications, the pool is more than half used
+// (see zcRoom), or the connection's bytes awaiting notifications would
+// pass half of MaxSendQueue. Their memory stays taken until the peer has
+// acknowledged them, however large the socket's send buffer: with this
+// bound a connection whose peer does not read holds at most 1.5 times
+// MaxSendQueue of the pool (MaxSendQueue queued, and half of it held);
+// past it the kernel copies, into its own memory.
 func (c *conn) startSend() {
 	w := c.w
 	segs := c.q[c.qHead:]
@@ -255,7 +301,8 @@ func (c *conn) startSend() {
 	for i := range segs {
 		total += uint64(segs[i].end - segs[i].off)
 	}
-	zc := w.zcMin > 0 && total >= uint64(w.zcMin) && c.zcSeq-c.zcBase < zcWindow && w.pool.zcRoom()
+	zc := w.zcMin > 0 && total >= uint64(w.zcMin) && c.zcSeq-c.zcBase < zcWindow && w.pool.zcRoom() &&
+		c.heldBytes+int(total) <= w.cfg.MaxSendQueue/2
 	ud := packUD(udSend, c.idx, c.gen, 0)
 	var aux uint32
 	code, codeMsg := uint8(opSend), uint8(opSendmsg)
@@ -320,6 +367,7 @@ func (c *conn) retire(s *sendSeg) {
 		return
 	}
 	c.held = append(c.held, *s)
+	c.heldBytes += int(s.end - s.start)
 }
 
 // releaseSeg gives a segment's memory back: a pool slot to the pool, a
@@ -329,15 +377,12 @@ func (c *conn) releaseSeg(s *sendSeg) {
 	w := c.w
 	switch s.kind {
 	case segPool:
-		w.pool.put(s.id)
+		c.putSlot(s.id)
 	case segRef:
 		c.refsOut--
 		w.releaseRef(s.id)
 	case segFwd:
-		if s.counted {
-			c.fwdBufs--
-		}
-		w.unholdBuf(uint16(s.id))
+		c.fwdRelease(uint16(s.id))
 	}
 }
 
@@ -363,7 +408,9 @@ func (c *conn) zcDone(seq uint32) {
 		c.zcBase++
 	}
 	for c.heldHead < len(c.held) && c.held[c.heldHead].zc <= c.zcBase {
-		c.releaseSeg(&c.held[c.heldHead])
+		s := &c.held[c.heldHead]
+		c.heldBytes -= int(s.end - s.start)
+		c.releaseSeg(s)
 		c.heldHead++
 	}
 	if c.heldHead == len(c.held) {
@@ -396,3 +443,18 @@ func (c *conn) dropQueue() {
 }
 
 func (c *conn) sendIdle() bool { return !c.sending && c.qHead == len(c.q) }
+
+// drained reports whether the connection may close: nothing queued or in
+// flight, and no memory a zero-copy send may still read (its
+// notification comes once the peer has acknowledged the bytes, so a
+// closed socket would keep it, the pool slots and the connection slot
+// for as long as the kernel keeps trying). A failed connection's socket
+// sends nothing more: it closes at once.
+func (c *conn) drained() bool {
+	return c.sendIdle() && (c.heldHead == len(c.held) || c.err != nil)
+}
+
+// closeReady reports whether a connection whose close was asked for may
+// close its socket now: drained, and not waiting for a TLS peer's
+// close_notify.
+func (c *conn) closeReady() bool { return c.drained() && !c.tlsAwaitsPeer() }

@@ -5,8 +5,9 @@ package ringline
 // room for its bytes. Waiters are served first come, first served across
 // all the connections of the worker: slots freed by completed sends are
 // earmarked for the oldest waiter (sendPool.held) until it has all it
-// needs, so neither a later waiter nor a plain SendNowait can take its
-// turn.
+// needs, so a later waiter cannot take its turn, and sends that do not
+// wait share only the pool's last eighth with it (sendPool.reserve): a
+// large waiter does not stop the worker's other connections.
 
 // waitPool is the task wait bit (see task.go's waitFor masks) of a task
 // waiting in SendWait; only servePoolWaiters wakes it. It is kept clear of
@@ -28,8 +29,9 @@ type poolWaiter struct {
 // pool has no room for b, or b would take this connection past
 // Config.MaxSendQueue, it suspends the calling task until there is room
 // instead of failing. Tasks waiting on the same worker are served in the
-// order they started waiting, whatever their connection, and each is
-// woken only when the slots it needs are free (and set aside for it) and
+// order they started waiting, whatever their connection (sends that do
+// not wait are not held up by a large waiter: the last eighth of the pool
+// stays theirs until the waiter can go), and each is woken only when the slots it needs are free (and set aside for it) and
 // its connection's queue has room, or when the wait must end: the
 // connection it sends on closes, fails or goes stale (SendWait returns
 // ErrClosed, ErrStale or Err's cause), its write deadline passes (an error
@@ -43,7 +45,8 @@ type poolWaiter struct {
 // with ErrSendQueueFull. It must be called from a task of the connection's
 // worker (ErrNotInTask on the loop itself, e.g. from a Ref release
 // callback, when it would have to wait) and, since it may suspend, never
-// from inside a parse closure.
+// from inside a parse closure: there it panics, every time, which closes
+// the task's connection and logs the panic.
 func (c ConnCtx) SendWait(b []byte) error {
 	cn, err := c.own("SendWait")
 	if err != nil {
@@ -56,6 +59,11 @@ func (c ConnCtx) SendWait(b []byte) error {
 		return nil
 	}
 	w := cn.w
+	if len(w.parsing) > 0 {
+		// Every time, not only when it would wait: a misuse that shows
+		// only under load is found late.
+		panic("ringline: SendWait may suspend, so it must not be called inside a WithData/WithBytes/TryWithData closure: use SendNowait there, or SendWait after the closure returns")
+	}
 	if len(w.pw) == 0 {
 		// Nobody waits ahead: a send that fits goes now.
 		if err := cn.trySend(b); err != ErrSendPoolExhausted && err != ErrSendQueueFull {
@@ -79,13 +87,17 @@ func (c ConnCtx) SendWait(b []byte) error {
 		return err
 	}
 	w.st.sendWaits++
-	need := w.pool.slotsFor(max(wire-cn.tailRoom(), 0))
+	need := w.pool.slotsFor(max(wire-cn.copyRoom(), 0))
 	w.pw = append(w.pw, poolWaiter{t: t, cn: cn, gen: cn.gen, n: wire, need: need})
 	for {
 		t.suspend(waitPool)
 		i := w.waiterIndex(t)
 		wt := &w.pw[i]
-		w.pool.held -= wt.granted
+		// The earmarked slots become usable by this send only; if it
+		// still cannot go, they are earmarked again below, so the waiter
+		// keeps what it was granted as well as its place.
+		granted := wt.granted
+		w.pool.held -= granted
 		wt.granted = 0
 		if c.get() != cn {
 			w.removeWaiter(i)
@@ -100,9 +112,12 @@ func (c ConnCtx) SendWait(b []byte) error {
 			w.removeWaiter(i)
 			return err
 		}
-		// Someone else's send on this connection changed its tail since
-		// the grant: wait again, keeping the place in line.
-		wt.need = w.pool.slotsFor(max(wire-cn.tailRoom(), 0))
+		// Someone else's send on this connection changed its tail or
+		// filled its queue since the grant: wait again, keeping the place
+		// in line and the slots (a refused send took none).
+		wt.need = w.pool.slotsFor(max(wire-cn.copyRoom(), 0))
+		wt.granted = min(granted, wt.need)
+		w.pool.held += wt.granted
 		wt.woken = false
 	}
 }
@@ -140,6 +155,11 @@ func (w *worker) removeWaiter(i int) {
 // those that can go: the oldest waiter blocked on the pool stops the line
 // (later ones wait behind it), while one blocked only by its own
 // connection's queue cap keeps its place without holding up the others.
+// Earmarks never take the pool's last eighth (poolReserve): a waiter that
+// needs more than is free fills up from what frees beyond it, so the
+// worker's other connections can still queue small sends meanwhile
+// instead of failing with free slots in the pool; a waiter whose whole
+// need is free now takes the reserve too and goes.
 // Waiters whose connection is gone, or whose write deadline passed, are
 // woken to return their error, and those of tasks that ended (a shutdown
 // stopped them) are dropped. Shutdown wakes every task itself.
@@ -172,7 +192,10 @@ func (w *worker) servePoolWaiters() {
 		if blocked || cn.queueRoom(pw.n) != nil {
 			continue
 		}
-		take := min(pw.need-pw.granted, avail)
+		take := pw.need - pw.granted
+		if take > avail {
+			take = max(avail-p.reserve(), 0)
+		}
 		pw.granted += take
 		p.held += take
 		avail -= take

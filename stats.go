@@ -14,7 +14,7 @@ type counters struct {
 	drainTimeouts, sendQueueFull uint64
 	bytesCopied, sendWaits       uint64
 	zcSends, zcCopied            uint64
-	zcFallbacks                  uint64
+	zcFallbacks, zcLeaked        uint64
 	forwarded, forwardCopies     uint64
 	connects, connectErrors      uint64
 	// TLS (tls.go)
@@ -29,6 +29,7 @@ type publishedCounters struct {
 	taskGoexits, acceptErrors, acceptRefused                      atomic.Uint64
 	drainTimeouts, sendQueueFull                                  atomic.Uint64
 	bytesCopied, sendWaits, zcSends, zcCopied, zcFallbacks        atomic.Uint64
+	zcLeaked                                                      atomic.Uint64
 	forwarded, forwardCopies                                      atomic.Uint64
 	connects, connectErrors                                       atomic.Uint64
 	tlsHandshakes, tlsHandshakeErrors, tlsHandshakeTimeouts       atomic.Uint64
@@ -61,6 +62,7 @@ func (w *worker) publish() {
 	p.zcSends.Store(s.zcSends)
 	p.zcCopied.Store(s.zcCopied)
 	p.zcFallbacks.Store(s.zcFallbacks)
+	p.zcLeaked.Store(s.zcLeaked)
 	p.forwarded.Store(s.forwarded)
 	p.forwardCopies.Store(s.forwardCopies)
 	p.connects.Store(s.connects)
@@ -123,6 +125,13 @@ type WorkerStats struct {
 	// ZeroCopyFallbacks counts workers that turned zero copy off (the
 	// kernel refused it or copied): at most one per worker.
 	ZeroCopySends, ZeroCopyCopied, ZeroCopyFallbacks uint64
+	// ZeroCopyRefsLeaked counts SendBuilder.Ref parts whose zero-copy
+	// notification had not come when the worker stopped: the kernel may
+	// still send from them, so they were kept pinned and reachable for
+	// the life of the process and their release was not called (see
+	// SendBuilder.Ref). Shutdown resets such connections first, so this
+	// stays 0 unless the kernel is slow to let go.
+	ZeroCopyRefsLeaked uint64
 	// ForwardedBuffers counts ForwardRecvBuf calls that queued the
 	// received buffer itself; ForwardCopies those that copied (the bytes
 	// were not in a lent buffer, or the forwarding bounds were reached).
@@ -171,7 +180,8 @@ func (rt *Runtime) Stats() []WorkerStats {
 			SendSlotsInUse: p.poolInUse.Load(), SendQueueFull: p.sendQueueFull.Load(),
 			BytesCopied: p.bytesCopied.Load(), SendWaits: p.sendWaits.Load(),
 			ZeroCopySends: p.zcSends.Load(), ZeroCopyCopied: p.zcCopied.Load(), ZeroCopyFallbacks: p.zcFallbacks.Load(),
-			ForwardedBuffers: p.forwarded.Load(), ForwardCopies: p.forwardCopies.Load(),
+			ZeroCopyRefsLeaked: p.zcLeaked.Load(),
+			ForwardedBuffers:   p.forwarded.Load(), ForwardCopies: p.forwardCopies.Load(),
 			TaskPanics: p.taskPanics.Load(), TaskGoexits: p.taskGoexits.Load(), LimitCloses: p.limitCloses.Load(),
 			AcceptErrors: p.acceptErrors.Load(), AcceptRefused: p.acceptRefused.Load(),
 			DrainTimeouts: p.drainTimeouts.Load(), ForeignCalls: w.foreign.calls.Load(), Wakeups: w.wakeups.Load(), Stalls: p.stalls.Load(),
@@ -204,6 +214,7 @@ func Total(stats []WorkerStats) WorkerStats {
 		t.ZeroCopySends += s.ZeroCopySends
 		t.ZeroCopyCopied += s.ZeroCopyCopied
 		t.ZeroCopyFallbacks += s.ZeroCopyFallbacks
+		t.ZeroCopyRefsLeaked += s.ZeroCopyRefsLeaked
 		t.ForwardedBuffers += s.ForwardedBuffers
 		t.ForwardCopies += s.ForwardCopies
 		t.TaskPanics += s.TaskPanics

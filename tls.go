@@ -558,7 +558,7 @@ func (sb *SendBuilder) submitTLS(cn *conn) (SendFuture, error) {
 	}
 	for _, s := range sb.segs {
 		if s.kind == segPool {
-			w.pool.put(s.id)
+			cn.putSlot(s.id) // the connection's copy tail may share it
 		}
 	}
 	for i := range sb.refs {
@@ -624,7 +624,7 @@ func (t *tlsConn) releaseClose() {
 	t.awaitPeer = false
 	cn := t.cn
 	cn.w.timers.remove(&t.closeT)
-	if cn.closeWanted && cn.sendIdle() && cn.state == connOpen {
+	if cn.closeWanted && cn.closeReady() && cn.state == connOpen {
 		cn.startClose()
 	}
 }

@@ -207,7 +207,10 @@ func (w *worker) run() {
 	w.busyIter.Store(1)
 	w.startTask()
 	w.armAccept()
-	var drainDeadline time.Time
+	// At resetAt, shortly before drainDeadline, connections whose
+	// zero-copy notifications are outstanding are reset, so the kernel
+	// lets go of their memory before teardown (resetZeroCopyAtStop).
+	var drainDeadline, resetAt time.Time
 	for {
 		w.serveSendWaits()
 		// Tasks run to their next suspension; what they queue is flushed
@@ -226,17 +229,29 @@ func (w *worker) run() {
 		if w.stopping.Load() {
 			if drainDeadline.IsZero() {
 				drainDeadline = time.Now().Add(w.cfg.ShutdownTimeout)
+				resetAt = drainDeadline.Add(-min(w.cfg.ShutdownTimeout/4, 500*time.Millisecond))
 				w.beginStop()
 				continue
 			}
-			if (w.live == 0 && w.tasks == 0 && !w.acceptArmed) || time.Now().After(drainDeadline) {
+			now := time.Now()
+			if !resetAt.IsZero() && !now.Before(resetAt) {
+				resetAt = time.Time{}
+				w.resetZeroCopyAtStop()
+			}
+			if (w.live == 0 && w.tasks == 0 && !w.acceptArmed) || now.After(drainDeadline) {
 				return
 			}
 		}
 
 		timeout := w.nextTimeout()
-		if !drainDeadline.IsZero() && (timeout < 0 || timeout > 50*time.Millisecond) {
-			timeout = 50 * time.Millisecond
+		if !drainDeadline.IsZero() {
+			tick := 50 * time.Millisecond
+			if !resetAt.IsZero() {
+				tick = min(tick, max(time.Until(resetAt), time.Millisecond))
+			}
+			if timeout < 0 || timeout > tick {
+				timeout = tick
+			}
 		}
 		wait := len(w.runq) == 0
 		if wait {
@@ -461,6 +476,9 @@ func (w *worker) onSendCQE(cn *conn, e *cqEntry) {
 			cn.pending--
 			w.onZCNotif(uint32(res))
 			cn.zcDone(seq)
+			if cn.closeWanted && cn.state == connOpen && cn.closeReady() {
+				cn.startClose() // the close waited for this notification
+			}
 			return
 		}
 		if e.flags&cqeFMore != 0 {
@@ -491,7 +509,7 @@ func (w *worker) onSendCQE(cn *conn, e *cqEntry) {
 	}
 	if !cn.sendIdle() && cn.state == connOpen {
 		cn.startSend()
-	} else if cn.closeWanted && cn.sendIdle() && !cn.tlsAwaitsPeer() {
+	} else if cn.closeWanted && cn.closeReady() {
 		cn.startClose()
 	} else if cn.shutWr {
 		cn.maybeShutdownWrite()
@@ -696,7 +714,7 @@ func (w *worker) openConn(cn *conn, fd int, outbound bool) {
 
 // initConn takes slot cn for socket fd (state connOpen).
 func (w *worker) initConn(cn *conn, fd int, outbound bool) {
-	gen, q, held, sb, lq := cn.gen, cn.q[:0], cn.held[:0], cn.builder, cn.lentq[:0]
+	gen, q, held, sb, lq, fh := cn.gen, cn.q[:0], cn.held[:0], cn.builder, cn.lentq[:0], cn.fwdHeld[:0]
 	if cap(q) == 0 {
 		// Allocated here, on the worker's stack, not on the task's first
 		// Send: growing a slice on a fresh 2 KiB coroutine stack doubles
@@ -704,7 +722,7 @@ func (w *worker) initConn(cn *conn, fd int, outbound bool) {
 		// connection, measured).
 		q = make([]sendSeg, 0, 4)
 	}
-	*cn = conn{w: w, idx: cn.idx, gen: gen, state: connOpen, fd: int32(fd), lent: -1, outbound: outbound, q: q, held: held, builder: sb, lentq: lq}
+	*cn = conn{w: w, idx: cn.idx, gen: gen, state: connOpen, fd: int32(fd), lent: -1, outbound: outbound, q: q, held: held, builder: sb, lentq: lq, fwdHeld: fh}
 	cn.drainT = timerNode{kind: tmDrain, conn: cn}
 	cn.rdT = timerNode{kind: tmReadDeadline, conn: cn}
 	cn.wrT = timerNode{kind: tmWriteDeadline, conn: cn}
@@ -722,6 +740,29 @@ func (w *worker) startConn(cn *conn) {
 	// even with no buffer free: the kernel then answers ENOBUFS and the
 	// connection parks like any other.
 	cn.stageRecv()
+}
+
+// testHookNoStopReset, when set by a test, skips resetZeroCopyAtStop: the
+// notifications then do not come before teardown (a kernel slow to let
+// go), to exercise what teardown does with references still outstanding.
+var testHookNoStopReset bool
+
+// resetZeroCopyAtStop resets, shortly before the shutdown deadline, every
+// open connection with zero-copy notifications outstanding: they come
+// once the peer has acknowledged the bytes, which a peer that does not
+// read never does, and what the kernel still holds at teardown it keeps
+// sending from an orphaned socket. The reset makes the kernel drop it and
+// notify, so the memory (pool slots, references, forwarded buffers) is
+// released safely before the worker ends.
+func (w *worker) resetZeroCopyAtStop() {
+	if testHookNoStopReset {
+		return
+	}
+	for _, cn := range w.conns {
+		if cn != nil && cn.state == connOpen && cn.zcSeq != cn.zcBase {
+			cn.reset(ErrShutdown)
+		}
+	}
 }
 
 // beginStop starts shutdown: no new accepts, every connection closes, and
@@ -797,10 +838,13 @@ func (w *worker) teardown() {
 		w.beClosed = true
 		w.be.close()
 		w.wakeMu.Unlock()
+	}
+	// After the ring: no operation reads memory any more, but a zero-copy
+	// send's socket may (its references stay pinned).
+	w.releaseSendsAtStop()
+	if w.be != nil {
 		w.publish() // after close, so its C calls are counted too
 	}
-	// After the ring: the kernel reads no more of what is still held.
-	w.releaseSendsAtStop()
 	if w.pool != nil {
 		w.pool.close()
 	}
