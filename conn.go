@@ -553,34 +553,17 @@ func (c ConnCtx) Cancel() error {
 
 // abort is Cancel: fail with err, cancel what is in the kernel, close.
 func (cn *conn) abort(err error) {
-	if cn.state != connOpen && cn.state != connConnecting {
-		return
-	}
-	cn.fail(err)
-	cn.eof = true
-	cn.closeWanted = true
-	if cn.state == connConnecting {
+	switch cn.state {
+	case connConnecting:
+		cn.fail(err)
+		cn.eof = true
+		cn.closeWanted = true
 		cn.startClose() // cancels the connect; wakes the task
-		return
+	case connOpen:
+		// A reset only when bytes could still be in flight: an idle
+		// connection closes cleanly.
+		cn.cut(err, !cn.sendIdle() || cn.heldHead < len(cn.held))
 	}
-	w := cn.w
-	if (!cn.sendIdle() || cn.heldHead < len(cn.held)) && cn.fd >= 0 {
-		_ = unix.SetsockoptLinger(int(cn.fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-	}
-	if cn.draining {
-		cn.draining = false
-		w.timers.remove(&cn.drainT)
-	}
-	if cn.sending {
-		// onSendCQE drops the queue and closes once the kernel has
-		// given the send back.
-		w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: packUD(udSend, cn.idx, cn.gen, 0)})
-		cn.pending++
-		cn.wakeAll()
-		return
-	}
-	cn.dropQueue()
-	cn.startClose()
 }
 
 // The errors a deadline produces: like net.Conn's, they satisfy
@@ -733,7 +716,13 @@ func (cn *conn) drainExpired() {
 // (SO_LINGER 0): what is queued is dropped, the send in flight cancelled,
 // and the kernel drops what the socket holds, so zero-copy notifications
 // come at once.
-func (cn *conn) reset(err error) {
+func (cn *conn) reset(err error) { cn.cut(err, true) }
+
+// cut fails an open connection with err and closes it without sending
+// what is queued: the send in flight is cancelled (by the user_data it was
+// staged with, a zero-copy send's included) and onSendCQE closes once the
+// kernel gives it back; with rst the socket closes with RST.
+func (cn *conn) cut(err error, rst bool) {
 	w := cn.w
 	if cn.draining {
 		cn.draining = false
@@ -742,7 +731,7 @@ func (cn *conn) reset(err error) {
 	cn.fail(err)
 	cn.eof = true
 	cn.closeWanted = true
-	if cn.fd >= 0 {
+	if rst && cn.fd >= 0 {
 		_ = unix.SetsockoptLinger(int(cn.fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 	}
 	if cn.sending {
@@ -766,6 +755,14 @@ func (cn *conn) startClose() {
 		// The connect goes first; its linked timeout goes with it.
 		w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: packUD(udConnect, cn.idx, cn.gen, 0)})
 		cn.pending++
+	}
+	if cn.heldHead < len(cn.held) && cn.fd >= 0 {
+		// Zero-copy bytes still unacknowledged (a connection that failed
+		// closes without waiting for them): with a FIN the orphaned
+		// socket would go on sending from memory ringline must get back,
+		// for as long as a peer that does not read keeps it; a reset
+		// makes the kernel drop them and notify at once.
+		_ = unix.SetsockoptLinger(int(cn.fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 	}
 	cn.state = connClosing
 	cn.eof = true

@@ -5,6 +5,7 @@ package ringline
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"io"
 	"sync"
@@ -645,5 +646,233 @@ func TestSendWaitInsideParseClosureAlwaysFails(t *testing.T) {
 		assert.Empty(t, got, "nothing queued by the misused SendWait")
 		require.True(t, settle(10*time.Second, func() bool { return Total(rt.Stats()).TaskPanics == 1 }))
 		assert.Contains(t, logs.String(), "SendWait")
+	})
+}
+
+// Found in review (R7, a defect of R5's fix): a SendWait waiter that was granted its slots and woken, but then refused
+// by its own connection's MaxSendQueue (another send on that connection
+// filled it first: here a second waiter woken in the same pass, since
+// servePoolWaiters checks each waiter's queue room against the current
+// queue only), keeps its grant. It then waits for its peer to read, which
+// may be never, and servePoolWaiters skips it (queue-blocked) while its
+// earmark stays: every other connection sees those free slots as taken,
+// the pool's last eighth included. A plain SendNowait on an unrelated
+// connection fails with ErrSendPoolExhausted while the pool still has
+// free slots that nobody can use.
+func TestSendWaitQueueBlockedWaiterGivesBackEarmark(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be)
+		cfg.SendPoolSlots = 64 // 256 KiB; reserve 8 slots
+		cfg.MaxSendQueue = 128 << 10
+		cfg.SendZCThreshold = -1
+		cfg.ShutdownTimeout = 300 * time.Millisecond
+		type res struct {
+			err                error
+			queued, free, held int
+			waiters            int
+			waiterGrant        int
+			waiterQueueBlocked bool
+		}
+		var aCtx ConnCtx
+		aReady := make(chan struct{})
+		wDone := make(chan error, 2)
+		out := make(chan res, 1)
+		rt := serve(t, cfg, func(c ConnCtx) {
+			role := byte(0)
+			if c.WithData(func(b []byte) ParseResult { role = b[0]; return Consumed(1) }) == 0 {
+				return
+			}
+			switch role {
+			case 'A': // fill the queue to MaxSendQueue; the peer reads only when told
+				chunk := make([]byte, 4096)
+				for c.SendNowait(chunk) == nil {
+				}
+				aCtx = c
+				close(aReady)
+			case 'W': // 64 KiB on A, waiting for room
+				wDone <- aCtx.SendWait(pattern(64<<10, 'W'))
+			case 'C': // an unrelated connection: queue what the pool lets it
+				chunk := make([]byte, 4096)
+				var r res
+				for {
+					if r.err = c.SendNowait(chunk); r.err != nil {
+						break
+					}
+					r.queued += len(chunk)
+				}
+				w := c.w
+				r.free, r.held, r.waiters = w.pool.len(), w.pool.held, len(w.pw)
+				for _, pw := range w.pw {
+					r.waiterGrant += pw.granted
+					r.waiterQueueBlocked = pw.cn.queueRoom(pw.n) != nil
+				}
+				out <- r
+			}
+			c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
+		})
+		require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 16<<10))
+		a := dialRcvbuf(t, rt, 4<<10)
+		_, err := a.Write([]byte("A"))
+		require.NoError(t, err)
+		<-aReady
+		time.Sleep(200 * time.Millisecond) // the kernel's buffers are full
+		for i := 0; i < 2; i++ {
+			w := dialRcvbuf(t, rt, 4<<10)
+			_, err = w.Write([]byte("W"))
+			require.NoError(t, err)
+		}
+		require.True(t, settle(10*time.Second, func() bool { return Total(rt.Stats()).SendWaits == 2 }), "both wait on A's queue")
+		// A's peer reads 80 KiB: A's queue gets room for one 64 KiB waiter,
+		// not for both; both are granted and woken in the same pass.
+		_, err = io.ReadFull(a, make([]byte, 80<<10))
+		require.NoError(t, err)
+		select {
+		case err := <-wDone:
+			require.NoError(t, err)
+		case <-time.After(10 * time.Second):
+			t.Fatal("no waiter was served")
+		}
+		time.Sleep(200 * time.Millisecond)
+		c := dialRcvbuf(t, rt, 4<<10)
+		_, err = c.Write([]byte("C"))
+		require.NoError(t, err)
+		r := <-out
+		t.Logf("C queued %d KiB, then %v with %d of %d slots free, %d earmarked; %d waiter(s) left holding %d slots, blocked by its own queue cap: %v",
+			r.queued>>10, r.err, r.free, cfg.SendPoolSlots, r.held, r.waiters, r.waiterGrant, r.waiterQueueBlocked)
+		require.Equal(t, 1, r.waiters, "one waiter still waits")
+		require.True(t, r.waiterQueueBlocked, "it waits for its own connection's queue, not for the pool")
+		assert.Zero(t, r.held, "no slots earmarked for a waiter that cannot send")
+		if r.err == ErrSendPoolExhausted {
+			assert.Less(t, r.free, cfg.SendPoolSlots/8, "a send refused for want of slots with the pool's last eighth still free")
+		}
+	})
+}
+
+// Found in review (R10): a closing TLS connection whose peer does not read is reset at
+// CloseDrainTimeout only when no send is in flight: reset() closes at once
+// then, but with a send in flight it cancels it and leaves the close to
+// onSendCQE, whose closeReady() still waits for the peer's close_notify
+// (awaitPeer), which a peer that does not read never sends. The reset
+// socket (SO_LINGER 0, its queue dropped, Err ErrDrainTimeout) stays open
+// until TLSCloseTimeout, here 25 times the drain timeout.
+func TestTLSResetDoesNotWaitForCloseNotify(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := tlsTestConfig(be)
+		cfg.CloseDrainTimeout = 200 * time.Millisecond
+		cfg.TLSCloseTimeout = 5 * time.Second
+		cfg.SendZCThreshold = -1
+		rt := serve(t, cfg, func(c ConnCtx) {
+			if c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) }) == 0 {
+				return
+			}
+			_ = c.SendNowait(pattern(512<<10, 3))
+			// returning closes: close_notify behind the data, then the wait
+		})
+		require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 16<<10))
+		raw := dialRcvbuf(t, rt, 4<<10)
+		c := tls.Client(raw, getPKI().clientConfig())
+		_, err := c.Write([]byte("go")) // handshake, then never read
+		require.NoError(t, err)
+		start := time.Now()
+		require.True(t, settle(10*time.Second, func() bool { return Total(rt.Stats()).DrainTimeouts == 1 }), "drain timeout")
+		t.Logf("drain timeout after %v", time.Since(start))
+		closed := settle(2*time.Second, func() bool { return Total(rt.Stats()).Closed == 1 })
+		st := Total(rt.Stats())
+		t.Logf("%v after the close: closed %d, drain timeouts %d, slots in use %d", time.Since(start), st.Closed, st.DrainTimeouts, st.SendSlotsInUse)
+		assert.True(t, closed, "the connection reset at the drain timeout is closed well before TLSCloseTimeout")
+	})
+}
+
+// Found in review (R8): Cancel while a zero-copy send is in flight: abort() cancels the send by
+// user_data packUD(udSend, idx, gen, 0), but a zero-copy send was staged
+// as packUD(udSendZC, idx, gen, seq) (conn.sendUD, which reset() uses), so
+// the cancel matches nothing. The send stays in the kernel waiting for a
+// peer that does not read, and abort left the close to its completion:
+// the connection (fd, slot, pool slots) stays open until the peer reads
+// or the runtime shuts down, though Err already reports the cancel.
+func TestCancelDuringZeroCopySend(t *testing.T) {
+	onIOUring(t, func(t *testing.T) {
+		cfg := zcConfig(testConfig(IOUring), "zerocopy")
+		type res struct {
+			zc      bool
+			sending bool
+		}
+		out := make(chan res, 1)
+		rt := serve(t, cfg, func(c ConnCtx) {
+			if c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) }) == 0 {
+				return
+			}
+			for i := 0; i < 4; i++ {
+				if err := c.SendNowait(pattern(128<<10, byte(i))); err != nil {
+					panic(err)
+				}
+			}
+			_ = c.Task().Sleep(200 * time.Millisecond) // the peer does not read: a send waits in the kernel
+			cn := c.get()
+			out <- res{zc: udKind(cn.sendUD) == udSendZC, sending: cn.sending}
+			_ = c.Cancel()
+		})
+		require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 16<<10))
+		cl := dialRcvbuf(t, rt, 4<<10) // never reads
+		_, err := cl.Write([]byte("go"))
+		require.NoError(t, err)
+		r := <-out
+		t.Logf("at Cancel: a send in flight %v, zero-copy %v", r.sending, r.zc)
+		require.True(t, r.sending && r.zc, "a zero-copy send is in flight")
+		closed := settle(3*time.Second, func() bool { return Total(rt.Stats()).Closed == 1 })
+		st := Total(rt.Stats())
+		t.Logf("3s after Cancel: closed %d, slots in use %d", st.Closed, st.SendSlotsInUse)
+		assert.True(t, closed, "a cancelled connection is closed")
+		assert.Zero(t, st.SendSlotsInUse, "its pool slots freed")
+	})
+}
+
+// Found in review (R9): a connection that fails while a zero-copy send's bytes await the peer's
+// acknowledgement (here ErrRecvLimit: a peer that sends without reading)
+// closes at once: drained() counts held bytes only while c.err == nil,
+// and startClose closes the socket with a FIN, not a reset. The socket
+// lives on orphaned, still sending from the pool slots and the Ref, so
+// the notification (and the Ref's release, the pool slots, the
+// connection slot) waits for a peer that never reads, for as long as the
+// kernel keeps the orphan; at shutdown the Ref is leaked pinned. Cancel
+// and the drain timeout reset in this state so the kernel lets go at
+// once; a failure does not.
+func TestFailedZeroCopyConnectionResets(t *testing.T) {
+	onIOUring(t, func(t *testing.T) {
+		cfg := zcConfig(testConfig(IOUring), "zerocopy")
+		cfg.MaxRecvAccumulator = 64 << 10
+		cfg.MaxSendQueue = 1 << 20
+		released := make(chan struct{}, 1)
+		rt := serve(t, cfg, func(c ConnCtx) {
+			if c.WithData(func(b []byte) ParseResult { return Consumed(1) }) == 0 {
+				return
+			}
+			if err := c.SendParts().Ref(pattern(256<<10, 1), func() { released <- struct{}{} }).Submit(); err != nil {
+				panic(err)
+			}
+			if f, err := c.Send(nil); err != nil {
+				panic(err)
+			} else if _, err := f.Await(); err != nil { // taken by the kernel, not acknowledged
+				panic(err)
+			}
+			// The peer now sends what never parses: ErrRecvLimit.
+			c.WithData(func(b []byte) ParseResult { return NeedMore() })
+		})
+		require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 2<<20))
+		cl := dialRcvbuf(t, rt, 8<<10) // never reads
+		_, err := cl.Write([]byte("g"))
+		require.NoError(t, err)
+		time.Sleep(200 * time.Millisecond)
+		_, err = cl.Write(make([]byte, 128<<10))
+		require.NoError(t, err)
+		require.True(t, settle(5*time.Second, func() bool { return Total(rt.Stats()).LimitCloses == 1 }), "ErrRecvLimit")
+		select {
+		case <-released:
+		case <-time.After(3 * time.Second):
+			t.Errorf("the Ref was not released 3s after the connection failed")
+		}
+		st := Total(rt.Stats())
+		t.Logf("closed %d, slots in use %d, zc sends %d", st.Closed, st.SendSlotsInUse, st.ZeroCopySends)
+		assert.Equal(t, uint64(1), st.Closed, "connection slot freed")
 	})
 }

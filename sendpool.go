@@ -456,5 +456,5 @@ func (c *conn) drained() bool {
 
 // closeReady reports whether a connection whose close was asked for may
 // close its socket now: drained, and not waiting for a TLS peer's
-// close_notify.
-func (c *conn) closeReady() bool { return c.drained() && !c.tlsAwaitsPeer() }
+// close_notify (a failed or reset connection waits for nobody).
+func (c *conn) closeReady() bool { return c.drained() && (!c.tlsAwaitsPeer() || c.err != nil) }

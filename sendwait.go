@@ -114,10 +114,15 @@ func (c ConnCtx) SendWait(b []byte) error {
 		}
 		// Someone else's send on this connection changed its tail or
 		// filled its queue since the grant: wait again, keeping the place
-		// in line and the slots (a refused send took none).
+		// in line. The slots (a refused send took none) stay earmarked
+		// only while the pool is what it waits for: a waiter blocked by
+		// its own connection's queue may wait for a peer that never
+		// reads, and must not hold slots the others could use meanwhile.
 		wt.need = w.pool.slotsFor(max(wire-cn.copyRoom(), 0))
-		wt.granted = min(granted, wt.need)
-		w.pool.held += wt.granted
+		if err == ErrSendPoolExhausted {
+			wt.granted = min(granted, wt.need)
+			w.pool.held += wt.granted
+		}
 		wt.woken = false
 	}
 }
@@ -189,7 +194,15 @@ func (w *worker) servePoolWaiters() {
 			pw.t.wake(waitPool)
 			continue
 		}
-		if blocked || cn.queueRoom(pw.n) != nil {
+		if cn.queueRoom(pw.n) != nil {
+			// Its own queue is full: it may wait for a peer that never
+			// reads, so it holds no slots meanwhile.
+			p.held -= pw.granted
+			avail += pw.granted
+			pw.granted = 0
+			continue
+		}
+		if blocked {
 			continue
 		}
 		take := pw.need - pw.granted
