@@ -414,7 +414,7 @@ func benchProxy(b *testing.B, p benchProxyPeer) {
 
 	l := benchLoad
 	ch := benchStartChild(b, "pipeclient",
-		fmt.Sprintf("%s %d %d %d %t %d %d", srv.addr, l.Conns, l.Depth, l.Size, l.PerMsgWrites, b.N, loadCPU),
+		l.pipeClientArgs(srv.addr, b.N, loadCPU),
 		60*time.Second+time.Duration(b.N)*40*time.Microsecond)
 	defer ch.wait()
 	if s := ch.next(); s != "ready" {

@@ -269,6 +269,13 @@ func benchPipeReader(c net.Conn, l benchPipeLoad, quota int, credits chan struct
 	return nil
 }
 
+// pipeClientArgs are the "pipeclient" role's arguments, in the order
+// benchPipeClientMain reads them (one place, so callers cannot fall out
+// of step with it).
+func (l benchPipeLoad) pipeClientArgs(addr string, msgs, cpu int) string {
+	return fmt.Sprintf("%s %d %d %d %t %d %d %t", addr, l.Conns, l.Depth, l.Size, l.PerMsgWrites, msgs, cpu, l.TLS)
+}
+
 // benchPipeClientMain is the "pipeclient" role: connect, print "ready",
 // wait for "go" on stdin, run, print "done" (or "fail: ...").
 func benchPipeClientMain() error {
@@ -811,7 +818,7 @@ func benchPipelinedSubproc(b *testing.B, s benchServerSpec, l benchPipeLoad) {
 	defer undo()
 
 	ch := benchStartChildIn(b, s.netns, "pipeclient",
-		fmt.Sprintf("%s %d %d %d %t %d %d %t", srv.addr, l.Conns, l.Depth, l.Size, l.PerMsgWrites, b.N, clientCPU, l.TLS),
+		l.pipeClientArgs(srv.addr, b.N, clientCPU),
 		60*time.Second+time.Duration(b.N)*20*time.Microsecond)
 	defer ch.wait()
 	if s := ch.next(); s != "ready" {

@@ -372,7 +372,10 @@ func (c ConnCtx) SendNowait(b []byte) error {
 	if len(b) == 0 {
 		return nil
 	}
-	return cn.queueSend(b)
+	if cn.tls != nil {
+		return cn.tls.write(b)
+	}
+	return cn.enqueue(b) // not through queueSend: one frame less on the task's stack
 }
 
 // Send queues a copy of b like SendNowait and returns a future that
@@ -389,7 +392,12 @@ func (c ConnCtx) Send(b []byte) (SendFuture, error) {
 		return SendFuture{}, err
 	}
 	if len(b) > 0 {
-		if err := cn.queueSend(b); err != nil {
+		if cn.tls != nil {
+			err = cn.tls.write(b)
+		} else {
+			err = cn.enqueue(b)
+		}
+		if err != nil {
 			return SendFuture{}, err
 		}
 	}

@@ -387,7 +387,7 @@ func (cn *conn) runParse(f func([]byte) ParseResult, fb func(Bytes) ParseResult)
 	var r ParseResult
 	var n int
 	cn.parsing = true
-	w.parsing = append(w.parsing, cn)
+	w.parsing = appendConn(w.parsing, cn)
 	lentDone := false
 	if f != nil && cn.lent >= 0 {
 		data := cn.lentData()

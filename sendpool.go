@@ -180,10 +180,29 @@ func (c *conn) copyOut(segs []sendSeg, lo int, b []byte) []sendSeg {
 		if !fresh {
 			p.share(c.cslot) // get counted a fresh slot's first segment
 		}
-		segs = append(segs, sendSeg{kind: segPool, id: c.cslot, start: start, off: start, end: c.cend})
+		seg := sendSeg{kind: segPool, id: c.cslot, start: start, off: start, end: c.cend}
+		if k := len(segs); k < cap(segs) {
+			segs = segs[:k+1]
+			segs[k] = seg
+		} else {
+			segs = appendSeg(segs, seg)
+		}
 	}
 	return segs
 }
+
+// appendSeg is append, out of line: a growing append spills what its
+// caller keeps live around the call, which made copyOut's frame, on every
+// task's stack, twice the size.
+//
+//go:noinline
+func appendSeg(segs []sendSeg, s sendSeg) []sendSeg { return append(segs, s) }
+
+// appendConn is append out of line, for the same reason (scheduleFlush is
+// inlined into the send path).
+//
+//go:noinline
+func appendConn(cs []*conn, c *conn) []*conn { return append(cs, c) }
 
 // putSlot releases one of the connection's segments in pool slot s; once
 // the slot is free it is no longer the connection's copy tail (nor the
@@ -217,15 +236,24 @@ func (c *conn) queueRoom(n int) error {
 // tail first. It is all or nothing: when the connection's queue would pass
 // MaxSendQueue or the pool cannot hold b, nothing is queued and
 // ErrSendQueueFull or ErrSendPoolExhausted is returned (and counted).
+//
+// It is tryEnqueue written out rather than called: the send path runs on
+// the task's stack, and every frame it saves keeps a task within a 2 KiB
+// goroutine stack (see the stack budget in task.go).
 func (c *conn) enqueue(b []byte) error {
-	err := c.tryEnqueue(b)
-	switch err {
-	case ErrSendPoolExhausted:
+	if !c.poolRoom(len(b)) {
 		c.w.st.poolExhausted++
-	case ErrSendQueueFull:
-		c.w.st.sendQueueFull++
+		return ErrSendPoolExhausted
 	}
-	return err
+	if c.queueRoom(len(b)) != nil {
+		c.w.st.sendQueueFull++
+		return ErrSendQueueFull
+	}
+	c.queued += uint64(len(b)) // appendQueue, written out
+	c.w.st.bytesCopied += uint64(len(b))
+	c.q = c.copyOut(c.q, c.qHead, b)
+	c.scheduleFlush()
+	return nil
 }
 
 // tryEnqueue is enqueue without counting a refusal (SendWait retries).
@@ -262,7 +290,7 @@ func (c *conn) appendQueue(b []byte) {
 func (c *conn) scheduleFlush() {
 	if !c.sending && !c.flushPending {
 		c.flushPending = true
-		c.w.flushq = append(c.w.flushq, c)
+		c.w.flushq = appendConn(c.w.flushq, c)
 	}
 }
 

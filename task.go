@@ -55,6 +55,8 @@ type task struct {
 	// how it ended (nil, a *PanicError, ErrAborted).
 	joiners []*task
 	result  error
+	// returned: the body returned (rather than unwound).
+	returned bool
 }
 
 // taskKilled unwinds a task that the worker stopped (shutdown, Abort).
@@ -80,7 +82,10 @@ type PanicError struct {
 func (e *PanicError) Error() string { return fmt.Sprintf("ringline: task panicked: %v", e.Value) }
 
 // newTask makes a task that runs body; c, when not nil, is the connection
-// it owns from the start (an accepted one).
+// it owns from the start (an accepted one). With a nil body the task is
+// c's accepted-connection task: the TLS handshake when c has one, then the
+// handler's OnAccept, called from the coroutine itself rather than from a
+// closure, one frame less under every frame of the handler.
 func (w *worker) newTask(c *conn, body func()) *task {
 	t := &task{w: w}
 	t.sleep.kind = tmTask
@@ -89,44 +94,59 @@ func (w *worker) newTask(c *conn, body func()) *task {
 		t.owned = append(make([]*conn, 0, 1), c)
 		c.task = t
 	}
+	// The coroutine's frames sit under every frame of the task, so they
+	// are kept small: tasks start on 2 KiB goroutine stacks, and a task
+	// that outgrows one keeps a 4 KiB stack for the rest of its life
+	// (2 KiB more per idle connection). The deferred end is a method, not
+	// a closure, and runs only when the body returns or unwinds.
 	seq := func(yield func(struct{}) bool) {
 		t.yield = yield
 		t.g = gid.Get()
 		w.curG.Store(t.g)
-		returned := false
-		defer func() {
-			// A panic or Goexit unwinds every parse closure on the stack
-			// (they cannot suspend, so all belong to this task).
-			for _, pc := range w.parsing {
-				pc.parsing, pc.sinkPending = false, false
-			}
-			w.parsing = w.parsing[:0]
-			r := recover()
-			if r == nil {
-				if !returned {
-					w.taskGoexit(t)
-					t.result = ErrGoexit
-					panic(taskGoexited{})
-				}
-				return
-			}
-			if _, ok := r.(taskKilled); ok {
-				if t.result == nil {
-					t.result = ErrAborted
-				}
-				return
-			}
-			pe := &PanicError{Value: r, Stack: debug.Stack()}
-			t.result = pe
-			w.log.Error("ringline: task panicked; closing its connections",
-				"worker", w.id, "conn", t.connIndex(), "panic", fmt.Sprint(r), "stack", string(pe.Stack))
-			w.st.taskPanics++
-		}()
-		body()
-		returned = true
+		defer t.ended()
+		if body != nil {
+			body()
+		} else if c.tls == nil || c.tlsAccepted() {
+			w.handler.OnAccept(ConnCtx{w: w, idx: c.idx, gen: c.gen})
+		}
+		t.returned = true
 	}
 	t.next, t.stop = iter.Pull(seq)
 	return t
+}
+
+// ended runs when a task's body returns or unwinds (a panic, Goexit, or
+// the worker stopping it): it records how the task ended. Deferred by the
+// task's coroutine; out of line so its frame is not on the task's stack
+// while the body runs.
+func (t *task) ended() {
+	w := t.w
+	// A panic or Goexit unwinds every parse closure on the stack
+	// (they cannot suspend, so all belong to this task).
+	for _, pc := range w.parsing {
+		pc.parsing, pc.sinkPending = false, false
+	}
+	w.parsing = w.parsing[:0]
+	r := recover()
+	if r == nil {
+		if !t.returned {
+			w.taskGoexit(t)
+			t.result = ErrGoexit
+			panic(taskGoexited{})
+		}
+		return
+	}
+	if _, ok := r.(taskKilled); ok {
+		if t.result == nil {
+			t.result = ErrAborted
+		}
+		return
+	}
+	pe := &PanicError{Value: r, Stack: debug.Stack()}
+	t.result = pe
+	w.log.Error("ringline: task panicked; closing its connections",
+		"worker", w.id, "conn", t.connIndex(), "panic", fmt.Sprint(r), "stack", string(pe.Stack))
+	w.st.taskPanics++
 }
 
 // taskGoexit reports a task that called runtime.Goexit (t.FailNow and

@@ -631,6 +631,12 @@ func (t *tlsConn) releaseClose() {
 
 // tlsAwaitsPeer reports whether the connection's close waits for the TLS
 // peer (its receives still count, its socket stays open).
+// tlsAccepted runs an accepted connection's server handshake in its task,
+// before the handler, and reports whether it succeeded.
+//
+//go:noinline
+func (cn *conn) tlsAccepted() bool { return cn.tls.handshake(time.Time{}) == nil }
+
 func (cn *conn) tlsAwaitsPeer() bool { return cn.tls != nil && cn.tls.awaitPeer }
 
 // tlsEOF runs when the TCP stream ends (FIN, or a receive error): without

@@ -129,7 +129,11 @@ func (w *worker) detach(cn *conn) int {
 }
 
 func newWorker(id int, cfg *Config, lfd int) *worker {
-	return &worker{id: id, cfg: cfg, log: cfg.Logger, lfd: lfd, spareFd: -1, epoch: time.Now()}
+	// flushq and parsing grow from inside tasks (a send, a parse), and a
+	// growing append there runs the allocator on the task's small stack:
+	// they start with room.
+	return &worker{id: id, cfg: cfg, log: cfg.Logger, lfd: lfd, spareFd: -1, epoch: time.Now(),
+		flushq: make([]*conn, 0, 64), parsing: make([]*conn, 0, 4)}
 }
 
 // testHookWorkerSetup, when set by a test, runs before a worker sets up its
@@ -546,16 +550,10 @@ func (w *worker) onAccept(e *cqEntry) {
 		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
 	w.openConn(cn, fd, false)
-	c := ConnCtx{w: w, idx: cn.idx, gen: cn.gen}
-	secure := w.cfg.TLS != nil
-	if secure {
+	if w.cfg.TLS != nil {
 		w.newTLSServer(cn) // its handshake runs first in the task (tls.go)
 	}
-	t := w.newTask(cn, func() {
-		if !secure || cn.tls.handshake(time.Time{}) == nil {
-			w.handler.OnAccept(c)
-		}
-	})
+	t := w.newTask(cn, nil) // the handshake, then OnAccept
 	w.addTask(t)
 	t.start()
 }
