@@ -739,8 +739,8 @@ func (cn *conn) cut(err error, rst bool) {
 	cn.fail(err)
 	cn.eof = true
 	cn.closeWanted = true
-	if rst && cn.fd >= 0 {
-		_ = unix.SetsockoptLinger(int(cn.fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	if rst {
+		cn.resetOnClose()
 	}
 	if cn.sending {
 		w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: cn.sendUD})
@@ -750,6 +750,15 @@ func (cn *conn) cut(err error, rst bool) {
 	}
 	cn.dropQueue()
 	cn.startClose()
+}
+
+// resetOnClose makes the socket's close a reset (SO_LINGER 0): the kernel
+// drops what it still holds, and the peer sees an error instead of a clean
+// end of stream.
+func (cn *conn) resetOnClose() {
+	if cn.fd >= 0 {
+		_ = unix.SetsockoptLinger(int(cn.fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	}
 }
 
 // startClose cancels the recv (or a pending connect) and stages the
@@ -764,13 +773,13 @@ func (cn *conn) startClose() {
 		w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: packUD(udConnect, cn.idx, cn.gen, 0)})
 		cn.pending++
 	}
-	if cn.heldHead < len(cn.held) && cn.fd >= 0 {
+	if cn.heldHead < len(cn.held) {
 		// Zero-copy bytes still unacknowledged (a connection that failed
 		// closes without waiting for them): with a FIN the orphaned
 		// socket would go on sending from memory ringline must get back,
 		// for as long as a peer that does not read keeps it; a reset
 		// makes the kernel drop them and notify at once.
-		_ = unix.SetsockoptLinger(int(cn.fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		cn.resetOnClose()
 	}
 	cn.state = connClosing
 	cn.eof = true

@@ -41,7 +41,8 @@ var (
 	ErrNotInWorker = errors.New("ringline: ConnCtx used off its worker goroutine")
 	// ErrRecvLimit is Err's answer for a connection closed because it
 	// buffered Config.MaxRecvAccumulator bytes without its parser making
-	// progress.
+	// progress. Bytes still queued are dropped, and then the peer is reset
+	// rather than sent a FIN.
 	ErrRecvLimit = errors.New("ringline: receive accumulator limit reached without parse progress")
 	// ErrDrainTimeout is Err's answer for a connection that was closed
 	// with bytes still queued and reset because its peer did not take

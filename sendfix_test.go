@@ -876,3 +876,42 @@ func TestFailedZeroCopyConnectionResets(t *testing.T) {
 		assert.Equal(t, uint64(1), st.Closed, "connection slot freed")
 	})
 }
+
+// Found in review: a connection that fails with ErrRecvLimit while sends are
+// still queued drops them (onSendCQE: cn.err != nil -> dropQueue) and then
+// closes with a plain FIN (startClose resets only for held zero-copy
+// bytes). The peer reads a truncated stream followed by a clean EOF and
+// cannot tell it was cut: exactly what Cancel and cut avoid by resetting
+// when queued bytes are dropped. Either every queued byte must arrive, or
+// the peer must see an error (RST).
+func TestFailedConnectionDroppingQueueResets(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be)
+		cfg.SendZCThreshold = -1 // plain copied sends: nothing held
+		cfg.MaxRecvAccumulator = 64 << 10
+		msg := pattern(400<<10, 7)
+		rt := serve(t, cfg, func(c ConnCtx) {
+			if c.WithData(func(b []byte) ParseResult { return Consumed(1) }) == 0 {
+				return
+			}
+			if err := c.SendNowait(msg); err != nil {
+				panic(err)
+			}
+			// The peer now sends what never parses: ErrRecvLimit.
+			c.WithData(func(b []byte) ParseResult { return NeedMore() })
+		})
+		require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 16<<10))
+		cl := dialRcvbuf(t, rt, 8<<10) // does not read yet: the reply stays queued
+		_, err := cl.Write([]byte("g"))
+		require.NoError(t, err)
+		time.Sleep(200 * time.Millisecond)
+		_, err = cl.Write(make([]byte, 64<<10))
+		require.NoError(t, err)
+		require.True(t, settle(5*time.Second, func() bool { return Total(rt.Stats()).LimitCloses == 1 }), "ErrRecvLimit")
+		got, err := io.ReadAll(cl)
+		t.Logf("peer read %d of %d queued bytes, then err=%v", len(got), len(msg), err)
+		if len(got) < len(msg) {
+			assert.Error(t, err, "bytes were dropped but the stream ended with a clean FIN")
+		}
+	})
+}

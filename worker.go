@@ -507,8 +507,13 @@ func (w *worker) onSendCQE(cn *conn, e *cqEntry) {
 		cn.closeWanted = true
 	}
 	if cn.err != nil {
-		// Failed (this send, a reset seen by the recv, a drain timeout):
-		// what is still queued will never go out.
+		// Failed (this send, a reset seen by the recv, a receive limit, a
+		// drain timeout): what is still queued will never go out, and the
+		// peer must not take the cut stream for a clean end: the close is
+		// a reset.
+		if cn.qHead < len(cn.q) {
+			cn.resetOnClose()
+		}
 		cn.dropQueue()
 	}
 	if !cn.sendIdle() && cn.state == connOpen {
