@@ -52,7 +52,8 @@ run: build
 # take 3.5 minutes where one after the other took 7. The race run, the
 # longest, starts first; each part's output is printed whole when it ends.
 # What they install with apt-get is installed first, one package set at a
-# time (apt-get holds a lock). TEST_JOBS=1 runs them one by one.
+# time (apt-get holds a lock), so call it without -j: it sets its own.
+# TEST_JOBS=1 runs them one by one.
 TEST_JOBS ?= 3
 test: $(LIBURING) distro-liburing redis openssl
 	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target test-parts
