@@ -49,7 +49,7 @@ run: build
 #
 # The parts run three at a time (TEST_JOBS): the tests wait on sockets and
 # timers about half the time, so on this machine's two CPUs three at once
-# take 3.5 minutes where one after the other took 7. The race run, the
+# take 3.5 to 4.5 minutes where one after the other took 7. The race run, the
 # longest, starts first; each part's output is printed whole when it ends.
 # What they install with apt-get is installed first, one package set at a
 # time (apt-get holds a lock), so call it without -j: it sets its own.
