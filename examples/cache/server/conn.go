@@ -211,10 +211,6 @@ func (s *session) processBig() {
 // flush sends the batch's replies: copied bytes and referenced values in
 // wire order. It may suspend the task (backpressure), so it never runs
 // inside a parse closure. It reports false when the connection failed.
-//
-// With a scatter-gather send that takes caller-owned parts (SendParts), a
-// Ref becomes such a part instead of being copied: the loop below is the
-// only place to change.
 func (s *session) flush() bool {
 	r := &s.r
 	if s.cl.Drop {
@@ -224,7 +220,7 @@ func (s *session) flush() bool {
 	ok := true
 	prev := 0
 	for _, ref := range r.Refs {
-		if ok = s.send(r.B[prev:ref.Off]) && s.send(ref.Val); !ok {
+		if ok = s.sendRef(r.B[prev:ref.Off], ref.Val); !ok {
 			break
 		}
 		prev = ref.Off
@@ -240,51 +236,79 @@ func (s *session) flush() bool {
 	return ok
 }
 
-var errPoolExhausted = errors.New("send pool exhausted with nothing of this connection's queued")
+// sendRef sends head copied and val referenced: the kernel reads the
+// stored value itself, which the store never modifies once handed out (a
+// write replaces it) and which the send keeps alive until the kernel is
+// done with it. When the connection's queue or the pool has no room for
+// it even once this connection's own sends went out (a value larger than
+// Config.MaxSendQueue, or a pool other connections hold), both are copied
+// in pieces instead, waiting for room.
+func (s *session) sendRef(head, val []byte) bool {
+	for {
+		fut, err := s.c.SendParts().Copy(head).Ref(val, nil).Send()
+		if err == nil {
+			s.sent(fut, len(head)+len(val))
+			return true
+		}
+		if !noRoom(err) {
+			return false
+		}
+		if s.unacked == 0 {
+			return s.send(head) && s.send(val)
+		}
+		if _, err := s.last.Await(); err != nil {
+			return false
+		}
+		s.unacked, s.hasMid = 0, false
+	}
+}
 
-// send queues b in pieces, waiting for the kernel whenever maxUnacked
+// noRoom reports a send refused for want of room, which waiting can bring.
+func noRoom(err error) bool {
+	return errors.Is(err, ringline.ErrSendPoolExhausted) || errors.Is(err, ringline.ErrSendQueueFull)
+}
+
+// send queues a copy of b in pieces, waiting for room in the send pool
+// when there is none (SendWait) and for the kernel whenever maxUnacked
 // bytes are outstanding.
 func (s *session) send(b []byte) bool {
 	for len(b) > 0 {
 		k := min(len(b), sendChunk)
 		fut, err := s.c.Send(b[:k])
-		full := errors.Is(err, ringline.ErrSendPoolExhausted) || errors.Is(err, ringline.ErrSendQueueFull)
-		if full && s.unacked > 0 {
-			// Our own queued bytes free slots as they go out.
-			if _, err := s.last.Await(); err != nil {
-				return false
+		if noRoom(err) {
+			if err = s.c.SendWait(b[:k]); err == nil {
+				fut, err = s.c.Send(nil) // resolves with the bytes SendWait queued
 			}
-			s.unacked, s.hasMid = 0, false
-			continue
-		}
-		if full {
-			// Other connections hold the whole pool and ringline offers no
-			// way to wait for space: give up on this connection. (Queue
-			// full cannot happen here: maxUnacked is far below
-			// Config.MaxSendQueue, and an empty queue takes any send.)
-			s.srv.log.Warn("cache: closing connection", "worker", s.c.WorkerID(), "reason", errPoolExhausted.Error())
-			return false
 		}
 		if err != nil {
 			return false
 		}
 		b = b[k:]
-		s.last = fut
-		s.unacked += k
-		if !s.hasMid && s.unacked >= maxUnacked/2 {
-			s.mid, s.midAt, s.hasMid = fut, s.unacked, true
+		if !s.sent(fut, k) {
+			return false
 		}
-		if s.unacked >= maxUnacked {
-			// Wait for the older half only, so the socket never runs dry
-			// while the task refills it.
-			if _, err := s.mid.Await(); err != nil {
-				return false
-			}
-			s.unacked -= s.midAt
-			s.hasMid = false
-			if s.unacked >= maxUnacked/2 {
-				s.mid, s.midAt, s.hasMid = fut, s.unacked, true
-			}
+	}
+	return true
+}
+
+// sent accounts for n bytes just queued with future fut and, once
+// maxUnacked bytes are outstanding, waits for the older half of them, so
+// the socket never runs dry while the task refills it. It reports false
+// when the connection failed.
+func (s *session) sent(fut ringline.SendFuture, n int) bool {
+	s.last = fut
+	s.unacked += n
+	if !s.hasMid && s.unacked >= maxUnacked/2 {
+		s.mid, s.midAt, s.hasMid = fut, s.unacked, true
+	}
+	if s.unacked >= maxUnacked {
+		if _, err := s.mid.Await(); err != nil {
+			return false
+		}
+		s.unacked -= s.midAt
+		s.hasMid = false
+		if s.unacked >= maxUnacked/2 {
+			s.mid, s.midAt, s.hasMid = fut, s.unacked, true
 		}
 	}
 	return true
