@@ -147,24 +147,20 @@ func (m *Mailbox[T]) Put(v T) error {
 		m.mu.Unlock()
 		return ErrMailboxFull
 	}
-	m.buf[(m.head+m.n)%len(m.buf)] = v
-	m.n++
-	post := !m.notify
-	m.notify = true
-	m.mu.Unlock()
-	if post {
+	if !m.notify {
+		// The wake-up is posted before the value is committed, under the
+		// lock: a post refused because the worker just stopped leaves
+		// nothing to take back (taking it back after unlocking could take
+		// another Put's value).
 		if err := m.w.post(m.notifyFn); err != nil {
-			// The worker stopped between the check and the post: take
-			// the value back, so ErrClosed means it was not put.
-			m.mu.Lock()
-			var zero T
-			m.n--
-			m.buf[(m.head+m.n)%len(m.buf)] = zero
-			m.notify = false
 			m.mu.Unlock()
 			return err
 		}
+		m.notify = true
 	}
+	m.buf[(m.head+m.n)%len(m.buf)] = v
+	m.n++
+	m.mu.Unlock()
 	return nil
 }
 

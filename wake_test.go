@@ -1,6 +1,7 @@
 package ringline
 
 import (
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -121,5 +122,61 @@ func TestPostAfterShutdown(t *testing.T) {
 			t.Fatal("a post taken before shutdown did not run")
 		}
 		require.ErrorIs(t, w.post(func() {}), ErrClosed)
+	})
+}
+
+// Found in review: a Put whose wake-up post failed (the worker had just
+// stopped) took back "its" value after unlocking, but by then another
+// Put could have added one behind it (or a TryRecv taken it): the
+// rollback removed someone else's value, or drove the count below zero.
+// Many goroutines put while the runtime stops; afterwards the mailbox
+// holds exactly the values whose Put returned nil (nothing receives).
+func TestMailboxPutRacingShutdown(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		for round := 0; round < 20; round++ {
+			rt := serve(t, testConfig(be), echoTask)
+			mb, err := NewMailbox[int](rt, 0, 1<<16)
+			require.NoError(t, err)
+			const putters, each = 8, 2000
+			var wg sync.WaitGroup
+			accepted := make([][]int, putters)
+			for p := 0; p < putters; p++ {
+				wg.Add(1)
+				go func(p int) {
+					defer wg.Done()
+					for i := 0; i < each; i++ {
+						v := p*each + i
+						if err := mb.Put(v); err == nil {
+							accepted[p] = append(accepted[p], v)
+						} else if !errors.Is(err, ErrClosed) {
+							t.Errorf("Put: %v", err)
+							return
+						}
+					}
+				}(p)
+			}
+			time.Sleep(time.Duration(round%5) * 100 * time.Microsecond)
+			stopRuntime(t, rt)
+			wg.Wait()
+			want := map[int]bool{}
+			for _, a := range accepted {
+				for _, v := range a {
+					want[v] = true
+				}
+			}
+			got := map[int]bool{}
+			for {
+				v, ok := mb.TryRecv()
+				if !ok {
+					break
+				}
+				require.False(t, got[v], "value %d twice", v)
+				got[v] = true
+			}
+			require.Equal(t, len(want), len(got), "round %d: values held vs Puts that returned nil", round)
+			for v := range want {
+				require.True(t, got[v], "round %d: value %d was accepted but is gone", round, v)
+			}
+		}
 	})
 }
