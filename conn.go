@@ -437,7 +437,7 @@ func (f SendFuture) Await() (int, error) {
 		if cn.state == connClosing || cn.state == connClosed {
 			return 0, ErrClosed
 		}
-		if cn.wrDeadline != 0 && cn.w.now() >= cn.wrDeadline {
+		if cn.writeExpired() {
 			return 0, errWriteDeadline
 		}
 		t := cn.w.cur
@@ -456,7 +456,7 @@ func (f SendFuture) poll(t *task) (bool, uint8) {
 	if cn == nil || cn.sent >= f.mark || cn.err != nil || cn.state == connClosing || cn.state == connClosed {
 		return true, 0
 	}
-	if cn.wrDeadline != 0 && cn.w.now() >= cn.wrDeadline {
+	if cn.writeExpired() {
 		return true, 0 // Await reports the deadline
 	}
 	if t != cn.task {
@@ -678,6 +678,11 @@ func (cn *conn) readExpired() bool {
 	}
 	cn.rdTimedOut = true
 	return true
+}
+
+// writeExpired reports whether the write deadline has passed.
+func (cn *conn) writeExpired() bool {
+	return cn.wrDeadline != 0 && cn.w.now() >= cn.wrDeadline
 }
 
 // fail records why the connection failed; the first cause wins.

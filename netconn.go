@@ -121,7 +121,7 @@ func (v *netConn) Write(p []byte) (int, error) {
 	if w.cur == nil {
 		return 0, ErrNotInTask
 	}
-	if cn.wrDeadline != 0 && w.now() >= cn.wrDeadline {
+	if cn.writeExpired() {
 		return 0, errWriteDeadline
 	}
 	// A piece, with its TLS record overhead, fits an empty queue and a
@@ -152,7 +152,7 @@ func (v *netConn) Write(p []byte) (int, error) {
 			}
 			// Nothing of ours is queued: other connections hold the
 			// pool. Look again shortly.
-			if cn.wrDeadline != 0 && w.now() >= cn.wrDeadline {
+			if cn.writeExpired() {
 				return done, errWriteDeadline
 			}
 			if err := w.cur.sleepUntil(w.now() + int64(time.Millisecond)); err != nil {

@@ -541,8 +541,7 @@ func (sb *SendBuilder) Copy(p []byte) *SendBuilder {
 		return sb
 	}
 	w, cn := sb.w, sb.cn
-	pool := w.pool
-	if rest := len(p) - cn.copyRoom(); rest > 0 && pool.slotsFor(rest) > pool.avail() {
+	if !cn.poolRoom(len(p)) {
 		w.st.poolExhausted++
 		sb.err = ErrSendPoolExhausted
 		return sb

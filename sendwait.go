@@ -132,7 +132,7 @@ func (cn *conn) sendWaitEnds(t *task) error {
 	if err := cn.sendable(); err != nil {
 		return err
 	}
-	if cn.wrDeadline != 0 && cn.w.now() >= cn.wrDeadline {
+	if cn.writeExpired() {
 		return errWriteDeadline
 	}
 	if t.tellStop() {
@@ -189,7 +189,7 @@ func (w *worker) servePoolWaiters() {
 			continue
 		}
 		cn := pw.cn
-		if cn.gen != pw.gen || cn.sendable() != nil || cn.wrDeadline != 0 && w.now() >= cn.wrDeadline {
+		if cn.gen != pw.gen || cn.sendable() != nil || cn.writeExpired() {
 			pw.woken = true
 			pw.t.wake(waitPool)
 			continue

@@ -311,8 +311,6 @@ func (w *worker) kill(t *task) {
 }
 
 // own adds c to the connections t drives.
-//
-//lint:ignore U1000 outbound connections (Connect) use it
 func (t *task) own(c *conn) {
 	c.task = t
 	t.owned = append(t.owned, c)
