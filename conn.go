@@ -2,8 +2,8 @@ package ringline
 
 import (
 	"net"
-	"net/netip"
 	"os"
+	"slices"
 	"syscall"
 	"time"
 
@@ -27,104 +27,79 @@ const (
 // conn is one connection slot of a worker's slab. Only the worker's
 // goroutine (the loop and the tasks it resumes) touches it.
 type conn struct {
-	w     *worker
-	idx   uint32
-	gen   uint32
-	state uint8
-	fd    int32
+	w    *worker
+	task *task
+	// pending counts completions still expected from the kernel;
+	// closesLeft the close completions outstanding while closing.
+	pending, closesLeft int32
+	idx, gen            uint32
+	fd                  int32
 	// opFd/opFlags are what ring ops name: a fixed-file index with
 	// opFFixed, or the plain fd.
 	opFd     int32
 	opFlags  uint8
+	state    uint8
 	outbound bool
-	task     *task
-	pending  int // completions still expected from the kernel
-	// closesLeft counts close completions outstanding while closing.
-	closesLeft int
+	// connected: an outbound connection's connect succeeded.
+	connected bool
 
 	// Receive side.
 	recvArmed  bool // a multishot recv is in the kernel
 	recvPaused bool // flow control: the accumulator is full, recv cancelled
 	parked     bool // ENOBUFS: waiting on the worker's parked list
 	eof        bool // peer sent FIN, reset, or the connection closed
+	accShared  bool // a retained Bytes may point into acc: never move it
+	// sinkPending: SetRecvSink inside a parse closure, fill it after.
+	sinkPending bool
+	parsing     bool // a parse closure of this connection is running
+	// A receive that gave up at the read deadline sets rdTimedOut, which
+	// Err reports until the deadline moves or data is read.
+	rdTimedOut bool
+	lent       int32 // provided buffer lent to WithData, or -1
+	lentOff    uint32
+	lentEnd    uint32
 	// err is why the connection failed, first cause only: a receive or
 	// send errno, a runtime limit, a drain timeout, shutdown. nil after a
 	// clean FIN or a Close.
-	err         error
-	lent        int32 // provided buffer lent to WithData, or -1
-	lentOff     uint32
-	lentEnd     uint32
-	lentq       []lentBuf // received behind the lent buffer, unread (recv.go)
-	lentqHead   int       // the next of lentq to lend
-	lentqBytes  int
-	acc         []byte // accumulator: acc[accOff:] is unread
-	accOff      int
-	accShared   bool // a retained Bytes may point into acc: never move it
-	sink        []byte
-	sinkN       int
-	sinkPending bool // SetRecvSink inside a parse closure: fill it after
-	parsing     bool // a parse closure of this connection is running
-	closeReason string
+	err        error
+	lentq      []lentBuf // received behind the lent buffer, unread (recv.go)
+	lentqHead  int       // the next of lentq to lend
+	lentqBytes int
+	acc        []byte // accumulator: acc[accOff:] is unread
+	accOff     int
+	sink       []byte
+	sinkN      int
 
 	// Send side.
 	q            []sendSeg
 	qHead        int
 	queued, sent uint64 // byte totals: accepted by SendNowait/Send, taken by the kernel
 	sending      bool
+	sendZC       bool // the send in flight is zero-copy (sendInFlightUD)
 	flushPending bool
 	closeWanted  bool
 	draining     bool // a drain deadline is armed (Close with sends queued)
-
-	// Deadlines (worker clock, 0: none) and their timers. A receive that
-	// gave up at the read deadline sets rdTimedOut, which Err reports
-	// until the deadline moves or data is read.
-	rdDeadline, wrDeadline int64
-	rdTimedOut             bool
-	drainT, rdT, wrT       timerNode
-	// sendWaiters are tasks of other connections awaiting this one's
-	// SendFutures; the connection's own task is woken through task.
-	sendWaiters []*task
-	sendUD      uint64 // user_data of the send in flight (what a cancel names)
-	// Zero-copy sends are numbered from 1 (zcSeq is the last issued);
-	// every one up to zcBase is done (notified, or never promised a
-	// notification), and bit i of zcMask says zcBase+1+i is done too.
-	zcSeq, zcBase uint32
-	zcMask        uint64
-	// held are segments already sent whose memory a zero-copy send may
-	// still read, in send order, from heldHead.
-	held      []sendSeg
-	heldHead  int
-	heldBytes int // bytes of held[heldHead:]
-	refsOut   int // SendBuilder.Ref parts queued or held
-	// fwdHeld are the provided buffers its queued or held forwarded
-	// segments read (ForwardRecvBuf), at most fwdPerConn.
-	fwdHeld []fwdHold
-	builder *SendBuilder // SendParts' builder, reused
+	// Write side shut down (ShutdownWrite): shutWr once asked, shutStaged
+	// once the shutdown op went to the kernel behind the last queued byte.
+	shutWr, shutStaged bool
 	// The copy tail: the pool slot the connection's last copy went into
 	// (cslot) and where its free room starts (cend), while ctail. One of
 	// the connection's segments (queued, held, or in an open SendParts
 	// batch) refers to it as long as ctail holds (putSlot).
-	cslot, cend uint32
 	ctail       bool
+	cslot, cend uint32
 	copies      uint32 // copyOut calls, for SendBuilder's refusal
 
-	// Write side shut down (ShutdownWrite): shutWr once asked, shutStaged
-	// once the shutdown op went to the kernel behind the last queued byte.
-	shutWr, shutStaged bool
-
-	// Outbound connect (connect.go): completions still expected (the
-	// connect and its linked timeout), the connect's result, whether the
-	// timeout fired, and where to.
-	connLeft     uint8
-	connected    bool
-	connTimedOut bool
-	connRes      int32
-	connTimeout  time.Duration
-	dialTo       netip.AddrPort
-	dialPath     string
-
-	// tls is the connection's TLS session, nil for plaintext (tls.go).
-	tls *tlsConn
+	// What only some connections need lives behind pointers, nil until
+	// first needed and kept with the slot, so an idle connection stays
+	// small (docs/BENCHMARKS.md §4): tm the deadlines and their timers
+	// (connTimers), sx the send state of zero copy, SendParts,
+	// ForwardRecvBuf and cross-task waits (sendExtra), dial an outbound
+	// connect in progress (dialState), tls the TLS session (tls.go).
+	tm   *connTimers
+	sx   *sendExtra
+	dial *dialState
+	tls  *tlsConn
 }
 
 // ConnCtx is a connection handle: a small value (worker, slot index,
@@ -460,14 +435,15 @@ func (f SendFuture) poll(t *task) (bool, uint8) {
 		return true, 0 // Await reports the deadline
 	}
 	if t != cn.task {
-		cn.sendWaiters = addWaiter(cn.sendWaiters, t)
+		x := cn.extra()
+		x.sendWaiters = addWaiter(x.sendWaiters, t)
 	}
 	return false, waitSend
 }
 
 func (f SendFuture) drop(t *task) {
-	if cn := f.c.get(); cn != nil {
-		cn.sendWaiters = removeWaiter(cn.sendWaiters, t)
+	if cn := f.c.get(); cn != nil && cn.sx != nil {
+		cn.sx.sendWaiters = removeWaiter(cn.sx.sendWaiters, t)
 	}
 }
 
@@ -570,7 +546,7 @@ func (cn *conn) abort(err error) {
 	case connOpen:
 		// A reset only when bytes could still be in flight: an idle
 		// connection closes cleanly.
-		cn.cut(err, !cn.sendIdle() || cn.heldHead < len(cn.held))
+		cn.cut(err, !cn.sendIdle() || cn.zcHeld())
 	}
 }
 
@@ -604,7 +580,11 @@ func (c ConnCtx) SetReadDeadline(t time.Time) error {
 		return err
 	}
 	cn.rdTimedOut = false
-	cn.setDeadline(&cn.rdDeadline, &cn.rdT, tmReadDeadline, t)
+	if t.IsZero() && cn.tm == nil {
+		return nil
+	}
+	tm := cn.timers()
+	cn.setDeadline(&tm.rdDeadline, &tm.rdT, tmReadDeadline, t)
 	return nil
 }
 
@@ -618,7 +598,11 @@ func (c ConnCtx) SetWriteDeadline(t time.Time) error {
 	if err != nil {
 		return err
 	}
-	cn.setDeadline(&cn.wrDeadline, &cn.wrT, tmWriteDeadline, t)
+	if t.IsZero() && cn.tm == nil {
+		return nil
+	}
+	tm := cn.timers()
+	cn.setDeadline(&tm.wrDeadline, &tm.wrT, tmWriteDeadline, t)
 	return nil
 }
 
@@ -663,8 +647,8 @@ func (cn *conn) deadlineFired(n *timerNode, deadline int64, ev uint8) {
 	if cn.task != nil {
 		cn.task.wake(ev)
 	}
-	if ev == waitSend {
-		for _, t := range cn.sendWaiters {
+	if ev == waitSend && cn.sx != nil {
+		for _, t := range cn.sx.sendWaiters {
 			t.wake(waitSend)
 		}
 	}
@@ -673,7 +657,7 @@ func (cn *conn) deadlineFired(n *timerNode, deadline int64, ev uint8) {
 // readExpired reports whether the read deadline has passed, and notes it
 // for Err.
 func (cn *conn) readExpired() bool {
-	if cn.rdDeadline == 0 || cn.w.now() < cn.rdDeadline {
+	if cn.tm == nil || cn.tm.rdDeadline == 0 || cn.w.now() < cn.tm.rdDeadline {
 		return false
 	}
 	cn.rdTimedOut = true
@@ -682,7 +666,62 @@ func (cn *conn) readExpired() bool {
 
 // writeExpired reports whether the write deadline has passed.
 func (cn *conn) writeExpired() bool {
-	return cn.wrDeadline != 0 && cn.w.now() >= cn.wrDeadline
+	return cn.tm != nil && cn.tm.wrDeadline != 0 && cn.w.now() >= cn.tm.wrDeadline
+}
+
+// connTimers are a connection's deadlines (worker clock, 0: none) and its
+// timers: the read and write deadlines' and the drain deadline's after
+// Close. Most connections never arm one, so they live apart from conn
+// (idle memory per connection, docs/BENCHMARKS.md §4) and stay with the
+// slot once made.
+type connTimers struct {
+	rdDeadline, wrDeadline int64
+	drainT, rdT, wrT       timerNode
+}
+
+// timers returns the connection's connTimers, making them on first use.
+// That is usually inside the connection's task, whose stack has no room
+// for an allocation (a task's stack budget, docs/ARCHITECTURE.md), so
+// they come from the worker's spares, which resume keeps stocked.
+func (cn *conn) timers() *connTimers {
+	if cn.tm != nil {
+		return cn.tm
+	}
+	w := cn.w
+	var tm *connTimers
+	if k := len(w.spareTimers); k > 0 {
+		tm = w.spareTimers[k-1]
+		w.spareTimers[k-1] = nil
+		w.spareTimers = w.spareTimers[:k-1]
+	} else {
+		tm = new(connTimers)
+	}
+	tm.drainT = timerNode{kind: tmDrain, conn: cn}
+	tm.rdT = timerNode{kind: tmReadDeadline, conn: cn}
+	tm.wrT = timerNode{kind: tmWriteDeadline, conn: cn}
+	cn.tm = tm
+	return tm
+}
+
+// timerHeadroom is how many timers a task may arm in one run before the
+// timer heap grows on its stack.
+const timerHeadroom = 8
+
+// stockTimers refills the worker's spare connTimers, a block at a time,
+// and makes room in the timer heap for timerHeadroom more timers. It runs
+// on the worker's own stack (before a task resumes), never a task's.
+//
+//go:noinline
+func (w *worker) stockTimers() {
+	if len(w.spareTimers) == 0 {
+		blk := make([]connTimers, 32)
+		for i := range blk {
+			w.spareTimers = append(w.spareTimers, &blk[i])
+		}
+	}
+	if cap(w.timers)-len(w.timers) < timerHeadroom {
+		w.timers = slices.Grow(w.timers, max(timerHeadroom, len(w.timers)))
+	}
 }
 
 // fail records why the connection failed; the first cause wins.
@@ -707,7 +746,7 @@ func (cn *conn) requestClose() {
 		cn.startClose()
 	} else if !cn.draining && cn.state == connOpen {
 		cn.draining = true
-		cn.w.timers.set(&cn.drainT, addClock(cn.w.now(), cn.w.cfg.CloseDrainTimeout))
+		cn.w.timers.set(&cn.timers().drainT, addClock(cn.w.now(), cn.w.cfg.CloseDrainTimeout))
 	}
 }
 
@@ -739,7 +778,7 @@ func (cn *conn) cut(err error, rst bool) {
 	w := cn.w
 	if cn.draining {
 		cn.draining = false
-		w.timers.remove(&cn.drainT)
+		w.timers.remove(&cn.tm.drainT)
 	}
 	cn.fail(err)
 	cn.eof = true
@@ -748,7 +787,7 @@ func (cn *conn) cut(err error, rst bool) {
 		cn.resetOnClose()
 	}
 	if cn.sending {
-		w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: cn.sendUD})
+		w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: cn.sendInFlightUD()})
 		cn.pending++
 		cn.wakeAll()
 		return // onSendCQE drops the queue and closes
@@ -773,12 +812,12 @@ func (cn *conn) startClose() {
 		return
 	}
 	w := cn.w
-	if cn.state == connConnecting && cn.connLeft > 0 {
+	if cn.state == connConnecting && cn.dial.left > 0 {
 		// The connect goes first; its linked timeout goes with it.
 		w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, cn.idx, cn.gen, 0), addr: packUD(udConnect, cn.idx, cn.gen, 0)})
 		cn.pending++
 	}
-	if cn.heldHead < len(cn.held) {
+	if cn.zcHeld() {
 		// Zero-copy bytes still unacknowledged (a connection that failed
 		// closes without waiting for them): with a FIN the orphaned
 		// socket would go on sending from memory ringline must get back,
@@ -796,8 +835,8 @@ func (cn *conn) startClose() {
 		cn.parked = false // dropped from the parked list lazily
 	}
 	n := w.detach(cn)
-	cn.pending += n
-	cn.closesLeft = n
+	cn.pending += int32(n)
+	cn.closesLeft = int32(n)
 	cn.wakeAll()
 }
 
@@ -811,11 +850,15 @@ func (cn *conn) wakeAll() {
 // wakeSendWaiters wakes other connections' tasks awaiting this one's sends;
 // each re-registers if its future is still pending.
 func (cn *conn) wakeSendWaiters() {
-	for _, t := range cn.sendWaiters {
+	x := cn.sx
+	if x == nil {
+		return
+	}
+	for _, t := range x.sendWaiters {
 		t.wake(waitSend)
 	}
-	clear(cn.sendWaiters)
-	cn.sendWaiters = cn.sendWaiters[:0]
+	clear(x.sendWaiters)
+	x.sendWaiters = x.sendWaiters[:0]
 }
 
 // maybeFree returns the slot to the slab once nothing refers to it.
@@ -841,9 +884,12 @@ func (cn *conn) maybeFree() {
 	cn.wakeSendWaiters()
 	cn.dropQueue()
 	cn.abandonBatch()
-	w.timers.remove(&cn.drainT)
-	w.timers.remove(&cn.rdT)
-	w.timers.remove(&cn.wrT)
+	if tm := cn.tm; tm != nil {
+		w.timers.remove(&tm.drainT)
+		w.timers.remove(&tm.rdT)
+		w.timers.remove(&tm.wrT)
+		tm.rdDeadline, tm.wrDeadline = 0, 0
+	}
 	if cn.tls != nil {
 		cn.tls.release()
 		cn.tls = nil

@@ -234,29 +234,45 @@ func (w *worker) connect(t *task, domain int, sa []byte, ap netip.AddrPort, path
 	}
 	w.initConn(cn, fd, true)
 	cn.state = connConnecting
-	cn.dialTo, cn.dialPath = ap, path
+	if cn.dial == nil {
+		cn.dial = new(dialState)
+	}
+	*cn.dial = dialState{to: ap, path: path}
 	t.own(cn)
 
 	area := w.iovMem.b[int(cn.idx)*iovAreaSize:][:iovAreaSize]
 	copy(area[connSockaddrOff:], sa)
 	op := sqOp{code: opConnect, fd: int32(fd), ud: packUD(udConnect, cn.idx, cn.gen, 0),
 		addr: w.iovMem.addr(int(cn.idx)*iovAreaSize + connSockaddrOff), len: uint32(len(sa))}
-	cn.connLeft = 1
+	cn.dial.left = 1
 	if d > 0 {
 		op.flags = opFLink
 		ts := area[connTimespecOff : connTimespecOff+16]
 		binary.NativeEndian.PutUint64(ts[0:], uint64(d/time.Second))
 		binary.NativeEndian.PutUint64(ts[8:], uint64(d%time.Second))
-		cn.connLeft = 2
-		cn.connTimeout = d
+		cn.dial.left = 2
+		cn.dial.timeout = d
 	}
 	w.be.stage(op)
 	if d > 0 {
 		w.be.stage(sqOp{code: opLinkTimeout, ud: packUD(udLinkTimeout, cn.idx, cn.gen, 0),
 			addr: w.iovMem.addr(int(cn.idx)*iovAreaSize + connTimespecOff)})
 	}
-	cn.pending += int(cn.connLeft)
+	cn.pending += int32(cn.dial.left)
 	return ConnectFuture{c: ConnCtx{w: w, idx: cn.idx, gen: cn.gen}}, nil
+}
+
+// dialState is an outbound connection's connect in progress: completions
+// still expected (the connect and its linked timeout), the connect's
+// result, whether the timeout fired, and where to. Only outbound
+// connections have one (conn.dial), kept with the slot.
+type dialState struct {
+	left     uint8
+	timedOut bool
+	res      int32
+	timeout  time.Duration
+	to       netip.AddrPort
+	path     string
 }
 
 // onConnectCQE takes the connect's completion and its linked timeout's; the
@@ -267,12 +283,12 @@ func (w *worker) onConnectCQE(cn *conn, kind uint64, res int32) {
 		// ETIME: the timeout fired and cancelled the connect. EALREADY:
 		// it fired while the connect could not be cancelled any more.
 		if res == -int32(syscall.ETIME) || res == -int32(syscall.EALREADY) {
-			cn.connTimedOut = true
+			cn.dial.timedOut = true
 		}
 	} else {
-		cn.connRes = res
+		cn.dial.res = res
 	}
-	if cn.connLeft--; cn.connLeft > 0 {
+	if cn.dial.left--; cn.dial.left > 0 {
 		return
 	}
 	if cn.state != connConnecting {
@@ -281,8 +297,8 @@ func (w *worker) onConnectCQE(cn *conn, kind uint64, res int32) {
 		w.st.connectErrors++
 		return
 	}
-	if cn.connRes == 0 {
-		if cn.dialPath != "" && w.be.kind() == IOUring {
+	if cn.dial.res == 0 {
+		if cn.dial.path != "" && w.be.kind() == IOUring {
 			_, _ = unix.FcntlInt(uintptr(cn.fd), unix.F_SETFL, 0) // see connect
 		}
 		cn.connected = true
@@ -294,16 +310,16 @@ func (w *worker) onConnectCQE(cn *conn, kind uint64, res int32) {
 	}
 	w.st.connectErrors++
 	network := "tcp"
-	if cn.dialPath != "" {
+	if cn.dial.path != "" {
 		network = "unix"
 	}
 	var err error
-	if cn.connTimedOut {
-		err = &connectTimeoutError{d: cn.connTimeout}
+	if cn.dial.timedOut {
+		err = &connectTimeoutError{d: cn.dial.timeout}
 	} else {
-		err = os.NewSyscallError("connect", syscall.Errno(-cn.connRes))
+		err = os.NewSyscallError("connect", syscall.Errno(-cn.dial.res))
 	}
-	cn.fail(&net.OpError{Op: "dial", Net: network, Addr: dialAddr(cn.dialTo, cn.dialPath), Err: err})
+	cn.fail(&net.OpError{Op: "dial", Net: network, Addr: dialAddr(cn.dial.to, cn.dial.path), Err: err})
 	cn.eof = true
 	cn.closeWanted = true
 	cn.startClose() // wakes the task

@@ -426,7 +426,7 @@ func (r readable) poll(t *task) (bool, uint8) {
 // a per-worker pool: After allocates nothing once the pool has grown.
 type Timer struct {
 	w   *worker
-	n   *timerNode
+	n   *pooledTimer
 	gen uint32
 }
 
@@ -441,22 +441,22 @@ func (t TaskCtx) After(d time.Duration) Timer {
 		}
 		return Timer{}
 	}
-	var n *timerNode
+	var n *pooledTimer
 	if k := len(w.timerPool); k > 0 {
 		n = w.timerPool[k-1]
 		w.timerPool = w.timerPool[:k-1]
 	} else {
-		n = &timerNode{kind: tmTask, pooled: true}
+		n = &pooledTimer{timerNode: timerNode{kind: tmTask, pooled: true}}
 	}
 	n.fired = false
 	n.task = nil
-	w.timers.set(n, addClock(w.now(), d))
+	w.timers.set(&n.timerNode, addClock(w.now(), d))
 	return Timer{w: w, n: n, gen: n.gen}
 }
 
 // releaseTimer ends the current use of a pooled node (fired or stopped)
 // and returns it to the pool.
-func (w *worker) releaseTimer(n *timerNode, stopped bool) {
+func (w *worker) releaseTimer(n *pooledTimer, stopped bool) {
 	bit := uint64(1) << (n.gen % 64)
 	if stopped {
 		n.stopped |= bit
@@ -508,7 +508,7 @@ func (tm Timer) Stop() bool {
 		return false
 	}
 	waiter := tm.n.task
-	tm.w.timers.remove(tm.n)
+	tm.w.timers.remove(&tm.n.timerNode)
 	tm.w.releaseTimer(tm.n, true)
 	if waiter != nil {
 		waiter.wake(waitTimer)

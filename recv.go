@@ -354,10 +354,9 @@ func (c ConnCtx) withData(f func([]byte) ParseResult, fb func(Bytes) ParseResult
 //go:noinline
 func (cn *conn) limitClose() {
 	avail := cn.buffered()
-	cn.closeReason = "receive accumulator limit reached without parse progress"
 	cn.fail(ErrRecvLimit)
 	cn.w.log.Warn("ringline: closing connection", "worker", cn.w.id, "conn", cn.idx,
-		"reason", cn.closeReason, "buffered", avail, "limit", cn.w.cfg.MaxRecvAccumulator)
+		"reason", "receive accumulator limit reached without parse progress", "buffered", avail, "limit", cn.w.cfg.MaxRecvAccumulator)
 	cn.w.st.limitCloses++
 	cn.requestClose()
 }

@@ -131,7 +131,7 @@ func TestForwardFanoutBoundedPerConnection(t *testing.T) {
 					bids[s.id] = true
 				}
 			}
-			held, counted, free = len(bids), len(cn.fwdHeld), w.be.buffersFree()
+			held, counted, free = len(bids), cn.fwdHolds(), w.be.buffersFree()
 			close(done)
 		}))
 		<-done
@@ -402,7 +402,7 @@ func TestZeroCopyHeldBytesBoundedByMaxSendQueue(t *testing.T) {
 					panic(err)
 				}
 			}
-			r.zc, r.held = c.w.st.zcSends, c.get().heldBytes
+			r.zc, r.held = c.w.st.zcSends, heldBytesOf(c.get())
 			out <- r
 			c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
 		})
@@ -785,7 +785,7 @@ func TestTLSResetDoesNotWaitForCloseNotify(t *testing.T) {
 
 // Found in review (R8): Cancel while a zero-copy send is in flight: abort() cancels the send by
 // user_data packUD(udSend, idx, gen, 0), but a zero-copy send was staged
-// as packUD(udSendZC, idx, gen, seq) (conn.sendUD, which reset() uses), so
+// as packUD(udSendZC, idx, gen, seq) (conn.sendInFlightUD, which reset() uses), so
 // the cancel matches nothing. The send stays in the kernel waiting for a
 // peer that does not read, and abort left the close to its completion:
 // the connection (fd, slot, pool slots) stays open until the peer reads
@@ -809,7 +809,7 @@ func TestCancelDuringZeroCopySend(t *testing.T) {
 			}
 			_ = c.Task().Sleep(200 * time.Millisecond) // the peer does not read: a send waits in the kernel
 			cn := c.get()
-			out <- res{zc: udKind(cn.sendUD) == udSendZC, sending: cn.sending}
+			out <- res{zc: udKind(cn.sendInFlightUD()) == udSendZC, sending: cn.sending}
 			_ = c.Cancel()
 		})
 		require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 16<<10))

@@ -198,9 +198,13 @@ func (w *worker) releaseSendsAtStop() {
 			continue
 		}
 		cn.abandonBatch()
-		for _, segs := range [2][]sendSeg{cn.q[cn.qHead:], cn.held[cn.heldHead:]} {
+		x := cn.sx
+		if x == nil {
+			continue // no zero-copy send ever, so no reference in the kernel
+		}
+		for _, segs := range [2][]sendSeg{cn.q[cn.qHead:], x.held[x.heldHead:]} {
 			for i := range segs {
-				if s := &segs[i]; s.kind == segRef && s.zc > cn.zcBase {
+				if s := &segs[i]; s.kind == segRef && s.zc > x.zcBase {
 					if inKernel == nil {
 						inKernel = make([]bool, len(w.refs))
 					}
@@ -305,25 +309,38 @@ func (w *worker) unholdBuf(bid uint16) {
 // The table has at most fwdPerConn entries, and the buffer forwarded last
 // is at its end.
 func (cn *conn) fwdFind(bid uint16) int {
-	for i := len(cn.fwdHeld) - 1; i >= 0; i-- {
-		if cn.fwdHeld[i].bid == bid {
+	if cn.sx == nil {
+		return -1
+	}
+	h := cn.sx.fwdHeld
+	for i := len(h) - 1; i >= 0; i-- {
+		if h[i].bid == bid {
 			return i
 		}
 	}
 	return -1
 }
 
+// fwdHolds is how many provided buffers the connection holds.
+func (cn *conn) fwdHolds() int {
+	if cn.sx == nil {
+		return 0
+	}
+	return len(cn.sx.fwdHeld)
+}
+
 // fwdRelease drops one forwarded segment of buffer bid; the connection's
 // hold on the buffer goes with its last one.
 func (cn *conn) fwdRelease(bid uint16) {
 	i := cn.fwdFind(bid)
-	h := &cn.fwdHeld[i]
+	x := cn.sx
+	h := &x.fwdHeld[i]
 	if h.segs--; h.segs > 0 {
 		return
 	}
-	last := len(cn.fwdHeld) - 1
-	cn.fwdHeld[i] = cn.fwdHeld[last]
-	cn.fwdHeld = cn.fwdHeld[:last]
+	last := len(x.fwdHeld) - 1
+	x.fwdHeld[i] = x.fwdHeld[last]
+	x.fwdHeld = x.fwdHeld[:last]
 	cn.w.unholdBuf(bid)
 }
 
@@ -402,7 +419,7 @@ func (c ConnCtx) ForwardRecvBuf(b []byte) error {
 		// else holds it too: a fan-out's slow subscriber keeps the
 		// buffers it holds out of the ring after the fast ones are done.
 		i := cn.fwdFind(bid)
-		if i >= 0 && cn.fwdHeld[i].segs < fwdSegsMax || i < 0 && len(cn.fwdHeld) < w.fwdPerConn() && w.be.buffersFree() >= w.fwdReserve() {
+		if i >= 0 && cn.sx.fwdHeld[i].segs < fwdSegsMax || i < 0 && cn.fwdHolds() < w.fwdPerConn() && w.be.buffersFree() >= w.fwdReserve() {
 			return cn.forward(bid, off, len(b), i)
 		}
 	}
@@ -425,14 +442,15 @@ func (cn *conn) forward(bid uint16, off uint32, n int, hold int) error {
 		// iovec, one hold.
 		cn.q[k].end += uint32(n)
 	} else {
+		x := cn.extra()
 		if hold < 0 {
-			if cn.fwdHeld == nil {
-				cn.fwdHeld = make([]fwdHold, 0, 4)
+			if x.fwdHeld == nil {
+				x.fwdHeld = make([]fwdHold, 0, 4)
 			}
-			cn.fwdHeld = append(cn.fwdHeld, fwdHold{bid: bid, segs: 1})
+			x.fwdHeld = append(x.fwdHeld, fwdHold{bid: bid, segs: 1})
 			w.holdBuf(bid)
 		} else {
-			cn.fwdHeld[hold].segs++
+			x.fwdHeld[hold].segs++
 		}
 		cn.q = append(cn.q, sendSeg{kind: segFwd, id: uint32(bid), start: off, off: off, end: off + uint32(n)})
 	}
@@ -499,10 +517,11 @@ func (c ConnCtx) SendParts() *SendBuilder {
 		// to touch. Only misuse allocates.
 		return &SendBuilder{c: c, err: err, open: true}
 	}
-	sb := cn.builder
+	x := cn.extra()
+	sb := x.builder
 	if sb == nil {
 		sb = &SendBuilder{w: cn.w, cn: cn}
-		cn.builder = sb
+		x.builder = sb
 	}
 	if sb.open {
 		sb.refuse(errBatchAbandoned)
@@ -633,7 +652,7 @@ func (sb *SendBuilder) submit() (SendFuture, error) {
 		return sb.submitTLS(cn)
 	}
 	if err == nil {
-		if err = cn.queueRoom(sb.bytes); err == nil && cn.refsOut > 0 && cn.refsOut+sb.nrefs > sendMaxConnRefs {
+		if err = cn.queueRoom(sb.bytes); err == nil && cn.sx.refsOut > 0 && cn.sx.refsOut+sb.nrefs > sendMaxConnRefs {
 			err = ErrSendQueueFull
 		}
 		if err == ErrSendQueueFull {
@@ -657,7 +676,7 @@ func (sb *SendBuilder) submit() (SendFuture, error) {
 			r := &sb.refs[s.id]
 			s.id = w.newRef(r.b, r.release)
 			r.release = nil // the table's now
-			cn.refsOut++
+			cn.sx.refsOut++
 		}
 		cn.q = append(cn.q, s)
 	}
@@ -721,7 +740,10 @@ func (sb *SendBuilder) finish() {
 // abandonBatch refuses a batch left open on a connection that is going
 // away (or a worker that stops).
 func (cn *conn) abandonBatch() {
-	if sb := cn.builder; sb != nil && sb.open {
+	if cn.sx == nil {
+		return
+	}
+	if sb := cn.sx.builder; sb != nil && sb.open {
 		sb.refuse(errBatchAbandoned)
 	}
 }

@@ -613,7 +613,7 @@ func TestForwardRecvBufBoundedPerConnection(t *testing.T) {
 				}
 				if cn := c.get(); cn != nil {
 					mu.Lock()
-					maxHeld = max(maxHeld, len(cn.fwdHeld))
+					maxHeld = max(maxHeld, cn.fwdHolds())
 					mu.Unlock()
 				}
 				return Consumed(len(b))
@@ -684,7 +684,7 @@ func TestZeroCopyNotificationAfterClose(t *testing.T) {
 			done := make(chan struct{})
 			require.NoError(t, w.post(func() {
 				cn := w.conns[0] // one connection at a time: always slot 0
-				state, closeWanted, held, pending = cn.state, cn.closeWanted, len(cn.held)-cn.heldHead, cn.pending
+				state, closeWanted, held, pending = cn.state, cn.closeWanted, len(heldSegs(cn)), int(cn.pending)
 				close(done)
 			}))
 			<-done

@@ -112,6 +112,55 @@ type sendSeg struct {
 	kind uint8
 }
 
+// sendExtra is the send state of a connection that uses more than plain
+// copies: zero-copy sends, SendParts, ForwardRecvBuf, or tasks of other
+// connections awaiting its SendFutures. Most connections never do, so it
+// lives apart from conn (idle memory per connection, docs/BENCHMARKS.md
+// §4), made on first need (conn.extra) and kept with the slot.
+type sendExtra struct {
+	// Zero-copy sends are numbered from 1 (zcSeq is the last issued);
+	// every one up to zcBase is done (notified, or never promised a
+	// notification), and bit i of zcMask says zcBase+1+i is done too.
+	zcSeq, zcBase uint32
+	zcMask        uint64
+	// held are segments already sent whose memory a zero-copy send may
+	// still read, in send order, from heldHead.
+	held      []sendSeg
+	heldHead  int
+	heldBytes int // bytes of held[heldHead:]
+	refsOut   int // SendBuilder.Ref parts queued or held
+	// fwdHeld are the provided buffers its queued or held forwarded
+	// segments read (ForwardRecvBuf), at most fwdPerConn.
+	fwdHeld []fwdHold
+	builder *SendBuilder // SendParts' builder, reused
+	// sendWaiters are tasks of other connections awaiting this one's
+	// SendFutures; the connection's own task is woken through task.
+	sendWaiters []*task
+}
+
+// extra returns the connection's sendExtra, making it on first use. The
+// callers that may run on a task's stack (SendParts, ForwardRecvBuf, a
+// SendFuture awaited by another connection's task) allocate there anyway.
+func (c *conn) extra() *sendExtra {
+	if c.sx == nil {
+		c.sx = new(sendExtra)
+	}
+	return c.sx
+}
+
+// zcHeld reports whether memory a zero-copy send may still read is held.
+func (c *conn) zcHeld() bool { return c.sx != nil && c.sx.heldHead < len(c.sx.held) }
+
+// zcAllowed reports whether a send of total bytes may go zero-copy as far
+// as the connection goes: fewer than zcWindow sends awaiting their
+// notifications, and what they hold within half of MaxSendQueue.
+func (c *conn) zcAllowed(total uint64) bool {
+	if c.sx == nil {
+		return total <= uint64(c.w.cfg.MaxSendQueue/2)
+	}
+	return c.sx.zcSeq-c.sx.zcBase < zcWindow && c.sx.heldBytes+int(total) <= c.w.cfg.MaxSendQueue/2
+}
+
 // iovecs per send; more segments go out in the next send of the chain.
 const maxIov = 32
 
@@ -214,8 +263,10 @@ func (c *conn) putSlot(s uint32) {
 	if c.ctail && c.cslot == s {
 		c.ctail = false
 	}
-	if sb := c.builder; sb != nil && sb.t0ok && sb.t0slot == s {
-		sb.t0ok = false
+	if c.sx != nil {
+		if sb := c.sx.builder; sb != nil && sb.t0ok && sb.t0slot == s {
+			sb.t0ok = false
+		}
 	}
 }
 
@@ -329,17 +380,17 @@ func (c *conn) startSend() {
 	for i := range segs {
 		total += uint64(segs[i].end - segs[i].off)
 	}
-	zc := w.zcMin > 0 && total >= uint64(w.zcMin) && c.zcSeq-c.zcBase < zcWindow && w.pool.zcRoom() &&
-		c.heldBytes+int(total) <= w.cfg.MaxSendQueue/2
+	zc := w.zcMin > 0 && total >= uint64(w.zcMin) && w.pool.zcRoom() && c.zcAllowed(total)
 	ud := packUD(udSend, c.idx, c.gen, 0)
 	var aux uint32
 	code, codeMsg := uint8(opSend), uint8(opSendmsg)
 	if zc {
-		c.zcSeq++
+		x := c.extra()
+		x.zcSeq++
 		for i := range segs {
-			segs[i].zc = c.zcSeq
+			segs[i].zc = x.zcSeq
 		}
-		ud = packUD(udSendZC, c.idx, c.gen, uint16(c.zcSeq))
+		ud = packUD(udSendZC, c.idx, c.gen, uint16(x.zcSeq))
 		code, codeMsg = opSendZC, opSendmsgZC
 		aux = zcReportUsage | testHookZCFlags
 		w.st.zcSends++
@@ -356,9 +407,19 @@ func (c *conn) startSend() {
 		*(*msghdr)(area) = msghdr{iov: uint64(uintptr(unsafe.Add(area, 64))), iovlen: uint64(len(segs))}
 		w.be.stage(sqOp{code: codeMsg, fd: c.opFd, flags: c.opFlags, ud: ud, aux: aux, addr: uint64(uintptr(area))})
 	}
-	c.sendUD = ud
+	c.sendZC = zc
 	c.sending = true
 	c.pending++
+}
+
+// sendInFlightUD is the user_data of the send in flight, what a cancel
+// names: a zero-copy send's carries its number, the last one issued (one
+// send is in flight at a time).
+func (c *conn) sendInFlightUD() uint64 {
+	if c.sendZC {
+		return packUD(udSendZC, c.idx, c.gen, uint16(c.sx.zcSeq))
+	}
+	return packUD(udSend, c.idx, c.gen, 0)
 }
 
 // testHookZCFlags, when set by a test, is added to the zero-copy flags of
@@ -390,12 +451,13 @@ func (c *conn) sentBytes(n int) {
 // zero-copy send that read it has not been notified yet, keeps it until
 // the notification.
 func (c *conn) retire(s *sendSeg) {
-	if s.zc <= c.zcBase {
+	if s.zc == 0 || s.zc <= c.sx.zcBase {
 		c.releaseSeg(s)
 		return
 	}
-	c.held = append(c.held, *s)
-	c.heldBytes += int(s.end - s.start)
+	x := c.sx
+	x.held = append(x.held, *s)
+	x.heldBytes += int(s.end - s.start)
 }
 
 // releaseSeg gives a segment's memory back: a pool slot to the pool, a
@@ -407,7 +469,7 @@ func (c *conn) releaseSeg(s *sendSeg) {
 	case segPool:
 		c.putSlot(s.id)
 	case segRef:
-		c.refsOut--
+		c.sx.refsOut--
 		w.releaseRef(s.id)
 	case segFwd:
 		c.fwdRelease(uint16(s.id))
@@ -417,7 +479,7 @@ func (c *conn) releaseSeg(s *sendSeg) {
 // zcSeqOf recovers the full number of an outstanding zero-copy send from
 // the 16 bits its user_data carries (the window is far narrower).
 func (c *conn) zcSeqOf(payload uint16) uint32 {
-	lo := c.zcBase + 1
+	lo := c.sx.zcBase + 1
 	return lo + uint32(payload-uint16(lo))
 }
 
@@ -426,24 +488,25 @@ func (c *conn) zcSeqOf(payload uint16) uint32 {
 // segments every send up to the oldest outstanding one was done with.
 // Notifications may come out of order; memory goes back in order.
 func (c *conn) zcDone(seq uint32) {
-	bit := seq - c.zcBase - 1
+	x := c.sx
+	bit := seq - x.zcBase - 1
 	if bit >= zcWindow {
 		return // not outstanding
 	}
-	c.zcMask |= 1 << bit
-	for c.zcMask&1 != 0 {
-		c.zcMask >>= 1
-		c.zcBase++
+	x.zcMask |= 1 << bit
+	for x.zcMask&1 != 0 {
+		x.zcMask >>= 1
+		x.zcBase++
 	}
-	for c.heldHead < len(c.held) && c.held[c.heldHead].zc <= c.zcBase {
-		s := &c.held[c.heldHead]
-		c.heldBytes -= int(s.end - s.start)
+	for x.heldHead < len(x.held) && x.held[x.heldHead].zc <= x.zcBase {
+		s := &x.held[x.heldHead]
+		x.heldBytes -= int(s.end - s.start)
 		c.releaseSeg(s)
-		c.heldHead++
+		x.heldHead++
 	}
-	if c.heldHead == len(c.held) {
-		clear(c.held)
-		c.held, c.heldHead = c.held[:0], 0
+	if x.heldHead == len(x.held) {
+		clear(x.held)
+		x.held, x.heldHead = x.held[:0], 0
 	}
 }
 
@@ -479,7 +542,7 @@ func (c *conn) sendIdle() bool { return !c.sending && c.qHead == len(c.q) }
 // for as long as the kernel keeps trying). A failed connection's socket
 // sends nothing more: it closes at once.
 func (c *conn) drained() bool {
-	return c.sendIdle() && (c.heldHead == len(c.held) || c.err != nil)
+	return c.sendIdle() && (!c.zcHeld() || c.err != nil)
 }
 
 // closeReady reports whether a connection whose close was asked for may

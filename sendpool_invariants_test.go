@@ -22,14 +22,14 @@ func checkSlots(w *worker) error {
 		if cn == nil {
 			continue
 		}
-		for _, segs := range [][]sendSeg{cn.q[cn.qHead:], cn.held[cn.heldHead:]} {
+		for _, segs := range [][]sendSeg{cn.q[cn.qHead:], heldSegs(cn)} {
 			for _, s := range segs {
 				if s.kind == segPool {
 					want[s.id]++
 				}
 			}
 		}
-		if sb := cn.builder; sb != nil && sb.open {
+		if sb := builderOf(cn); sb != nil && sb.open {
 			for _, s := range sb.segs {
 				if s.kind == segPool {
 					want[s.id]++
@@ -189,4 +189,28 @@ func TestSendPoolInvariantsRandomOps(t *testing.T) {
 			}
 		})
 	}
+}
+
+// heldSegs are the segments cn holds for zero-copy notifications.
+func heldSegs(cn *conn) []sendSeg {
+	if cn.sx == nil {
+		return nil
+	}
+	return cn.sx.held[cn.sx.heldHead:]
+}
+
+// heldBytesOf is how many bytes cn holds for zero-copy notifications.
+func heldBytesOf(cn *conn) int {
+	if cn.sx == nil {
+		return 0
+	}
+	return cn.sx.heldBytes
+}
+
+// builderOf is cn's SendParts builder, or nil.
+func builderOf(cn *conn) *SendBuilder {
+	if cn.sx == nil {
+		return nil
+	}
+	return cn.sx.builder
 }

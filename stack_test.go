@@ -25,55 +25,69 @@ import (
 // is measured for amd64 with the fast goroutine identity (internal/gid):
 // not under the race detector, whose instrumentation makes every frame
 // larger, nor with ringline_nogetg, whose runtime.Stack identity is deep.
+//
+// With idle set, the handler also renews a read deadline before every
+// receive, as an idle timeout does: the connection's first deadline makes
+// its connTimers, which must not be allocated on the task's stack.
 func TestTaskStackDoesNotGrow(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		cfg := testConfig(be)
-		cfg.MaxConnections = 4096
-		var moved, served atomic.Int32
-		rt := serve(t, cfg, func(c ConnCtx) {
-			var anchor byte
-			start := uintptr(unsafe.Pointer(&anchor))
-			for i := 0; ; i++ {
-				var fut SendFuture
-				var err error
-				if c.WithData(func(b []byte) ParseResult {
-					if fut, err = c.Send(b); err != nil {
-						c.Close()
-						return Consumed(0)
-					}
-					return Consumed(len(b))
-				}) == 0 || err != nil {
-					return
-				}
-				if _, err := fut.Await(); err != nil {
-					return
-				}
-				if i == 0 {
-					if uintptr(unsafe.Pointer(&anchor)) != start {
-						moved.Add(1)
-					}
-					served.Add(1)
-				}
-			}
-		})
-		const n = 500
-		conns := make([]net.Conn, 0, n)
-		defer func() {
-			for _, c := range conns {
-				c.Close()
-			}
-		}()
-		for i := 0; i < n; i++ {
-			c := dial(t, rt)
-			conns = append(conns, c)
-			require.NoError(t, c.SetDeadline(time.Now().Add(10*time.Second)))
-			_, err := c.Write([]byte("hello"))
-			require.NoError(t, err)
-			_, err = io.ReadFull(c, make([]byte, 5))
-			require.NoError(t, err)
-		}
-		require.True(t, settle(10*time.Second, func() bool { return served.Load() == n }))
-		t.Logf("%d of %d tasks grew their stack serving one echo", moved.Load(), n)
-		assert.Zero(t, moved.Load(), "a task's stack grew: a frame on the receive or send path got larger")
+		t.Run("plain", func(t *testing.T) { testTaskStack(t, be, false) })
+		t.Run("idle-timeout", func(t *testing.T) { testTaskStack(t, be, true) })
 	})
+}
+
+func testTaskStack(t *testing.T, be Backend, idle bool) {
+	cfg := testConfig(be)
+	cfg.MaxConnections = 4096
+	var moved, served atomic.Int32
+	rt := serve(t, cfg, func(c ConnCtx) {
+		var anchor byte
+		start := uintptr(unsafe.Pointer(&anchor))
+		for i := 0; ; i++ {
+			if idle {
+				if c.SetReadDeadline(time.Now().Add(time.Hour)) != nil {
+					return
+				}
+			}
+			var fut SendFuture
+			var err error
+			if c.WithData(func(b []byte) ParseResult {
+				if fut, err = c.Send(b); err != nil {
+					c.Close()
+					return Consumed(0)
+				}
+				return Consumed(len(b))
+			}) == 0 || err != nil {
+				return
+			}
+			if _, err := fut.Await(); err != nil {
+				return
+			}
+			if i == 0 {
+				if uintptr(unsafe.Pointer(&anchor)) != start {
+					moved.Add(1)
+				}
+				served.Add(1)
+			}
+		}
+	})
+	const n = 500
+	conns := make([]net.Conn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; i < n; i++ {
+		c := dial(t, rt)
+		conns = append(conns, c)
+		require.NoError(t, c.SetDeadline(time.Now().Add(10*time.Second)))
+		_, err := c.Write([]byte("hello"))
+		require.NoError(t, err)
+		_, err = io.ReadFull(c, make([]byte, 5))
+		require.NoError(t, err)
+	}
+	require.True(t, settle(10*time.Second, func() bool { return served.Load() == n }))
+	t.Logf("%d of %d tasks grew their stack serving one echo", moved.Load(), n)
+	assert.Zero(t, moved.Load(), "a task's stack grew: a frame on the receive or send path got larger")
 }

@@ -47,6 +47,8 @@ type task struct {
 	abort bool
 	// toldStop: the task was already told the worker is stopping.
 	toldStop bool
+	// returned: the body returned (rather than unwound).
+	returned bool
 	// prevT, nextT link the worker's live tasks.
 	prevT, nextT *task
 	// sleep is the timer Sleep and deadlines of Select use.
@@ -55,8 +57,6 @@ type task struct {
 	// how it ended (nil, a *PanicError, ErrAborted).
 	joiners []*task
 	result  error
-	// returned: the body returned (rather than unwound).
-	returned bool
 }
 
 // taskKilled unwinds a task that the worker stopped (shutdown, Abort).
@@ -232,6 +232,11 @@ func (w *worker) resume(t *task) {
 	t.queued = false
 	if t.done {
 		return
+	}
+	// What a task may need to allocate on its first deadline is made
+	// here, on the worker's stack: a task's has no room (conn.timers).
+	if len(w.spareTimers) == 0 || cap(w.timers)-len(w.timers) < timerHeadroom {
+		w.stockTimers()
 	}
 	prev := w.cur
 	w.cur = t

@@ -1,6 +1,9 @@
 package ringline
 
-import "time"
+import (
+	"time"
+	"unsafe"
+)
 
 // The worker's timers: a binary min-heap of deadlines kept in the core, so
 // both backends share one notion of time and one rule for it. The earliest
@@ -39,15 +42,26 @@ type timerNode struct {
 	kind uint8
 	// fired is set when a tmTask node goes off (cleared on re-arm).
 	fired bool
-	// pooled: a Timer future's node, back to the pool when it fires.
+	// pooled: the node is a pooledTimer's (a Timer future), back to the
+	// pool when it fires.
 	pooled bool
 	conn   *conn // tmDrain, tmReadDeadline, tmWriteDeadline
 	task   *task // tmTask: the task to wake
-	// Pooled Timer futures only: gen names the current use of the node,
-	// and stopped records, for the last 64 uses, which ended by Stop.
+}
+
+// pooledTimer is a Timer future's node with the history only Timer needs,
+// kept out of timerNode because connections and tasks embed nodes: gen
+// names the current use of the node, and stopped records, for the last 64
+// uses, which ended by Stop. The node is the first field, so the heap's
+// *timerNode of a pooled node converts back (asPooled).
+type pooledTimer struct {
+	timerNode
 	gen     uint32
 	stopped uint64
 }
+
+// asPooled returns the pooledTimer a pooled node is the first field of.
+func (n *timerNode) asPooled() *pooledTimer { return (*pooledTimer)(unsafe.Pointer(n)) }
 
 func (n *timerNode) armed() bool { return n.slot > 0 }
 
@@ -182,9 +196,9 @@ func (w *worker) fireTimers() {
 		case tmDrain:
 			n.conn.drainExpired()
 		case tmReadDeadline:
-			n.conn.deadlineFired(n, n.conn.rdDeadline, waitRecv)
+			n.conn.deadlineFired(n, n.conn.tm.rdDeadline, waitRecv)
 		case tmWriteDeadline:
-			n.conn.deadlineFired(n, n.conn.wrDeadline, waitSend)
+			n.conn.deadlineFired(n, n.conn.tm.wrDeadline, waitSend)
 		case tmTLSClose:
 			n.conn.tlsCloseExpired()
 		case tmTask:
@@ -193,7 +207,7 @@ func (w *worker) fireTimers() {
 				n.task.wake(waitTimer)
 			}
 			if n.pooled {
-				w.releaseTimer(n, false)
+				w.releaseTimer(n.asPooled(), false)
 			}
 		}
 	}

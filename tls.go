@@ -210,11 +210,12 @@ func (t *tlsConn) handshake(deadline time.Time) error {
 		deadline = time.Now().Add(w.cfg.TLSHandshakeTimeout)
 	}
 	t.hsTask = w.cur
-	cn.setDeadline(&cn.rdDeadline, &cn.rdT, tmReadDeadline, deadline)
+	tm := cn.timers()
+	cn.setDeadline(&tm.rdDeadline, &tm.rdT, tmReadDeadline, deadline)
 	err := t.tc.Handshake() // no context: crypto/tls starts no goroutine
 	t.hsTask = nil
-	cn.rdDeadline, cn.rdTimedOut = 0, false
-	w.timers.remove(&cn.rdT)
+	tm.rdDeadline, cn.rdTimedOut = 0, false
+	w.timers.remove(&tm.rdT)
 	if err != nil {
 		t.failed = true
 		t.in, t.inOff = nil, 0

@@ -66,8 +66,11 @@ type worker struct {
 
 	epoch     time.Time
 	timers    timerHeap
-	timerPool []*timerNode // idle Timer future nodes
-	lastYield time.Time
+	timerPool []*pooledTimer
+	// spareTimers are connTimers ready for a connection that arms its
+	// first deadline (conn.timers).
+	spareTimers []*connTimers // idle Timer future nodes
+	lastYield   time.Time
 
 	acceptArmed  bool
 	acceptPaused bool      // an accept error pause is running (acceptT)
@@ -524,7 +527,7 @@ func (w *worker) onSendCQE(cn *conn, e *cqEntry) {
 		cn.maybeShutdownWrite()
 	}
 	cn.task.wake(waitSend)
-	if len(cn.sendWaiters) > 0 {
+	if cn.sx != nil && len(cn.sx.sendWaiters) > 0 {
 		cn.wakeSendWaiters()
 	}
 }
@@ -717,7 +720,7 @@ func (w *worker) openConn(cn *conn, fd int, outbound bool) {
 
 // initConn takes slot cn for socket fd (state connOpen).
 func (w *worker) initConn(cn *conn, fd int, outbound bool) {
-	gen, q, held, sb, lq, fh := cn.gen, cn.q[:0], cn.held[:0], cn.builder, cn.lentq[:0], cn.fwdHeld[:0]
+	gen, q, lq, tm, sx := cn.gen, cn.q[:0], cn.lentq[:0], cn.tm, cn.sx
 	if cap(q) == 0 {
 		// Allocated here, on the worker's stack, not on the task's first
 		// Send: growing a slice on a fresh 2 KiB coroutine stack doubles
@@ -725,10 +728,10 @@ func (w *worker) initConn(cn *conn, fd int, outbound bool) {
 		// connection, measured).
 		q = make([]sendSeg, 0, 4)
 	}
-	*cn = conn{w: w, idx: cn.idx, gen: gen, state: connOpen, fd: int32(fd), lent: -1, outbound: outbound, q: q, held: held, builder: sb, lentq: lq, fwdHeld: fh}
-	cn.drainT = timerNode{kind: tmDrain, conn: cn}
-	cn.rdT = timerNode{kind: tmReadDeadline, conn: cn}
-	cn.wrT = timerNode{kind: tmWriteDeadline, conn: cn}
+	*cn = conn{w: w, idx: cn.idx, gen: gen, state: connOpen, fd: int32(fd), lent: -1, outbound: outbound, q: q, lentq: lq, tm: tm, sx: sx}
+	if sx != nil {
+		*sx = sendExtra{held: sx.held[:0], fwdHeld: sx.fwdHeld[:0], builder: sx.builder, sendWaiters: sx.sendWaiters[:0]}
+	}
 	w.live++
 }
 
@@ -762,7 +765,7 @@ func (w *worker) resetZeroCopyAtStop() {
 		return
 	}
 	for _, cn := range w.conns {
-		if cn != nil && cn.state == connOpen && cn.zcSeq != cn.zcBase {
+		if cn != nil && cn.state == connOpen && cn.sx != nil && cn.sx.zcSeq != cn.sx.zcBase {
 			cn.reset(ErrShutdown)
 		}
 	}
