@@ -722,6 +722,11 @@ func (w *worker) stockTimers() {
 	if cap(w.timers)-len(w.timers) < timerHeadroom {
 		w.timers = slices.Grow(w.timers, max(timerHeadroom, len(w.timers)))
 	}
+	if len(w.timerPool) == 0 {
+		for range timerHeadroom {
+			w.timerPool = append(w.timerPool, &pooledTimer{timerNode: timerNode{kind: tmTask, pooled: true}})
+		}
+	}
 }
 
 // fail records why the connection failed; the first cause wins.

@@ -89,17 +89,29 @@ func (t TaskCtx) SleepUntil(at time.Time) error {
 
 func (t *task) sleepUntil(at int64) error {
 	w := t.w
-	n := &t.sleep
-	n.fired = false
-	w.timers.set(n, at)
+	n := w.takeTimer()
+	n.pooled = false // back to the pool by endSleep, not when it fires
+	n.task = t
+	t.sleepN = n
+	w.timers.set(&n.timerNode, at)
 	for !n.fired {
 		if t.tellStop() {
-			w.timers.remove(n)
+			w.endSleep(t)
 			return ErrShutdown
 		}
 		t.suspend(waitTimer)
 	}
+	w.endSleep(t)
 	return nil
+}
+
+// endSleep disarms the task's sleep timer and returns it to the pool.
+func (w *worker) endSleep(t *task) {
+	n := t.sleepN
+	t.sleepN = nil
+	w.timers.remove(&n.timerNode)
+	n.pooled = true
+	w.releaseTimer(n, false)
 }
 
 // Spawn starts f as a new task on the caller's worker and returns a handle
@@ -127,6 +139,7 @@ func (t TaskCtx) Spawn(f func(TaskCtx)) (JoinHandle, error) {
 func (w *worker) spawn(f func(TaskCtx)) *task {
 	tc := TaskCtx{w: w}
 	nt := w.newTask(nil, func() { f(tc) })
+	nt.join = new(joinState)
 	w.addTask(nt)
 	nt.start()
 	return nt
@@ -153,7 +166,7 @@ func (h JoinHandle) Join() error {
 	if err != nil {
 		return err
 	}
-	return h.t.result
+	return h.t.join.result
 }
 
 // Done reports whether the task has ended. On the task's worker only
@@ -200,13 +213,13 @@ func (h JoinHandle) poll(t *task) (bool, uint8) {
 	if h.t == t {
 		return true, 0 // joining oneself: Join would never return
 	}
-	h.t.joiners = addWaiter(h.t.joiners, t)
+	h.t.join.joiners = addWaiter(h.t.join.joiners, t)
 	return false, waitJoin
 }
 
 func (h JoinHandle) drop(t *task) {
 	if h.t != nil {
-		h.t.joiners = removeWaiter(h.t.joiners, t)
+		h.t.join.joiners = removeWaiter(h.t.join.joiners, t)
 	}
 }
 
@@ -441,17 +454,26 @@ func (t TaskCtx) After(d time.Duration) Timer {
 		}
 		return Timer{}
 	}
+	n := w.takeTimer()
+	w.timers.set(&n.timerNode, addClock(w.now(), d))
+	return Timer{w: w, n: n, gen: n.gen}
+}
+
+// takeTimer takes a disarmed node from the pool; the loop keeps the pool
+// stocked before a task resumes (stockTimers), so a task does not
+// allocate one on its stack.
+func (w *worker) takeTimer() *pooledTimer {
 	var n *pooledTimer
 	if k := len(w.timerPool); k > 0 {
 		n = w.timerPool[k-1]
+		w.timerPool[k-1] = nil
 		w.timerPool = w.timerPool[:k-1]
 	} else {
 		n = &pooledTimer{timerNode: timerNode{kind: tmTask, pooled: true}}
 	}
 	n.fired = false
 	n.task = nil
-	w.timers.set(&n.timerNode, addClock(w.now(), d))
-	return Timer{w: w, n: n, gen: n.gen}
+	return n
 }
 
 // releaseTimer ends the current use of a pooled node (fired or stopped)

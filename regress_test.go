@@ -93,7 +93,7 @@ func TestRegressJoinersBounded(t *testing.T) {
 			for _, h := range hs {
 				_ = h.Join()
 			}
-			n = len(bg.t.joiners)
+			n = len(bg.t.join.joiners)
 			_ = bg.Abort()
 		})
 		assert.Less(t, n, 10, "ended tasks still registered as joiners")
