@@ -11,9 +11,10 @@ import (
 // cancelling a timer cost no syscall and no cgo call of their own: they
 // ride the loop's one enter per iteration.
 //
-// Nodes live inside what they time (a task's sleep, a connection's read
-// and write deadlines and drain deadline, the listener's accept pause) or
-// in a per-worker pool (Timer futures), and carry their heap position, so
+// Nodes live inside what they time (a connection's read and write
+// deadlines and drain deadline in its connTimers, the listener's accept
+// pause) or in a per-worker pool (Timer futures, and a task's Sleep, which
+// borrows one), and carry their heap position, so
 // arming, moving and cancelling are O(log n) with no allocation. A deadline
 // that is only pushed later (an idle timeout renewed after every parse) is
 // not moved in the heap at all: the node fires at the old time, sees the
