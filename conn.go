@@ -312,6 +312,11 @@ func (c ConnCtx) Err() error {
 // go of their memory. Close does not wait; the task may keep
 // running, but receives report EOF and new sends fail with ErrClosed.
 // Closing a stale or closed handle does nothing.
+//
+// A closed connection keeps its slot, so Err and the SendFutures of its
+// last sends still answer, until its task returns; an outbound
+// connection's is also released when its task next connects (Connect and
+// its variants), after which the handle is stale.
 func (c ConnCtx) Close() {
 	if cn, err := c.own("Close"); err == nil {
 		cn.requestClose()
@@ -872,17 +877,12 @@ func (cn *conn) maybeFree() {
 		return
 	}
 	if cn.task != nil {
-		// An accepted connection's slot is held until its task returns.
-		// An established outbound one is released once closed, even
-		// while its task runs, so a task that connects and closes again
-		// and again does not pile up slots. Safe: closing woke the task
-		// (wakeAll), and a woken task runs before the loop takes the
-		// close's completion, so no receive of the task still holds cn.
-		// A connect that failed waits for Await to report it.
-		if !cn.outbound || !cn.connected {
-			return
-		}
-		cn.task.dropOwned(cn)
+		// A connection's slot is held until its task returns, so the task
+		// can still ask Err and await its sends after Close. An outbound
+		// one is also released when its task connects again
+		// (freeClosedOutbound), so a task that connects and closes again
+		// and again does not pile up slots.
+		return
 	}
 	w := cn.w
 	cn.dropLent()

@@ -204,6 +204,7 @@ func (w *worker) connect(t *task, domain int, sa []byte, ap netip.AddrPort, path
 	if w.stopped {
 		return ConnectFuture{}, ErrShutdown
 	}
+	t.freeClosedOutbound()
 	cn := w.allocConn()
 	if cn == nil {
 		w.st.connectErrors++
@@ -415,6 +416,22 @@ func (f ConnectFuture) drop(*task) {}
 func (t *task) disown(c *conn) {
 	t.dropOwned(c)
 	c.maybeFree()
+}
+
+// freeClosedOutbound releases the slots of t's outbound connections that
+// are closed and that the kernel is done with; their handles go stale.
+// Called as t connects again: until then a closed connection's Err and
+// SendFutures still answer, and from then on a task holds at most the
+// connections it has open plus those closed since its last connect.
+func (t *task) freeClosedOutbound() {
+	for i := 0; i < len(t.owned); {
+		c := t.owned[i]
+		if c.outbound && c.connected && c.state == connClosed && c.pending == 0 && !c.parsing {
+			t.disown(c) // removes c from t.owned: i now names the next one
+			continue
+		}
+		i++
+	}
 }
 
 // dropOwned removes c from t's connections.

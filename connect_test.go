@@ -1430,3 +1430,51 @@ func TestConnectSelect(t *testing.T) {
 		assert.True(t, settle(5*time.Second, func() bool { return liveConns(t, rt, 0) == 0 }))
 	})
 }
+
+// A task that sends its last bytes on an outbound connection, closes it
+// and then awaits the send (or asks Err) learns how it went, as it would
+// on an accepted connection, rather than ErrStale: a closed outbound
+// connection keeps its slot until its task connects again or ends. That
+// next Connect frees it, so a task that connects and closes again and
+// again does not pile up slots.
+func TestOutboundCloseThenAwait(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		srv := serve(t, testConfig(be), onceEchoTask)
+		ap := srv.Addr().(*net.TCPAddr).AddrPort()
+		rt := clientRuntime(t, testConfig(be), nil)
+		const cycles = 50
+		var slots int
+		err := inTask(t, rt, 0, func(tc TaskCtx) error {
+			for i := 0; i < cycles; i++ {
+				fut, err := tc.Connect(ap)
+				if err != nil {
+					return err
+				}
+				c, err := fut.Await()
+				if err != nil {
+					return err
+				}
+				sf, err := c.Send([]byte("bye"))
+				if err != nil {
+					return err
+				}
+				c.Close()
+				// Suspend past the close's completion, then ask.
+				if err := tc.Sleep(5 * time.Millisecond); err != nil {
+					return err
+				}
+				if _, err := sf.Await(); err != nil {
+					return fmt.Errorf("cycle %d: Await after Close = %v, want nil", i, err)
+				}
+				if err := c.Err(); err != nil {
+					return fmt.Errorf("cycle %d: Err after Close = %v, want nil", i, err)
+				}
+			}
+			slots = len(rt.workers[0].conns)
+			return nil
+		})
+		require.NoError(t, err)
+		assert.LessOrEqual(t, slots, 2, "closed outbound slots are reused while the task runs: the slab holds %d", slots)
+		assert.True(t, settle(5*time.Second, func() bool { return liveConns(t, rt, 0) == 0 }), "no outbound connection left live")
+	})
+}
