@@ -91,11 +91,12 @@ type conn struct {
 	copies      uint32 // copyOut calls, for SendBuilder's refusal
 
 	// What only some connections need lives behind pointers, nil until
-	// first needed and kept with the slot, so an idle connection stays
-	// small (docs/BENCHMARKS.md §4): tm the deadlines and their timers
-	// (connTimers), sx the send state of zero copy, SendParts,
-	// ForwardRecvBuf and cross-task waits (sendExtra), dial an outbound
-	// connect in progress (dialState), tls the TLS session (tls.go).
+	// first needed, so an idle connection stays small (docs/BENCHMARKS.md
+	// §4.4): tm the deadlines and their timers (connTimers), sx the send
+	// state of zero copy, SendParts, ForwardRecvBuf and cross-task waits
+	// (sendExtra), dial an outbound connect in progress (dialState): each
+	// kept with the slot for its next connection. tls is the TLS session
+	// (tls.go), released with the connection.
 	tm   *connTimers
 	sx   *sendExtra
 	dial *dialState
@@ -709,16 +710,26 @@ func (cn *conn) timers() *connTimers {
 }
 
 // timerHeadroom is how many timers a task may arm in one run before the
-// timer heap grows on its stack.
+// timer heap grows on its stack, and how many spare connTimers and pooled
+// nodes a task may take in one run before it allocates one on its stack.
 const timerHeadroom = 8
 
-// stockTimers refills the worker's spare connTimers, a block at a time,
-// and makes room in the timer heap for timerHeadroom more timers. It runs
-// on the worker's own stack (before a task resumes), never a task's.
+// timersLow says whether the worker's timer stock has fallen below
+// timerHeadroom anywhere (stockTimers).
+func (w *worker) timersLow() bool {
+	return len(w.spareTimers) < timerHeadroom || len(w.timerPool) < timerHeadroom ||
+		cap(w.timers)-len(w.timers) < timerHeadroom
+}
+
+// stockTimers refills the worker's spare connTimers (a block at a time)
+// and its pool of timer nodes, and makes room in the timer heap, so that
+// each has timerHeadroom to spare. The pool's slice always has room for
+// every node, so giving one back (putTimer) never grows it. It runs on the
+// worker's own stack (before a task resumes), never a task's.
 //
 //go:noinline
 func (w *worker) stockTimers() {
-	if len(w.spareTimers) == 0 {
+	if len(w.spareTimers) < timerHeadroom {
 		blk := make([]connTimers, 32)
 		for i := range blk {
 			w.spareTimers = append(w.spareTimers, &blk[i])
@@ -727,7 +738,9 @@ func (w *worker) stockTimers() {
 	if cap(w.timers)-len(w.timers) < timerHeadroom {
 		w.timers = slices.Grow(w.timers, max(timerHeadroom, len(w.timers)))
 	}
-	if len(w.timerPool) == 0 {
+	if len(w.timerPool) < timerHeadroom {
+		w.timerNodes += timerHeadroom
+		w.timerPool = slices.Grow(w.timerPool, w.timerNodes-len(w.timerPool))
 		for range timerHeadroom {
 			w.timerPool = append(w.timerPool, &pooledTimer{timerNode: timerNode{kind: tmTask, pooled: true}})
 		}

@@ -2,6 +2,7 @@ package ringline
 
 import (
 	"errors"
+	"slices"
 	"time"
 )
 
@@ -89,6 +90,12 @@ func (t TaskCtx) SleepUntil(at time.Time) error {
 
 func (t *task) sleepUntil(at int64) error {
 	w := t.w
+	if t.sleepN != nil {
+		// A Sleep that did not end (its suspension panicked: refused in a
+		// parse closure, or the task was stopped and sleeps again while
+		// unwinding).
+		w.endSleep(t)
+	}
 	n := w.takeTimer()
 	n.pooled = false // back to the pool by endSleep, not when it fires
 	n.task = t
@@ -106,12 +113,15 @@ func (t *task) sleepUntil(at int64) error {
 }
 
 // endSleep disarms the task's sleep timer and returns it to the pool.
+// The node's gen stays: a Sleep is not a use of the node a Timer handle
+// could name, so it does not age the outcomes Timer remembers.
 func (w *worker) endSleep(t *task) {
 	n := t.sleepN
 	t.sleepN = nil
 	w.timers.remove(&n.timerNode)
 	n.pooled = true
-	w.releaseTimer(n, false)
+	n.task = nil
+	w.putTimer(n)
 }
 
 // Spawn starts f as a new task on the caller's worker and returns a handle
@@ -132,14 +142,15 @@ func (t TaskCtx) Spawn(f func(TaskCtx)) (JoinHandle, error) {
 	if w.stopped {
 		return JoinHandle{}, ErrClosed
 	}
-	return JoinHandle{t: w.spawn(f)}, nil
+	nt := w.spawn(f) // queued, not run yet
+	nt.join = new(joinState)
+	return JoinHandle{t: nt}, nil
 }
 
 // spawn makes and queues a task running f; on the worker goroutine.
 func (w *worker) spawn(f func(TaskCtx)) *task {
 	tc := TaskCtx{w: w}
 	nt := w.newTask(nil, func() { f(tc) })
-	nt.join = new(joinState)
 	w.addTask(nt)
 	nt.start()
 	return nt
@@ -469,7 +480,11 @@ func (w *worker) takeTimer() *pooledTimer {
 		w.timerPool[k-1] = nil
 		w.timerPool = w.timerPool[:k-1]
 	} else {
+		// The stock ran out within one run of a task: allocated here,
+		// on the task's stack.
 		n = &pooledTimer{timerNode: timerNode{kind: tmTask, pooled: true}}
+		w.timerNodes++
+		w.timerPool = slices.Grow(w.timerPool, w.timerNodes)
 	}
 	n.fired = false
 	n.task = nil
@@ -487,8 +502,12 @@ func (w *worker) releaseTimer(n *pooledTimer, stopped bool) {
 	}
 	n.gen++
 	n.task = nil
-	w.timerPool = append(w.timerPool, n)
+	w.putTimer(n)
 }
+
+// putTimer returns a disarmed node to the pool, whose slice has room for
+// every node (stockTimers, takeTimer), so this never allocates.
+func (w *worker) putTimer(n *pooledTimer) { w.timerPool = append(w.timerPool, n) }
 
 // ended reports whether the timer's use is over, and whether by Stop.
 func (tm Timer) ended() (over, stopped bool) {

@@ -91,3 +91,52 @@ func testTaskStack(t *testing.T, be Backend, idle bool) {
 	t.Logf("%d of %d tasks grew their stack serving one echo", moved.Load(), n)
 	assert.Zero(t, moved.Load(), "a task's stack grew: a frame on the receive or send path got larger")
 }
+
+// Tasks that sleep all at once, each borrowing a pooled timer node and
+// giving it back, keep their 2 KiB stacks: the pool's slice has room for
+// every node, so giving one back never grows it on a task's stack.
+func TestSleepingTasksKeepTheirStacks(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be)
+		cfg.MaxConnections = 4096
+		var moved1, moved2, served atomic.Int32
+		rt := serve(t, cfg, func(c ConnCtx) {
+			var anchor byte
+			start := uintptr(unsafe.Pointer(&anchor))
+			if c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) }) == 0 {
+				return
+			}
+			_ = c.Task().Sleep(50 * time.Millisecond)
+			if uintptr(unsafe.Pointer(&anchor)) != start {
+				moved1.Add(1)
+			}
+			_ = c.Task().Sleep(50 * time.Millisecond)
+			if uintptr(unsafe.Pointer(&anchor)) != start {
+				moved2.Add(1)
+			}
+			served.Add(1)
+			c.SendNowait([]byte("x"))
+			c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
+		})
+		const n = 400
+		conns := make([]net.Conn, 0, n)
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for i := 0; i < n; i++ {
+			c := dial(t, rt)
+			conns = append(conns, c)
+			_, err := c.Write([]byte("h"))
+			require.NoError(t, err)
+		}
+		for _, c := range conns {
+			_, err := io.ReadFull(c, make([]byte, 1))
+			require.NoError(t, err)
+		}
+		t.Logf("%d tasks: stack grew by first Sleep's end in %d, by the second's in %d", served.Load(), moved1.Load(), moved2.Load())
+		assert.Equal(t, int32(n), served.Load())
+		assert.Zero(t, moved1.Load()+moved2.Load(), "a sleeping task's stack grew")
+	})
+}

@@ -54,8 +54,8 @@ type task struct {
 	// sleepN is the timer of a Sleep in progress, a pooled node lent for
 	// the sleep (sleepUntil), nil otherwise.
 	sleepN *pooledTimer
-	// join is a spawned task's: who waits in Join and how it ended. Tasks
-	// without a JoinHandle (accepted connections') have none.
+	// join is who waits in Join and how the task ended, for a task that
+	// Spawn made (it has a JoinHandle); nil for every other task.
 	join *joinState
 	// body is what the task runs; nil for an accepted connection's task,
 	// which runs the handler's OnAccept (run).
@@ -254,7 +254,7 @@ func (w *worker) resume(t *task) {
 	}
 	// What a task may need to allocate on its first deadline is made
 	// here, on the worker's stack: a task's has no room (conn.timers).
-	if len(w.spareTimers) == 0 || cap(w.timers)-len(w.timers) < timerHeadroom || len(w.timerPool) == 0 {
+	if w.timersLow() {
 		w.stockTimers()
 	}
 	prev := w.cur

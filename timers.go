@@ -38,20 +38,23 @@ const (
 type timerNode struct {
 	at int64 // due, in worker clock nanoseconds
 	// slot is the node's index in the heap plus one; 0 when not armed, so
-	// a zero node (embedded in a connection or a task) is a disarmed one.
+	// a zero node (in a connection's connTimers, the listener's pause) is
+	// a disarmed one.
 	slot int32
 	kind uint8
-	// fired is set when a tmTask node goes off (cleared on re-arm).
+	// fired is set when a tmTask node goes off (cleared when the node is
+	// taken from the pool).
 	fired bool
-	// pooled: the node is a pooledTimer's (a Timer future), back to the
-	// pool when it fires.
+	// pooled: a Timer future's node (a pooledTimer), back to the pool when
+	// it fires. A Sleep's node is a pooledTimer too, but with pooled
+	// cleared while it sleeps: endSleep gives it back.
 	pooled bool
 	conn   *conn // tmDrain, tmReadDeadline, tmWriteDeadline
 	task   *task // tmTask: the task to wake
 }
 
 // pooledTimer is a Timer future's node with the history only Timer needs,
-// kept out of timerNode because connections and tasks embed nodes: gen
+// kept out of timerNode because every connection's connTimers holds three: gen
 // names the current use of the node, and stopped records, for the last 64
 // uses, which ended by Stop. The node is the first field, so the heap's
 // *timerNode of a pooled node converts back (asPooled).

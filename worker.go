@@ -64,12 +64,15 @@ type worker struct {
 	parked   []uint32
 	parkHead int
 
-	epoch     time.Time
-	timers    timerHeap
-	timerPool []*pooledTimer
+	epoch  time.Time
+	timers timerHeap
+	// timerPool holds idle Timer future nodes, which a Sleep borrows too;
+	// timerNodes is how many exist, the room its slice keeps.
+	timerPool  []*pooledTimer
+	timerNodes int
 	// spareTimers are connTimers ready for a connection that arms its
 	// first deadline (conn.timers).
-	spareTimers []*connTimers // idle Timer future nodes
+	spareTimers []*connTimers
 	lastYield   time.Time
 
 	acceptArmed  bool
