@@ -317,7 +317,8 @@ type benchProxyPeer struct {
 
 // BenchmarkProxy: pipelined 64-byte echo (64 connections, 16 in flight
 // each; b.N messages in all) through a proxy to an echo server: the proxy
-// of examples/proxy (one worker, each backend), the same proxy written
+// of examples/proxy (one worker, each backend, forwarding the receive
+// buffers and copying), the same proxy written
 // with Go's net (a goroutine per direction, bench/netproxy) and with gnet
 // (one event loop, bench/gnetproxy). Each proxy is a child process pinned
 // to the first CPU with GOMAXPROCS=1; the load client (a child) and the
@@ -328,11 +329,13 @@ type benchProxyPeer struct {
 func BenchmarkProxy(b *testing.B) {
 	var peers []benchProxyPeer
 	for _, be := range availableBackends() {
-		peers = append(peers, benchProxyPeer{name: "ringline-" + be.String(), sigint: true,
-			cmd: func(b *testing.B, up string) *exec.Cmd {
-				return exec.Command(benchBuilt(b, "proxy", ".", "./examples/proxy"), "-listen", "127.0.0.1:0",
-					"-upstream", up, "-workers", "1", "-backend", be.String())
-			}})
+		for _, mode := range []string{"forward", "copy"} {
+			peers = append(peers, benchProxyPeer{name: "ringline-" + be.String() + "/mode=" + mode, sigint: true,
+				cmd: func(b *testing.B, up string) *exec.Cmd {
+					return exec.Command(benchBuilt(b, "proxy", ".", "./examples/proxy"), "-listen", "127.0.0.1:0",
+						"-upstream", up, "-workers", "1", "-backend", be.String(), "-mode", mode)
+				}})
+		}
 	}
 	peers = append(peers,
 		benchProxyPeer{name: "gonet", cmd: func(b *testing.B, up string) *exec.Cmd {

@@ -3,6 +3,9 @@ package ringline
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -126,9 +129,11 @@ func (c *child) wait(t *testing.T) []string {
 
 // startProxy runs the proxy example on backend be in front of upstream and
 // returns it with the address it listens on.
-func startProxy(t *testing.T, bin string, be Backend, listen, upstream string) (*child, string) {
+// extra are more flags.
+func startProxy(t *testing.T, bin string, be Backend, listen, upstream string, extra ...string) (*child, string) {
 	t.Helper()
-	p := startChild(t, bin, "-listen", listen, "-upstream", upstream, "-workers", "2", "-backend", be.String(), "-connect-timeout", "5s")
+	args := append([]string{"-listen", listen, "-upstream", upstream, "-workers", "2", "-backend", be.String(), "-connect-timeout", "5s"}, extra...)
+	p := startChild(t, bin, args...)
 	first := p.next(t)
 	m := regexp.MustCompile(`^proxy: listening on (\S+), upstream (\S+), 2 workers; backend (\w+)`).FindStringSubmatch(first)
 	require.NotNil(t, m, "first line: %q", first)
@@ -207,8 +212,11 @@ func TestProxyExample(t *testing.T) {
 	bin := buildExample(t, "proxy")
 	a, b := pattern(1<<20, 11), pattern(1<<20, 12)
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		for _, network := range []string{"tcp", "unix"} {
-			t.Run(network, func(t *testing.T) {
+		// forward (ForwardRecvBuf) is the proxy's default; copy (Send)
+		// runs over TCP.
+		for _, run := range []struct{ network, mode string }{{"tcp", "forward"}, {"unix", "forward"}, {"tcp", "copy"}} {
+			network := run.network
+			t.Run(network+"/"+run.mode, func(t *testing.T) {
 				var up net.Listener
 				var err error
 				listen, upAddr := "127.0.0.1:0", ""
@@ -222,7 +230,7 @@ func TestProxyExample(t *testing.T) {
 				}
 				require.NoError(t, err)
 				defer up.Close()
-				p, addr := startProxy(t, bin, be, listen, upAddr)
+				p, addr := startProxy(t, bin, be, listen, upAddr, "-mode", run.mode)
 
 				for _, clientFirst := range []bool{true, false} {
 					errc := halfCloseUpstream(up, clientFirst, a, b)
@@ -260,7 +268,18 @@ func TestProxyExample(t *testing.T) {
 
 				rest := p.stop(t)
 				require.NotEmpty(t, rest)
-				assertMatch(t, `^proxy: stopped; accepted 3, upstream connects 3, failed 0, `, rest[len(rest)-1])
+				last := rest[len(rest)-1]
+				assertMatch(t, `^proxy: stopped; accepted 3, upstream connects 3, failed 0, `, last)
+				m := regexp.MustCompile(`buffers forwarded (\d+), bytes copied (\d+)$`).FindStringSubmatch(last)
+				require.NotNil(t, m, "last line: %q", last)
+				fwd, _ := strconv.Atoi(m[1])
+				copied, _ := strconv.Atoi(m[2])
+				if run.mode == "forward" {
+					assert.Greater(t, fwd, 0, "-mode forward forwards receive buffers: %q", last)
+				} else {
+					assert.Zero(t, fwd, "-mode copy forwards nothing: %q", last)
+					assert.GreaterOrEqual(t, copied, 2<<20, "-mode copy copies what it relays: %q", last)
+				}
 				if network == "unix" {
 					_, err := os.Lstat(strings.TrimPrefix(listen, "unix:"))
 					assert.ErrorIs(t, err, os.ErrNotExist, "the proxy's socket file is removed")
@@ -444,4 +463,118 @@ func assertMatch(t *testing.T, re, s string) {
 	if !regexp.MustCompile(re).MatchString(s) {
 		t.Errorf("%q does not match %q", s, re)
 	}
+}
+
+// writeServerFiles writes the PKI's server certificate and key as PEM
+// files into dir.
+func (p *testPKI) writeServerFiles(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	certFile = filepath.Join(dir, "server.pem")
+	keyFile = filepath.Join(dir, "server.key")
+	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: p.server.Certificate[0]}), 0o600))
+	der, err := x509.MarshalPKCS8PrivateKey(p.server.PrivateKey)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600))
+	return certFile, keyFile
+}
+
+// echoUpstream serves an echo on ln (over TLS with cfg) until it closes.
+func echoUpstream(ln net.Listener, cfg *tls.Config) {
+	if cfg != nil {
+		ln = tls.NewListener(ln, cfg)
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			_, _ = io.Copy(c, c)
+		}()
+	}
+}
+
+// TestProxyTLS: the proxy example terminates TLS from its clients
+// (-tls-cert/-tls-key), originates it to the upstream (-upstream-tls,
+// verified against -upstream-ca), or both, relaying 1 MiB each way in each
+// mode; an upstream whose certificate the CA did not sign is refused, the
+// client closed and the failure counted.
+func TestProxyTLS(t *testing.T) {
+	bin := buildExample(t, "proxy")
+	pki := getPKI()
+	dir := t.TempDir()
+	caFile, _, _ := pki.writeFiles(t, dir)
+	certFile, keyFile := pki.writeServerFiles(t, dir)
+	rogueCA, _ := newCA("rogue CA")
+	rogueFile := filepath.Join(dir, "rogue-ca.pem")
+	require.NoError(t, os.WriteFile(rogueFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: rogueCA.Raw}), 0o600))
+	msg := pattern(1<<20, 21)
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		for _, tc := range []struct {
+			name                 string
+			terminate, originate bool
+			mode                 string
+		}{
+			{"terminate", true, false, "forward"},
+			{"originate", false, true, "forward"},
+			{"both", true, true, "forward"},
+			{"both-copy", true, true, "copy"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				ln, err := net.Listen("tcp", "127.0.0.1:0")
+				require.NoError(t, err)
+				defer ln.Close()
+				var upCfg *tls.Config
+				args := []string{"-mode", tc.mode}
+				if tc.originate {
+					upCfg = pki.serverConfig()
+					args = append(args, "-upstream-tls", "-upstream-ca", caFile, "-upstream-server-name", "localhost")
+				}
+				if tc.terminate {
+					args = append(args, "-tls-cert", certFile, "-tls-key", keyFile)
+				}
+				go echoUpstream(ln, upCfg)
+				p, addr := startProxy(t, bin, be, "127.0.0.1:0", ln.Addr().String(), args...)
+				if tc.terminate {
+					require.NoError(t, tlsEchoCheck(addr, pki.clientConfig(), msg))
+				} else {
+					c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+					require.NoError(t, err)
+					_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+					werr := writeAsync(c, msg)
+					got := make([]byte, len(msg))
+					_, err = io.ReadFull(c, got)
+					require.NoError(t, err)
+					require.NoError(t, <-werr)
+					assert.True(t, bytes.Equal(got, msg), "the 1 MiB came back unchanged")
+					c.Close()
+				}
+				rest := p.stop(t)
+				require.NotEmpty(t, rest)
+				assertMatch(t, `^proxy: stopped; accepted 1, upstream connects 1, failed 0, `, rest[len(rest)-1])
+			})
+		}
+
+		t.Run("bad-upstream-certificate", func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			defer ln.Close()
+			go echoUpstream(ln, pki.serverConfig())
+			p, addr := startProxy(t, bin, be, "127.0.0.1:0", ln.Addr().String(),
+				"-upstream-tls", "-upstream-ca", rogueFile, "-upstream-server-name", "localhost")
+			c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			require.NoError(t, err)
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			_, _ = c.Write([]byte("hello"))
+			n, err := c.Read(make([]byte, 1))
+			assert.Zero(t, n, "nothing relayed from an upstream that failed verification")
+			assert.True(t, errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET), "read: %v", err)
+			c.Close()
+			rest := p.stop(t)
+			require.NotEmpty(t, rest)
+			assertMatch(t, `failed 1, `, rest[len(rest)-1])
+			assert.Contains(t, p.stderr.String(), "certificate", "the log says why the upstream was refused")
+		})
+	})
 }

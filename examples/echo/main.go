@@ -23,24 +23,16 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"flag"
 	"fmt"
 	"log"
-	"math/big"
-	"net"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
 	"github.com/ringline-go/ringline"
+	"github.com/ringline-go/ringline/examples/internal/tlsflags"
 )
 
 // The handlers, one per -mode. Each connection's task runs one; idle,
@@ -155,9 +147,7 @@ func main() {
 	mode := flag.String("mode", "copy", "how bytes are sent back: copy (Send), forward (ForwardRecvBuf) or parts (SendParts)")
 	grace := flag.Duration("grace", 5*time.Second, "on SIGINT/SIGTERM, how long to wait for connections to close before exiting anyway")
 	idle := flag.Duration("idle-timeout", 0, "close a connection that sends nothing for this long (0: never)")
-	certFile := flag.String("tls-cert", "", "serve TLS with this certificate (PEM; with -tls-key)")
-	keyFile := flag.String("tls-key", "", "the private key of -tls-cert (PEM)")
-	selfSigned := flag.Bool("tls-self-signed", false, "serve TLS with a throwaway self-signed certificate for localhost made at start")
+	tlsFlags := tlsflags.RegisterServer(flag.CommandLine, "echo")
 	flag.Parse()
 	if *probe {
 		fmt.Println(ringline.Probe())
@@ -186,21 +176,13 @@ func main() {
 	default:
 		log.Fatalf("unknown -backend %q", *backend)
 	}
-	switch {
-	case *selfSigned:
-		cert, err := selfSignedCert()
-		if err != nil {
-			log.Fatal(err)
-		}
-		cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
-		sum := sha256.Sum256(cert.Certificate[0])
-		fmt.Printf("echo: TLS with a self-signed certificate for localhost, SHA-256 fingerprint %X\n", sum)
-	case *certFile != "" || *keyFile != "":
-		cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
-		if err != nil {
-			log.Fatalf("-tls-cert/-tls-key: %v", err)
-		}
-		cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	tlsCfg, note, err := tlsFlags.Config()
+	if err != nil {
+		log.Fatal(err)
+	}
+	cfg.TLS = tlsCfg
+	if note != "" {
+		fmt.Println("echo: " + note)
 	}
 	// Signals are caught from before the listening line is printed: a
 	// supervisor that signals as soon as it sees the line gets a clean
@@ -237,33 +219,4 @@ func main() {
 	if cfg.TLS != nil {
 		fmt.Printf("echo: TLS handshakes %d, failed %d (timed out %d)\n", t.TLSHandshakes, t.TLSHandshakeErrors, t.TLSHandshakeTimeouts)
 	}
-}
-
-// selfSignedCert makes a throwaway ECDSA P-256 certificate for localhost,
-// 127.0.0.1 and ::1, valid for a day. Clients must be told to trust it
-// (or not to verify): it is for trying TLS out, not for serving.
-func selfSignedCert() (tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: "localhost"},
-		NotBefore:    time.Now().Add(-time.Minute),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }

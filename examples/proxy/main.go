@@ -15,17 +15,36 @@
 // and keeps copying the other direction until it ends too. An error on
 // either side (a reset, a failed send) closes both.
 //
+// Forwarding (-mode forward, the default): the bytes go out of the kernel
+// receive buffer they arrived in (ForwardRecvBuf), which returns to the
+// kernel once the destination's kernel has taken them; no copy into the
+// send pool. Where that cannot be done (bytes the receive accumulated, the
+// epoll backend's reads, a TLS side) ringline copies instead. -mode copy
+// always copies (Send).
+//
+// TLS: with -tls-cert/-tls-key (or -tls-self-signed) the proxy terminates
+// TLS from its clients; with -upstream-tls it originates TLS to the
+// upstream, verifying the upstream's certificate against -upstream-ca (or
+// the system roots) for -upstream-server-name (default: the -upstream
+// host). Either, both or neither; the relay is the same plaintext code.
+//
 // Usage:
 //
 //	proxy -listen 127.0.0.1:7879 -upstream 127.0.0.1:6379
 //	proxy -listen unix:/run/proxy.sock -upstream unix:/run/app.sock
+//	proxy -listen :7443 -tls-cert cert.pem -tls-key key.pem -upstream 127.0.0.1:6379
+//	proxy -listen 127.0.0.1:7879 -upstream db.example:6380 -upstream-tls -upstream-ca ca.pem
 //
 // Flags: -listen, -upstream (host:port or unix:PATH), -workers (0: one
-// per CPU), -backend auto|iouring|epoll, -connect-timeout, -grace.
+// per CPU), -backend auto|iouring|epoll, -mode forward|copy,
+// -connect-timeout, -grace, -tls-cert, -tls-key, -tls-self-signed,
+// -upstream-tls, -upstream-server-name, -upstream-ca.
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"flag"
 	"fmt"
 	"log"
@@ -39,19 +58,23 @@ import (
 	"time"
 
 	"github.com/ringline-go/ringline"
+	"github.com/ringline-go/ringline/examples/internal/tlsflags"
 )
 
 // upstream is where each client is relayed to: a TCP address or a Unix
-// socket path.
+// socket path; over TLS to serverName when tls is set (TCP only).
 type upstream struct {
-	tcp     netip.AddrPort
-	unix    string
-	timeout time.Duration
+	tcp        netip.AddrPort
+	unix       string
+	timeout    time.Duration
+	tls        bool
+	serverName string
 }
 
 // proxy is one worker's handler.
 type proxy struct {
-	up upstream
+	up      upstream
+	forward bool // ForwardRecvBuf rather than Send
 	// failed counts clients dropped because the upstream connect failed;
 	// lastLog rate-limits the log line (one worker's tasks only).
 	failed  *atomic.Uint64
@@ -59,17 +82,7 @@ type proxy struct {
 }
 
 func (p *proxy) OnAccept(client ringline.ConnCtx) {
-	var fut ringline.ConnectFuture
-	var err error
-	if p.up.unix != "" {
-		fut, err = client.ConnectUnix(p.up.unix)
-	} else {
-		fut, err = client.ConnectWithTimeout(p.up.tcp, p.up.timeout)
-	}
-	var up ringline.ConnCtx
-	if err == nil {
-		up, err = fut.Await()
-	}
+	up, err := p.connect(client)
 	if err != nil {
 		p.failed.Add(1)
 		if time.Since(p.lastLog) > time.Second {
@@ -78,8 +91,32 @@ func (p *proxy) OnAccept(client ringline.ConnCtx) {
 		}
 		return // closes the client
 	}
-	relay(client, up)
+	relay(client, up, p.forward)
 	// Returning closes both connections (after their queued sends).
+}
+
+// connect opens the upstream connection for client's task: over TLS with
+// the handshake done, when asked.
+func (p *proxy) connect(client ringline.ConnCtx) (ringline.ConnCtx, error) {
+	switch {
+	case p.up.unix != "":
+		fut, err := client.ConnectUnix(p.up.unix)
+		if err != nil {
+			return ringline.ConnCtx{}, err
+		}
+		return fut.Await()
+	case p.up.tls:
+		fut, err := client.ConnectTLSWithTimeout(p.up.tcp, p.up.serverName, p.up.timeout)
+		if err != nil {
+			return ringline.ConnCtx{}, err
+		}
+		return fut.Await()
+	}
+	fut, err := client.ConnectWithTimeout(p.up.tcp, p.up.timeout)
+	if err != nil {
+		return ringline.ConnCtx{}, err
+	}
+	return fut.Await()
 }
 
 // direction is one way of the copy.
@@ -91,8 +128,8 @@ type direction struct {
 }
 
 // relay copies a to b and b to a until both directions have ended, or
-// either fails.
-func relay(a, b ringline.ConnCtx) {
+// either fails; with forward, by forwarding the receive buffers.
+func relay(a, b ringline.ConnCtx, forward bool) {
 	dirs := [2]direction{{src: a, dst: b}, {src: b, dst: a}}
 	var fs [2]ringline.Future
 	for !dirs[0].done || !dirs[1].done {
@@ -120,13 +157,18 @@ func relay(a, b ringline.ConnCtx) {
 			continue
 		}
 		// The source has bytes (or ended): WithData does not wait here.
-		// Everything buffered goes out in one Send. To forward the kernel's
-		// receive buffer itself instead of copying it into the send pool,
-		// this closure is the one place to change: ForwardRecvBuf(b) in
-		// place of Send(b), keeping the SendFuture for backpressure.
+		// Everything buffered goes out at once: forwarded, then Send(nil)
+		// for a future that resolves once all of it is sent (the
+		// backpressure); or copied by one Send.
 		var serr error
 		n := d.src.WithData(func(buf []byte) ringline.ParseResult {
-			d.fut, serr = d.dst.Send(buf)
+			if forward {
+				if serr = d.dst.ForwardRecvBuf(buf); serr == nil {
+					d.fut, serr = d.dst.Send(nil)
+				}
+			} else {
+				d.fut, serr = d.dst.Send(buf)
+			}
 			if serr != nil {
 				return ringline.Consumed(0)
 			}
@@ -151,6 +193,19 @@ func relay(a, b ringline.ConnCtx) {
 	}
 }
 
+// tlsNote says which sides speak TLS, for the start-up line.
+func tlsNote(clients, upstream bool) string {
+	switch {
+	case clients && upstream:
+		return "; TLS from clients and to the upstream"
+	case clients:
+		return "; TLS from clients"
+	case upstream:
+		return "; TLS to the upstream"
+	}
+	return ""
+}
+
 // parseAddr reads "host:port" or "unix:PATH".
 func parseAddr(s string) (tcp string, unixPath string) {
 	if p, ok := strings.CutPrefix(s, "unix:"); ok {
@@ -166,15 +221,31 @@ func main() {
 	backend := flag.String("backend", "auto", "backend: auto, iouring or epoll")
 	timeout := flag.Duration("connect-timeout", 5*time.Second, "upstream connect timeout (TCP)")
 	grace := flag.Duration("grace", 5*time.Second, "on SIGINT/SIGTERM, how long to let connections finish before exiting anyway")
+	mode := flag.String("mode", "forward", "how bytes are relayed: forward (ForwardRecvBuf) or copy (Send)")
+	tlsFlags := tlsflags.RegisterServer(flag.CommandLine, "the proxy")
+	upTLS := flag.Bool("upstream-tls", false, "connect to the upstream over TLS (TCP upstreams only)")
+	upName := flag.String("upstream-server-name", "", "with -upstream-tls: the name the upstream's certificate must carry, sent as SNI (default: the -upstream host)")
+	upCA := flag.String("upstream-ca", "", "with -upstream-tls: verify the upstream against these CA certificates (PEM) instead of the system roots")
 	flag.Parse()
 	if *upAddr == "" {
 		log.Fatal("proxy: -upstream is required")
 	}
+	if *mode != "forward" && *mode != "copy" {
+		log.Fatalf("proxy: unknown -mode %q", *mode)
+	}
 
-	up := upstream{timeout: *timeout}
+	up := upstream{timeout: *timeout, tls: *upTLS, serverName: *upName}
 	if host, path := parseAddr(*upAddr); path != "" {
+		if up.tls {
+			log.Fatal("proxy: -upstream-tls needs a TCP upstream")
+		}
 		up.unix = path
 	} else {
+		if up.serverName == "" {
+			if h, _, err := net.SplitHostPort(host); err == nil {
+				up.serverName = h
+			}
+		}
 		// Resolved once here: a task must not block on DNS.
 		ta, err := net.ResolveTCPAddr("tcp", host)
 		if err != nil {
@@ -184,6 +255,30 @@ func main() {
 	}
 
 	cfg := ringline.Config{Workers: *workers}
+	tlsCfg, note, err := tlsFlags.Config()
+	if err != nil {
+		log.Fatalf("proxy: %v", err)
+	}
+	cfg.TLS = tlsCfg
+	if note != "" {
+		fmt.Println("proxy: " + note)
+	}
+	if up.tls {
+		cfg.TLSClient = &tls.Config{}
+		if *upCA != "" {
+			pem, err := os.ReadFile(*upCA)
+			if err != nil {
+				log.Fatalf("proxy: -upstream-ca: %v", err)
+			}
+			roots := x509.NewCertPool()
+			if !roots.AppendCertsFromPEM(pem) {
+				log.Fatalf("proxy: -upstream-ca %s: no PEM certificate in it", *upCA)
+			}
+			cfg.TLSClient.RootCAs = roots
+		}
+	} else if *upName != "" || *upCA != "" {
+		log.Fatal("proxy: -upstream-server-name and -upstream-ca need -upstream-tls")
+	}
 	switch *backend {
 	case "auto":
 		cfg.Backend = ringline.Auto
@@ -203,12 +298,14 @@ func main() {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	var failed atomic.Uint64
-	rt, err := b.Launch(func(int) ringline.AsyncEventHandler { return &proxy{up: up, failed: &failed} })
+	rt, err := b.Launch(func(int) ringline.AsyncEventHandler {
+		return &proxy{up: up, forward: *mode == "forward", failed: &failed}
+	})
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Printf("proxy: listening on %s, upstream %s, %d workers; backend %s: %s\n",
-		rt.Addr(), *upAddr, rt.Workers(), rt.Backend(), rt.Features())
+	fmt.Printf("proxy: listening on %s, upstream %s, %d workers; backend %s: %s; mode %s%s\n",
+		rt.Addr(), *upAddr, rt.Workers(), rt.Backend(), rt.Features(), *mode, tlsNote(cfg.TLS != nil, up.tls))
 
 	select {
 	case s := <-sig:
@@ -228,6 +325,6 @@ func main() {
 	}
 	rt.Wait()
 	t := ringline.Total(rt.Stats())
-	fmt.Printf("proxy: stopped; accepted %d, upstream connects %d, failed %d, bytes in %d out %d\n",
-		t.Accepted, t.Connected, failed.Load(), t.BytesIn, t.BytesOut)
+	fmt.Printf("proxy: stopped; accepted %d, upstream connects %d, failed %d, bytes in %d out %d, buffers forwarded %d, bytes copied %d\n",
+		t.Accepted, t.Connected, failed.Load(), t.BytesIn, t.BytesOut, t.ForwardedBuffers, t.BytesCopied)
 }
