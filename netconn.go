@@ -30,8 +30,10 @@ import (
 //     send, which is the backpressure a peer that does not read exerts. A
 //     write larger than 256 KiB (or a quarter of the send pool or of
 //     Config.MaxSendQueue) is queued in pieces; concurrent Writes by
-//     different tasks may interleave at piece boundaries only. Any task of
-//     the worker may write.
+//     different tasks may interleave at piece boundaries only. When the
+//     worker's send pool is held by other connections, a piece waits for
+//     room in SendWait's first-come-first-served line. Any task of the
+//     worker may write.
 //   - SetDeadline, SetReadDeadline and SetWriteDeadline are the
 //     connection's deadlines: a Read or Write that waits past one returns
 //     an error satisfying errors.Is(err, os.ErrDeadlineExceeded) whose
@@ -151,11 +153,14 @@ func (v *netConn) Write(p []byte) (int, error) {
 				continue
 			}
 			// Nothing of ours is queued: other connections hold the
-			// pool. Look again shortly.
-			if cn.writeExpired() {
-				return done, errWriteDeadline
+			// pool. Wait in SendWait's first-come-first-served line,
+			// woken when the slots are set aside for this piece (or at
+			// the write deadline, a close, shutdown).
+			if err := v.c.SendWait(b); err != nil {
+				return done, viewErr(err)
 			}
-			if err := w.cur.sleepUntil(w.now() + int64(time.Millisecond)); err != nil {
+			done += len(b)
+			if err := v.drainTo(cn, viewHighWater); err != nil {
 				return done, err
 			}
 		default:

@@ -20,9 +20,10 @@ import (
 
 // sendWaitSetup is a worker with a 16-slot pool that one connection (the
 // hog, whose client does not read) fills; other connections' tasks then
-// SendWait. Each waiter's task reads its request (one byte naming how
-// many 4 KiB slots to send), calls SendWait, reports the outcome and
-// awaits the send.
+// SendWait. Each waiter's task reads its request (one byte: the waiter's
+// id times 16 plus how many 4 KiB slots to send), calls SendWait (ids 8 to
+// 11 with a 100 ms write deadline; ids from 12 write through NetConn
+// instead), reports the outcome and awaits the send.
 type sendWaitSetup struct {
 	rt  *Runtime
 	hog *net.TCPConn
@@ -66,10 +67,16 @@ func newSendWaitSetup(t *testing.T, be Backend) *sendWaitSetup {
 			}
 		}
 		id, slots := req[0]/16, int(req[0]%16)
-		if id >= 8 {
+		if id >= 8 && id < 12 {
 			_ = c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 		}
-		err := c.SendWait(pattern(slots*swSlot, id))
+		var err error
+		if id >= 12 {
+			// Through the net.Conn view, whose Write waits like SendWait.
+			_, err = c.NetConn().Write(pattern(slots*swSlot, id))
+		} else {
+			err = c.SendWait(pattern(slots*swSlot, id))
+		}
 		s.mu.Lock()
 		if err == nil {
 			s.order = append(s.order, id)
@@ -351,5 +358,46 @@ func pipelinedRequests(t *testing.T, rt *Runtime, conns, msgs, depth int, value 
 			}
 		}
 		return nil
+	})
+}
+
+// NetConn's Write, when other connections hold the pool, waits in the same
+// first-come-first-served line as SendWait: it is served after the
+// waiter ahead of it and before the one behind, wakes only when its turn
+// comes (no polling: the loop stays idle while it waits), and its bytes
+// arrive intact.
+func TestNetConnWriteWaitsInLine(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		s := newSendWaitSetup(t, be)
+		need := map[byte]int{1: 2, 12: 3, 2: 1}
+		clients := map[byte]*net.TCPConn{}
+		for _, id := range []byte{1, 12, 2} {
+			clients[id] = s.waiter(t, id, need[id])
+		}
+		loops0 := Total(s.rt.Stats()).LoopIterations
+		time.Sleep(200 * time.Millisecond)
+		idle := Total(s.rt.Stats()).LoopIterations - loops0
+		assert.Less(t, idle, uint64(20), "the loop ran %d times in 200 ms while the writers waited (a poll?)", idle)
+
+		stop := make(chan struct{})
+		defer close(stop)
+		go s.drainHog(t, stop)
+		for range need {
+			select {
+			case <-s.done:
+			case <-time.After(20 * time.Second):
+				t.Fatal("writers not all served")
+			}
+		}
+		s.mu.Lock()
+		assert.Equal(t, []byte{1, 12, 2}, s.order, "NetConn.Write served in its turn")
+		assert.Empty(t, s.errs)
+		s.mu.Unlock()
+		for id, c := range clients {
+			got := make([]byte, need[id]*swSlot)
+			_, err := io.ReadFull(c, got)
+			require.NoError(t, err)
+			require.True(t, bytes.Equal(pattern(need[id]*swSlot, id), got), "writer %d's bytes", id)
+		}
 	})
 }
