@@ -142,14 +142,18 @@ func (g *gen) runConn(t ringline.TaskCtx, i int, st *workerStats) {
 				pending = true
 			}
 			sentAt[sent%o.depth] = now()
-			if err := c.SendNowait(msg); err != nil {
+			err := c.SendNowait(msg)
+			if (errors.Is(err, ringline.ErrSendPoolExhausted) || errors.Is(err, ringline.ErrSendQueueFull)) && sent == recvd {
+				// Nothing was queued and nothing will come back to wait
+				// for: wait for room (first come, first served with the
+				// worker's other connections).
+				err = c.SendWait(msg)
+			}
+			if err != nil {
 				if errors.Is(err, ringline.ErrSendPoolExhausted) || errors.Is(err, ringline.ErrSendQueueFull) {
 					// Nothing was queued: the same message goes again
-					// once earlier sends have drained.
-					if sent == recvd {
-						_ = t.Sleep(time.Millisecond) // nothing will come back to wait for
-						continue
-					}
+					// once this connection's earlier sends have drained
+					// (their echoes are awaited below).
 					return true
 				}
 				st.sendErrs++
