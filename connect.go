@@ -421,8 +421,10 @@ func (t *task) disown(c *conn) {
 // freeClosedOutbound releases the slots of t's outbound connections that
 // are closed and that the kernel is done with; their handles go stale.
 // Called as t connects again: until then a closed connection's Err and
-// SendFutures still answer, and from then on a task holds at most the
-// connections it has open plus those closed since its last connect.
+// SendFutures still answer. A connection still closing then (draining to
+// a slow peer) waits for the next connect or the task's end, and so does a
+// connect that failed or was cancelled and that nobody awaited (its
+// Await would report why; freeing it would make that ErrStale).
 func (t *task) freeClosedOutbound() {
 	for i := 0; i < len(t.owned); {
 		c := t.owned[i]

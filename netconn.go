@@ -38,8 +38,10 @@ import (
 //     connection's deadlines: a Read or Write that waits past one returns
 //     an error satisfying errors.Is(err, os.ErrDeadlineExceeded) whose
 //     Timeout() is true, and the connection stays usable. A Write whose
-//     deadline has passed queues nothing; one that times out while
-//     waiting returns len(p): its bytes are queued and will still go out.
+//     deadline has passed queues nothing; one that times out returns how
+//     many bytes of p it had queued, which will still go out: all of p
+//     when the last piece was queued and it was awaiting the kernel, the
+//     pieces before when it was waiting for room for the next.
 //   - Close is ConnCtx.Close (queued bytes drain first).
 //
 // Neither Read nor Write may be called inside a parse closure (they may

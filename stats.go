@@ -101,8 +101,11 @@ type WorkerStats struct {
 	// Connected counts outbound connections established (Connect);
 	// ConnectErrors counts connects that failed (refused, timed out,
 	// cancelled, or refused before starting: ErrConnLimit, no fds).
-	// Closed counts established connections of both kinds, so
-	// Accepted+Connected-Closed is how many are open.
+	// Closed counts established connections of both kinds whose slots
+	// were released (a closed connection keeps its slot while its task
+	// runs; see ConnCtx.Close), so Accepted+Connected-Closed is how many
+	// hold a slot: the ones open, and those closed whose task has not
+	// returned (nor, for outbound ones, connected again).
 	Connected, ConnectErrors uint64
 	// BytesIn and BytesOut count payload bytes received and sent.
 	BytesIn, BytesOut uint64

@@ -15,12 +15,14 @@
 // and keeps copying the other direction until it ends too. An error on
 // either side (a reset, a failed send) closes both.
 //
-// Forwarding (-mode forward, the default): the bytes go out of the kernel
-// receive buffer they arrived in (ForwardRecvBuf), which returns to the
-// kernel once the destination's kernel has taken them; no copy into the
-// send pool. Where that cannot be done (bytes the receive accumulated, the
-// epoll backend's reads, a TLS side) ringline copies instead. -mode copy
-// always copies (Send).
+// Forwarding (-mode forward, the default): the bytes go out of the receive
+// buffer they arrived in (ForwardRecvBuf), which is reused only once the
+// destination's kernel has taken them; no copy into the send pool. Where
+// that cannot be done (bytes the receive accumulated, a TLS side, a
+// connection holding its share of buffers already) ringline copies
+// instead. -mode copy always copies (Send). A send refused because the
+// worker's send pool is full waits for room (SendWait) rather than
+// dropping the client.
 //
 // TLS: with -tls-cert/-tls-key (or -tls-self-signed) the proxy terminates
 // TLS from its clients; with -upstream-tls it originates TLS to the
@@ -45,6 +47,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"log"
@@ -124,7 +127,8 @@ type direction struct {
 	src, dst ringline.ConnCtx
 	fut      ringline.SendFuture // the send in flight to dst
 	inflight bool
-	done     bool // src ended cleanly; dst's write side was shut down
+	retry    []byte // bytes a send refused for lack of room, for SendWait
+	done     bool   // src ended cleanly; dst's write side was shut down
 }
 
 // relay copies a to b and b to a until both directions have ended, or
@@ -157,9 +161,13 @@ func relay(a, b ringline.ConnCtx, forward bool) {
 			continue
 		}
 		// The source has bytes (or ended): WithData does not wait here.
-		// Everything buffered goes out at once: forwarded, then Send(nil)
-		// for a future that resolves once all of it is sent (the
-		// backpressure); or copied by one Send.
+		// What it shows goes out at once: forwarded, then Send(nil) for a
+		// future that resolves once all of it is sent (the backpressure);
+		// or copied by one Send. A send refused for lack of room (the
+		// worker's send pool, or the destination's queue) keeps a copy
+		// of the bytes and waits for room with SendWait once the closure
+		// has returned (it may not wait inside it); any other refusal
+		// ends the relay.
 		var serr error
 		n := d.src.WithData(func(buf []byte) ringline.ParseResult {
 			if forward {
@@ -169,13 +177,24 @@ func relay(a, b ringline.ConnCtx, forward bool) {
 			} else {
 				d.fut, serr = d.dst.Send(buf)
 			}
-			if serr != nil {
-				return ringline.Consumed(0)
+			if errors.Is(serr, ringline.ErrSendPoolExhausted) || errors.Is(serr, ringline.ErrSendQueueFull) {
+				d.retry = append(d.retry[:0], buf...)
+				serr = nil
 			}
 			return ringline.Consumed(len(buf))
 		})
 		if serr != nil {
-			return
+			return // the destination failed: close both
+		}
+		if len(d.retry) > 0 {
+			serr = d.dst.SendWait(d.retry)
+			d.retry = d.retry[:0]
+			if serr == nil {
+				d.fut, serr = d.dst.Send(nil)
+			}
+			if serr != nil {
+				return
+			}
 		}
 		if n == 0 {
 			if d.src.Err() != nil {
