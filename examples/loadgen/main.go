@@ -143,14 +143,17 @@ func (g *gen) runConn(t ringline.TaskCtx, i int, st *workerStats) {
 			}
 			sentAt[sent%o.depth] = now()
 			err := c.SendNowait(msg)
-			if (errors.Is(err, ringline.ErrSendPoolExhausted) || errors.Is(err, ringline.ErrSendQueueFull)) && sent == recvd {
+			noRoom := errors.Is(err, ringline.ErrSendPoolExhausted) || errors.Is(err, ringline.ErrSendQueueFull)
+			if noRoom && sent == recvd {
 				// Nothing was queued and nothing will come back to wait
 				// for: wait for room (first come, first served with the
-				// worker's other connections).
+				// worker's other connections). It fails at once only for
+				// a message that can never fit (-size past the pool).
 				err = c.SendWait(msg)
+				noRoom = false
 			}
 			if err != nil {
-				if errors.Is(err, ringline.ErrSendPoolExhausted) || errors.Is(err, ringline.ErrSendQueueFull) {
+				if noRoom {
 					// Nothing was queued: the same message goes again
 					// once this connection's earlier sends have drained
 					// (their echoes are awaited below).
