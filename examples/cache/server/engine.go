@@ -413,7 +413,7 @@ func (e *Engine) Exec(cl *Client, args [][]byte, r *resp.Reply, now int64) {
 		r.B = append(r.B, "+OK\r\n"...)
 		cl.Quit = true
 	case cmdInfo:
-		e.info(args, r, now)
+		e.info(args, r)
 	case cmdConfig:
 		e.config(args, r)
 	case cmdCommand:
@@ -678,7 +678,7 @@ func (e *Engine) command(args [][]byte, r *resp.Reply) {
 // info answers INFO [section ...] with a short report of what this server
 // actually measures. Sections: server, clients, memory, stats, ringline,
 // keyspace; "all", "everything" and "default" mean all of them.
-func (e *Engine) info(args [][]byte, r *resp.Reply, now int64) {
+func (e *Engine) info(args [][]byte, r *resp.Reply) {
 	want := func(s string) bool {
 		if len(args) == 1 {
 			return true
@@ -764,5 +764,4 @@ func (e *Engine) info(args [][]byte, r *resp.Reply, now int64) {
 		}
 	})
 	r.B = resp.AppendBulk(r.B, b)
-	_ = now
 }

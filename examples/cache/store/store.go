@@ -26,6 +26,7 @@ import (
 	"hash/maphash"
 	"math"
 	"math/rand/v2"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -415,7 +416,7 @@ func (s *Store) IncrBy(key []byte, delta, now int64) (int64, error) {
 	}
 	cur += delta
 	var buf [20]byte
-	num := appendInt(buf[:0], cur)
+	num := strconv.AppendInt(buf[:0], cur, 10)
 	if it == nil {
 		// Room for any int64, so later increments stay in place.
 		it = s.insert(sh, key, 20)
@@ -428,27 +429,6 @@ func (s *Store) IncrBy(key []byte, delta, now int64) (int64, error) {
 	copy(it.val(), num)
 	it.clock = uint32(now)
 	return cur, nil
-}
-
-func appendInt(b []byte, v int64) []byte {
-	if v == 0 {
-		return append(b, '0')
-	}
-	var tmp [20]byte
-	i := len(tmp)
-	u := uint64(v)
-	if v < 0 {
-		u = uint64(-v)
-	}
-	for u > 0 {
-		i--
-		tmp[i] = byte('0' + u%10)
-		u /= 10
-	}
-	if v < 0 {
-		b = append(b, '-')
-	}
-	return append(b, tmp[i:]...)
 }
 
 // ExpireCond is a set of EXPIRE conditions (NX, XX, GT, LT); all given
