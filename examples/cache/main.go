@@ -4,6 +4,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/ringline-go/ringline"
 	"github.com/ringline-go/ringline/examples/cache/resp"
@@ -49,6 +51,7 @@ func main() {
 	maxValue := flag.String("max-value", strconv.Itoa(resp.DefaultMaxBulk), "largest bulk argument accepted (redis's proto-max-bulk-len), e.g. 1mb")
 	batchWait := flag.Duration("batch-wait", 0, "io_uring batch wait (ringline Config.BatchWait), e.g. 50us; 0 is off")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
+	grace := flag.Duration("grace", 5*time.Second, "on SIGINT/SIGTERM, how long to let connections finish before exiting anyway")
 	flag.Parse()
 
 	o := server.Options{Addr: *addr, Workers: *workers, Ring: ringline.Config{BatchWait: *batchWait}}
@@ -93,8 +96,19 @@ func main() {
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	select {
 	case s := <-sig:
-		fmt.Printf("cache: %v, shutting down\n", s)
-		srv.Shutdown()
+		fmt.Printf("cache: %v, shutting down (again to exit at once)\n", s)
+		go func() {
+			<-sig
+			os.Exit(1)
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), *grace)
+		err := rt.ShutdownContext(ctx)
+		cancel()
+		if err != nil {
+			// A handler that never yields cannot be stopped; exit anyway.
+			fmt.Fprintf(os.Stderr, "cache: %v; exiting\n", err)
+			os.Exit(1)
+		}
 	case <-srv.Done():
 	}
 	srv.Wait()
