@@ -1324,6 +1324,13 @@ func BenchmarkIdleConnRSS(b *testing.B) {
 	servers = append(servers, server{name: "gonet-goroutine-per-conn",
 		argv: []string{os.Args[0], "-test.run=^$", "-test.bench=^$"},
 		env:  []string{benchRoleEnv + "=netecho", "GOMAXPROCS=1"}})
+	// gnet with one event loop (bench/gnetecho, which serves until its
+	// stdin ends: benchIdleRun keeps it open).
+	if g, err := benchGnetBinary(); err == nil {
+		servers = append(servers, server{name: "gnet", argv: []string{g}, env: []string{"GOMAXPROCS=1"}})
+	} else {
+		b.Logf("gnet not measured: %v", err)
+	}
 
 	for _, s := range servers {
 		b.Run(s.name, func(b *testing.B) {
@@ -1366,6 +1373,13 @@ func benchIdleRun(b *testing.B, argv, env []string) benchIdleResult {
 	if err != nil {
 		b.Fatal(err)
 	}
+	// Held open for the run: a server that serves until its stdin ends
+	// (bench/gnetecho) stays up.
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer stdin.Close()
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
