@@ -3,6 +3,7 @@ package ringline
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -151,6 +152,89 @@ func TestConnectTLS(t *testing.T) {
 				return err
 			})
 			require.ErrorIs(t, err, syscall.ECONNREFUSED)
+		})
+	})
+}
+
+// ConnectTLS presents the client certificate of the Config.TLSClient
+// template to a server that requires one (outbound mutual TLS), and the
+// server sees it; without one, the server refuses the connection and the
+// client learns so with an error naming the certificate, from Await or
+// from its first receive (in TLS 1.3 the server judges the client's
+// certificate after the client's handshake has completed).
+func TestConnectTLSClientCertificate(t *testing.T) {
+	pki := getPKI()
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		srvCfg := pki.serverConfig()
+		srvCfg.ClientAuth = tls.RequireAndVerifyClientCert
+		srvCfg.ClientCAs = pki.pool
+		ln, err := tls.Listen("tcp", "127.0.0.1:0", srvCfg)
+		require.NoError(t, err)
+		defer ln.Close()
+		peers := make(chan string, 4)
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					tc := c.(*tls.Conn)
+					if err := tc.Handshake(); err != nil {
+						peers <- "refused: " + err.Error()
+						return
+					}
+					peers <- tc.ConnectionState().PeerCertificates[0].Subject.CommonName
+					_, _ = io.Copy(c, c)
+				}()
+			}
+		}()
+		ap := netip.MustParseAddrPort(ln.Addr().String())
+
+		t.Run("with-certificate", func(t *testing.T) {
+			cfg := testConfig(be)
+			cfg.TLSClient = pki.clientConfig()
+			cfg.TLSClient.Certificates = []tls.Certificate{pki.client}
+			rt := clientRuntime(t, cfg, nil)
+			require.NoError(t, inTask(t, rt, 0, func(tc TaskCtx) error {
+				f, err := tc.ConnectTLS(ap, "localhost")
+				if err != nil {
+					return err
+				}
+				c, err := f.Await()
+				if err != nil {
+					return err
+				}
+				return tlsEchoOver(c, pattern(20000, 3))
+			}))
+			assert.Equal(t, pki.client.Leaf.Subject.CommonName, <-peers, "the server saw the template's client certificate")
+		})
+
+		t.Run("without-certificate", func(t *testing.T) {
+			cfg := testConfig(be)
+			cfg.TLSClient = pki.clientConfig()
+			rt := clientRuntime(t, cfg, nil)
+			err := inTask(t, rt, 0, func(tc TaskCtx) error {
+				f, err := tc.ConnectTLS(ap, "localhost")
+				if err != nil {
+					return err
+				}
+				c, err := f.Await()
+				if err != nil {
+					return err
+				}
+				if _, err := c.Send([]byte("hello")); err != nil {
+					return err
+				}
+				if n := c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) }); n != 0 {
+					return fmt.Errorf("%d bytes from a server that refused the client", n)
+				}
+				return c.Err()
+			})
+			require.Error(t, err, "a server requiring a client certificate accepted none")
+			assert.Contains(t, err.Error(), "certificate")
+			assert.Contains(t, <-peers, "refused")
 		})
 	})
 }
