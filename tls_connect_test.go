@@ -238,3 +238,70 @@ func TestConnectTLSClientCertificate(t *testing.T) {
 		})
 	})
 }
+
+// A TLS connection that its task closed just before the runtime shuts
+// down, and that is still awaiting the peer's close_notify, does not hold
+// the shutdown for Config.TLSCloseTimeout: shutdown stops receives, so
+// the answer could never be read; the connection closes at once instead.
+func TestShutdownDoesNotAwaitCloseNotify(t *testing.T) {
+	pki := getPKI()
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		ln, err := tls.Listen("tcp", "127.0.0.1:0", pki.serverConfig())
+		require.NoError(t, err)
+		defer ln.Close()
+		hold := make(chan struct{})
+		defer close(hold)
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					// Echo until the client's close_notify, then do not
+					// answer it until the test ends.
+					_, _ = io.Copy(c, c)
+					<-hold
+				}()
+			}
+		}()
+		ap := netip.MustParseAddrPort(ln.Addr().String())
+		cfg := testConfig(be)
+		cfg.TLSClient = pki.clientConfig()
+		cfg.TLSCloseTimeout = 10 * time.Second
+		cfg.ShutdownTimeout = 10 * time.Second
+		rt, err := New(cfg).Launch(func(int) AsyncEventHandler { return handlerFunc(func(ConnCtx) {}) })
+		require.NoError(t, err)
+		require.NoError(t, inTask(t, rt, 0, func(tc TaskCtx) error {
+			f, err := tc.ConnectTLS(ap, "localhost")
+			if err != nil {
+				return err
+			}
+			c, err := f.Await()
+			if err != nil {
+				return err
+			}
+			return tlsEchoOver(c, []byte("bye"))
+		}))
+		// The task has ended: its connection sent close_notify and awaits
+		// the answer the peer withholds.
+		require.True(t, settle(5*time.Second, func() bool {
+			var waiting bool
+			onWorker(t, rt, 0, func(w *worker) {
+				for _, cn := range w.conns {
+					if cn != nil && cn.tls != nil && cn.tls.awaitPeer {
+						waiting = true
+					}
+				}
+			})
+			return waiting
+		}), "the connection never waited for close_notify")
+		start := time.Now()
+		rt.Shutdown()
+		rt.Wait()
+		took := time.Since(start)
+		t.Logf("shutdown took %v", took)
+		assert.Less(t, took, 3*time.Second, "shutdown waited for a close_notify it could not read (TLSCloseTimeout 10 s)")
+	})
+}

@@ -800,6 +800,11 @@ func (w *worker) beginStop() {
 		if cn.task == nil {
 			cn.requestClose()
 		}
+		if cn.tls != nil {
+			// A TLS close awaiting the peer's close_notify stops waiting:
+			// with receives stopped the answer could never be read.
+			cn.tls.releaseClose()
+		}
 	}
 	// Every task is woken, whatever it waits for: its waits now return
 	// (WithData 0, Sleep and Select ErrShutdown, Await the connection's
