@@ -4,13 +4,11 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"log"
 	"os"
-	"os/signal"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -20,6 +18,7 @@ import (
 	"github.com/ringline-go/ringline"
 	"github.com/ringline-go/ringline/examples/cache/resp"
 	"github.com/ringline-go/ringline/examples/cache/server"
+	"github.com/ringline-go/ringline/examples/internal/stop"
 )
 
 // parseSize reads a byte count with an optional k, m, g suffix (powers of
@@ -90,28 +89,9 @@ func main() {
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 	rt := srv.Runtime()
+	sig := stop.Signals()
 	fmt.Printf("cache: listening on %s with %d workers; backend %s: %s\n", srv.Addr(), rt.Workers(), rt.Backend(), rt.Features())
-
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	select {
-	case s := <-sig:
-		fmt.Printf("cache: %v, shutting down (again to exit at once)\n", s)
-		go func() {
-			<-sig
-			os.Exit(1)
-		}()
-		ctx, cancel := context.WithTimeout(context.Background(), *grace)
-		err := rt.ShutdownContext(ctx)
-		cancel()
-		if err != nil {
-			// A handler that never yields cannot be stopped; exit anyway.
-			fmt.Fprintf(os.Stderr, "cache: %v; exiting\n", err)
-			os.Exit(1)
-		}
-	case <-srv.Done():
-	}
-	srv.Wait()
+	stop.Wait("cache", sig, rt, *grace)
 	t := ringline.Total(rt.Stats())
 	fmt.Printf("cache: stopped; accepted %d, closed %d, commands %d, bytes in %d out %d\n",
 		t.Accepted, t.Closed, srv.Commands(), t.BytesIn, t.BytesOut)

@@ -22,16 +22,13 @@
 package main
 
 import (
-	"context"
 	"flag"
 	"fmt"
 	"log"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/ringline-go/ringline"
+	"github.com/ringline-go/ringline/examples/internal/stop"
 	"github.com/ringline-go/ringline/examples/internal/tlsflags"
 )
 
@@ -187,32 +184,14 @@ func main() {
 	// Signals are caught from before the listening line is printed: a
 	// supervisor that signals as soon as it sees the line gets a clean
 	// shutdown, not the default action.
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	sig := stop.Signals()
 	rt, err := ringline.New(cfg).Bind(*addr).Launch(func(int) ringline.AsyncEventHandler { return handler })
 	if err != nil {
 		log.Fatal(err)
 	}
 	fmt.Printf("echo: listening on %s with %d workers; backend %s: %s; mode %s\n", rt.Addr(), rt.Workers(), rt.Backend(), rt.Features(), *mode)
 
-	select {
-	case s := <-sig:
-		fmt.Printf("echo: %v, shutting down (again to exit at once)\n", s)
-		go func() {
-			<-sig
-			os.Exit(1)
-		}()
-		ctx, cancel := context.WithTimeout(context.Background(), *grace)
-		err := rt.ShutdownContext(ctx)
-		cancel()
-		if err != nil {
-			// A handler that never yields cannot be stopped; exit anyway.
-			fmt.Fprintf(os.Stderr, "echo: %v; exiting\n", err)
-			os.Exit(1)
-		}
-	case <-rt.Done():
-	}
-	rt.Wait()
+	stop.Wait("echo", sig, rt, *grace)
 	t := ringline.Total(rt.Stats())
 	fmt.Printf("echo: stopped; accepted %d, closed %d, bytes in %d out %d, copied into the send pool %d, buffers forwarded %d\n",
 		t.Accepted, t.Closed, t.BytesIn, t.BytesOut, t.BytesCopied, t.ForwardedBuffers)

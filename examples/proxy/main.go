@@ -44,7 +44,6 @@
 package main
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -54,13 +53,12 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/signal"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/ringline-go/ringline"
+	"github.com/ringline-go/ringline/examples/internal/stop"
 	"github.com/ringline-go/ringline/examples/internal/tlsflags"
 )
 
@@ -314,8 +312,7 @@ func main() {
 	} else {
 		b = b.Bind(host)
 	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	sig := stop.Signals()
 	var failed atomic.Uint64
 	rt, err := b.Launch(func(int) ringline.AsyncEventHandler {
 		return &proxy{up: up, forward: *mode == "forward", failed: &failed}
@@ -326,23 +323,7 @@ func main() {
 	fmt.Printf("proxy: listening on %s, upstream %s, %d workers; backend %s: %s; mode %s%s\n",
 		rt.Addr(), *upAddr, rt.Workers(), rt.Backend(), rt.Features(), *mode, tlsNote(cfg.TLS != nil, up.tls))
 
-	select {
-	case s := <-sig:
-		fmt.Printf("proxy: %v, shutting down (again to exit at once)\n", s)
-		go func() {
-			<-sig
-			os.Exit(1)
-		}()
-		ctx, cancel := context.WithTimeout(context.Background(), *grace)
-		err := rt.ShutdownContext(ctx)
-		cancel()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "proxy: %v; exiting\n", err)
-			os.Exit(1)
-		}
-	case <-rt.Done():
-	}
-	rt.Wait()
+	stop.Wait("proxy", sig, rt, *grace)
 	t := ringline.Total(rt.Stats())
 	fmt.Printf("proxy: stopped; accepted %d, upstream connects %d, failed %d, bytes in %d out %d, buffers forwarded %d, bytes copied %d\n",
 		t.Accepted, t.Connected, failed.Load(), t.BytesIn, t.BytesOut, t.ForwardedBuffers, t.BytesCopied)
