@@ -12,11 +12,15 @@ import (
 // default"; Launch refuses values that cannot work with an error naming the
 // field.
 type Config struct {
-	// Workers is the number of worker loops, each a locked OS thread with
-	// its own ring, listener, buffers and connections. Default (0): one
-	// per CPU.
+	// Workers is the number of worker loops, each a goroutine (on
+	// io_uring, or with PinCPUs, locked to its OS thread) with its own
+	// ring, listener, buffers and connections. Default (0): one per CPU.
 	Workers int
 	// PinCPUs pins worker i to CPU i modulo the CPUs this process may use.
+	// A pinned worker's goroutine is locked to its thread (io_uring
+	// workers always are); an epoll worker that is not pinned is not
+	// locked, and parks in Go's netpoller while its waits are long
+	// instead of holding its P in epoll_wait.
 	PinCPUs bool
 	// Backend chooses io_uring, epoll, or Auto (the default).
 	Backend Backend

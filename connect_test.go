@@ -36,7 +36,7 @@ func clientRuntime(t *testing.T, cfg Config, h AsyncEventHandler) *Runtime {
 	rt, err := New(cfg).Launch(func(int) AsyncEventHandler { return h })
 	require.NoError(t, err)
 	require.Nil(t, rt.Addr(), "no listener")
-	t.Cleanup(func() { stopRuntime(t, rt) })
+	t.Cleanup(func() { stop(t, rt) })
 	return rt
 }
 
@@ -1029,7 +1029,7 @@ func TestClientOnlyRuntime(t *testing.T) {
 			return err
 		})
 		require.NoError(t, err)
-		stopRuntime(t, idle)
+		stop(t, idle)
 	})
 }
 
@@ -1081,7 +1081,7 @@ func TestBindUnix(t *testing.T) {
 		_, err = os.Lstat(path)
 		require.NoError(t, err, "a refused Launch does not remove the other runtime's socket")
 
-		stopRuntime(t, rt)
+		stop(t, rt)
 		_, err = os.Lstat(path)
 		assert.ErrorIs(t, err, os.ErrNotExist, "the socket file ringline created is removed at shutdown")
 
@@ -1101,7 +1101,7 @@ func TestBindUnix(t *testing.T) {
 		other, err := net.Listen("unix", path)
 		require.NoError(t, err)
 		defer other.Close()
-		stopRuntime(t, rt2)
+		stop(t, rt2)
 		_, err = os.Lstat(path)
 		assert.NoError(t, err, "a socket file ringline did not create stays")
 		other.Close()
@@ -1124,7 +1124,7 @@ func TestBindUnix(t *testing.T) {
 		rt3, err := New(cfg).BindUnix(abs).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
 		require.NoError(t, err)
 		require.NoError(t, echoUnix(abs, []byte("abstract")))
-		stopRuntime(t, rt3)
+		stop(t, rt3)
 
 		// Bind and BindUnix together: one address per runtime.
 		_, err = New(cfg).Bind("127.0.0.1:0").BindUnix(path + "2").Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })

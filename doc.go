@@ -7,8 +7,8 @@
 // # The model
 //
 // A [Runtime] runs [Config].Workers workers (one per CPU by default). Each
-// worker is a goroutine locked to its OS thread that owns everything its
-// connections use: one io_uring (or one epoll instance), a ring of provided
+// worker is a goroutine (locked to its OS thread on io_uring or with
+// PinCPUs) that owns everything its connections use: one io_uring (or one epoll instance), a ring of provided
 // receive buffers, a send pool in memory outside the Go heap, its own
 // SO_REUSEPORT listener and a slab of connections. Workers share nothing on
 // the data path, so no lock and no cross-thread hand-off sits between a
@@ -37,10 +37,10 @@
 // worker. It must not block: no channel operations that wait, no mutexes
 // held across a wait, no time.Sleep, no net calls, no blocking syscalls.
 // Any of those stalls every connection of the worker until it returns. It
-// must not call runtime.LockOSThread either (the worker's goroutine already
-// is locked, and the Go runtime aborts a coroutine switch whose lock state
-// changed). Wait only through ringline's suspending calls: WithData,
-// WithBytes, RecvReady, SendFuture.Await, TaskCtx.Sleep, Timer.Await,
+// must not call runtime.LockOSThread or UnlockOSThread either (the Go
+// runtime aborts a coroutine switch whose thread-lock state changed).
+// Wait only through ringline's suspending calls: WithData, WithBytes,
+// RecvReady, SendFuture.Await, TaskCtx.Sleep, Timer.Await,
 // JoinHandle.Join, Select, JoinAll and Mailbox.Recv. A coroutine the task
 // makes itself (iter.Pull) is another goroutine: ringline refuses calls
 // from it like any foreign goroutine's. Work that must block belongs on

@@ -118,6 +118,18 @@ func serve(t *testing.T, cfg Config, h func(c ConnCtx)) *Runtime {
 	return rt
 }
 
+// stop shuts rt down and waits until its workers are done, after which
+// the test may read what they owned.
+func stop(t *testing.T, rt *Runtime) {
+	t.Helper()
+	rt.Shutdown()
+	select {
+	case <-rt.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatalf("runtime did not stop within 10s")
+	}
+}
+
 // dial connects to rt from the test goroutine (it stops the test on
 // failure, so it must not be called from goroutines the test spawns: use
 // dialTCP there).
@@ -236,10 +248,28 @@ func roundTrip(t *testing.T, c net.Conn, msg []byte) []byte {
 	return got
 }
 
-func openFDs(t *testing.T) int {
+// openFDs counts this process's descriptors other than epoll instances: a
+// parking epoll worker holds a dup of its epoll fd only while it parks
+// (epollBackend.startParking), so their number changes with the workers'
+// waits. allFDs counts every descriptor, for checks made with no runtime
+// running.
+func openFDs(t *testing.T) int { return countFDs(t, false) }
+
+func allFDs(t *testing.T) int { return countFDs(t, true) }
+
+func countFDs(t *testing.T, epoll bool) int {
 	ents, err := os.ReadDir("/proc/self/fd")
 	require.NoError(t, err)
-	return len(ents)
+	n := 0
+	for _, e := range ents {
+		if !epoll {
+			if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && l == "anon_inode:[eventpoll]" {
+				continue
+			}
+		}
+		n++
+	}
+	return n
 }
 
 // settle waits until cond holds or the deadline passes (for counts that

@@ -23,7 +23,7 @@ func TestLoadgenExample(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "echo.sock")
 		usrv, err := New(testConfig(be)).BindUnix(path).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
 		require.NoError(t, err)
-		t.Cleanup(func() { stopRuntime(t, usrv) })
+		t.Cleanup(func() { stop(t, usrv) })
 		for _, target := range []struct {
 			addr string
 			rt   *Runtime

@@ -3,7 +3,10 @@
 package ringline
 
 import (
+	"errors"
 	"fmt"
+	"log/slog"
+	"os"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -179,10 +182,30 @@ type epollBackend struct {
 	riov [epRecvSpan]unix.Iovec
 
 	skipped bool // the last enter returned completions without polling
-	t0      time.Time
-	nWait   uint64 // epoll_wait calls
-	nSys    uint64 // every other syscall this backend made
-	nCtl    uint64 // of which epoll_ctl
+	// An epoll worker whose goroutine is not locked to its thread may
+	// park in Go's netpoller while its waits are long (waitAdaptive):
+	// canPark says it may, parking that it does, park is then the dup of
+	// epfd registered in the netpoller. parkN, parkErr and parkWaited
+	// carry parkCheck's results; streak counts waits in a row that did
+	// not match parking; parkAfter and parkSwitch are epParkAfter and
+	// epParkSwitch as they were when the backend was made.
+	canPark    bool
+	parking    bool
+	park       *os.File
+	parkRC     syscall.RawConn
+	parkFn     func(uintptr) bool // parkCheck, bound once
+	parkWaited bool
+	parkN      int
+	parkErr    error
+	streak     int
+	parks      uint64 // waits that parked
+	parkAfter  time.Duration
+	parkSwitch [2]int
+	log        *slog.Logger
+	t0         time.Time
+	nWait      uint64 // epoll_wait calls
+	nSys       uint64 // every other syscall this backend made
+	nCtl       uint64 // of which epoll_ctl
 	// sysPub is nWait+nSys as of the end of the last enter, readable from
 	// any goroutine (benchmarks report syscalls per message from it).
 	sysPub, ctlPub atomic.Uint64
@@ -197,7 +220,8 @@ func newEpoll(bc backendConfig) (backend, error) {
 }
 
 func newEpollBackend(bc backendConfig, edge bool) (_ *epollBackend, err error) {
-	b := &epollBackend{epfd: -1, wakeFd: -1, edge: edge, bufSize: bc.bufSize, bufCount: bc.bufCount, t0: time.Now()}
+	b := &epollBackend{epfd: -1, wakeFd: -1, edge: edge, bufSize: bc.bufSize, bufCount: bc.bufCount, t0: time.Now(),
+		parkAfter: epParkAfter, parkSwitch: epParkSwitch}
 	defer func() {
 		if err != nil {
 			b.close()
@@ -268,30 +292,231 @@ func (b *epollBackend) publish() {
 
 func (b *epollBackend) poll(block bool, timeout time.Duration) error {
 	b.syncInterest()
-	ms := 0
+	wait := time.Duration(0) // how long to wait; negative: until an event
 	if block {
-		ms = -1
-		if timeout >= 0 {
-			ms = durMillis(timeout)
-		}
+		wait = timeout
 		if len(b.timers) > 0 {
-			if d := durMillis(time.Duration(max(b.timers[0].at-b.now(), 0))); ms < 0 || d < ms {
-				ms = d
+			if d := time.Duration(max(b.timers[0].at-b.now(), 0)); wait < 0 || d < wait {
+				wait = d
 			}
 		}
 	}
-	b.nWait++
-	n, err := unix.EpollWait(b.epfd, b.events, ms)
+	ms := -1
+	if wait >= 0 {
+		ms = durMillis(wait)
+	}
+	var n int
+	var err error
+	if ms != 0 && b.canPark {
+		n, err = b.waitAdaptive(ms)
+	} else {
+		b.nWait++
+		n, err = unix.EpollWait(b.epfd, b.events, ms)
+	}
 	if err != nil {
 		if err == unix.EINTR {
 			return nil
 		}
 		return fmt.Errorf("ringline: epoll_wait: %w", err)
 	}
+	b.onEvents(n)
+	return nil
+}
+
+// waitAdaptive is a blocking epoll_wait of a worker that may park
+// (parkWait). A loop whose blocking waits are short (a ping-pong, a busy server)
+// blocks in epoll_wait: the cheapest wake-up. One whose waits are long
+// parks in the netpoller: a thread blocked in a syscall keeps its P, and
+// when no other P is idle (GOMAXPROCS no larger than the busy workers)
+// sysmon takes that P after 20 µs and wakes another thread for it, and
+// stays at its 20 µs period while that keeps succeeding; on 16 KiB echo
+// that cost 40-55% of the server's CPU. A parked goroutine leaves its P
+// idle, and sysmon backs off.
+func (b *epollBackend) waitAdaptive(ms int) (n int, err error) {
+	t0 := b.now()
+	if b.park == nil {
+		b.nWait++
+		n, err = unix.EpollWait(b.epfd, b.events, ms)
+	} else {
+		n, err = b.parkWait(ms)
+	}
+	if b.adapt(b.now()-t0 > int64(b.parkAfter)) {
+		if b.parking {
+			b.startParking()
+		} else {
+			b.stopParking()
+		}
+	}
+	return n, err
+}
+
+// adapt records whether the last blocking wait was long and reports
+// whether the way of waiting switches, with some hysteresis: two long
+// waits in a row make the worker park, eight short ones make it block
+// again (epParkSwitch). Switching on every wait would leave half the waits
+// to be retaken, and sysmon at its 20 µs period.
+func (b *epollBackend) adapt(long bool) bool {
+	if long == b.parking {
+		b.streak = 0
+		return false
+	}
+	b.streak++
+	if b.streak < b.parkSwitch[btoi(b.parking)] {
+		return false
+	}
+	b.parking, b.streak = !b.parking, 0
+	return true
+}
+
+// epParkAfter: a blocking wait that lasts longer counts as long (adapt).
+// sysmon may take the P of a wait longer than 20 µs, but below 100 µs a
+// loop is busy or in a ping-pong, where waking from epoll_wait costs less
+// than a wake-up through the netpoller (docs/BENCHMARKS.md §7.2).
+// epParkSwitch is how many waits in a row of the other kind switch the
+// way of waiting: [blocking] long ones, [parking] short ones. A backend
+// copies both when it is made.
+var (
+	epParkAfter  = 100 * time.Microsecond
+	epParkSwitch = [2]int{2, 8}
+)
+
+// epParkCap bounds one park: a wake-up the kernel failed to pass from the
+// epoll set to the netpoller (nested epoll has had such bugs) then costs
+// at most this much latency, not a hung worker.
+const epParkCap = time.Second
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// rawWait is a non-blocking epoll_wait made as a raw syscall (the
+// scheduler sees no thread in a syscall). The caller counts it.
+func (b *epollBackend) rawWait() (int, error) {
+	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(b.epfd), uintptr(unsafe.Pointer(&b.events[0])), uintptr(len(b.events)), 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+// startParking registers a non-blocking dup of epfd in Go's netpoller
+// (readable while the epoll set has events) for parkWait. The dup is
+// registered only while the worker parks: registered, every event of the
+// worker's sockets would also wake a thread blocked in the netpoller. On
+// failure the worker blocks in epoll_wait from then on.
+func (b *epollBackend) startParking() {
+	fail := func(what string, err error) {
+		b.canPark, b.parking = false, false
+		if b.log != nil {
+			b.log.Warn("ringline: epoll worker cannot park in the netpoller; it blocks in epoll_wait from now on", "what", what, "err", err)
+		}
+	}
+	fd, err := unix.Dup(b.epfd)
+	if err != nil {
+		fail("dup", err)
+		return
+	}
+	unix.CloseOnExec(fd)
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		fail("set non-blocking", err)
+		return
+	}
+	f := os.NewFile(uintptr(fd), "ringline-epoll")
+	rc, err := f.SyscallConn()
+	if err == nil {
+		// os.NewFile does not say whether the netpoller took the fd; a
+		// file it did not take refuses deadlines.
+		err = f.SetReadDeadline(time.Time{})
+	}
+	if err != nil {
+		f.Close()
+		fail("register", err)
+		return
+	}
+	b.park, b.parkRC = f, rc
+	if b.parkFn == nil {
+		b.parkFn = b.parkCheck
+	}
+	b.nSys += 3 // dup, fcntl, epoll_ctl
+}
+
+// stopParking takes the dup out of the netpoller and closes it.
+func (b *epollBackend) stopParking() {
+	if b.park != nil {
+		_ = b.park.Close()
+		b.park, b.parkRC = nil, nil
+		b.nSys += 2 // epoll_ctl, close
+	}
+}
+
+// parkCheck is RawConn.Read's callback in parkWait. Each call looks at the
+// epoll set without blocking; the first that finds nothing asks the
+// netpoller to wait, and the one after the wait ends it whatever it
+// finds. The look must be made here, not before Read: Read first resets
+// the readiness the netpoller has recorded, so events that came between
+// an earlier look and that reset would never wake the park.
+func (b *epollBackend) parkCheck(uintptr) bool {
+	if b.parkWaited {
+		b.nSys++ // the look after a park; the wait itself counts once
+	} else {
+		b.nWait++
+	}
+	b.parkN, b.parkErr = b.rawWait()
+	if b.parkN != 0 || b.parkErr != nil || b.parkWaited {
+		return true
+	}
+	b.parkWaited = true
+	b.parks++
+	return false
+}
+
+// parkWait parks the goroutine until the epoll set has events or ms
+// milliseconds have passed (ms < 0: no limit; either way at most
+// epParkCap), and returns the events taken (in b.events) as EpollWait
+// would.
+func (b *epollBackend) parkWait(ms int) (int, error) {
+	d := epParkCap
+	if ms >= 0 && time.Duration(ms)*time.Millisecond < d {
+		d = time.Duration(ms) * time.Millisecond
+	}
+	if err := b.park.SetReadDeadline(time.Now().Add(d)); err != nil {
+		b.stopParking()
+		b.canPark, b.parking = false, false
+		b.nWait++
+		return unix.EpollWait(b.epfd, b.events, ms)
+	}
+	b.parkN, b.parkErr, b.parkWaited = 0, nil, false
+	if testHookBeforePark != nil {
+		testHookBeforePark(b)
+	}
+	if err := b.parkRC.Read(b.parkFn); err != nil {
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			// Not a deadline: the netpoller refuses this file. Block in
+			// epoll_wait from now on rather than spin.
+			b.stopParking()
+			b.canPark, b.parking = false, false
+			if b.log != nil {
+				b.log.Warn("ringline: epoll worker cannot park in the netpoller; it blocks in epoll_wait from now on", "err", err)
+			}
+		}
+		// Read returns at a deadline without a last call: look once more.
+		b.nSys++
+		return b.rawWait()
+	}
+	return b.parkN, b.parkErr
+}
+
+// testHookBeforePark, when set by a test, runs just before a park begins.
+var testHookBeforePark func(b *epollBackend)
+
+func (b *epollBackend) onEvents(n int) {
 	for i := 0; i < n; i++ {
 		b.onEvent(b.events[i].Fd, b.events[i].Events)
 	}
-	return nil
 }
 
 // durMillis rounds up, so a timer never fires early.
@@ -1144,6 +1369,7 @@ func (b *epollBackend) close() error {
 		}
 	}
 	b.staged = b.staged[:0]
+	b.stopParking()
 	if b.epfd >= 0 {
 		_ = unix.Close(b.epfd)
 		b.epfd = -1

@@ -83,16 +83,6 @@ func launch(t *testing.T, cfg Config) *Runtime {
 	return rt
 }
 
-func stop(t *testing.T, rt *Runtime) {
-	t.Helper()
-	rt.Shutdown()
-	select {
-	case <-rt.Done():
-	case <-time.After(10 * time.Second):
-		t.Fatalf("runtime did not stop within 10s")
-	}
-}
-
 func uringOf(t *testing.T, rt *Runtime) *uringBackend {
 	t.Helper()
 	require.Equal(t, IOUring, rt.Backend())

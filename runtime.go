@@ -385,7 +385,14 @@ func (b *Builder) start(cfg Config, kind Backend, factory func(workerID int) Asy
 		go func() {
 			defer rt.wg.Done()
 			defer w.exited.Store(true)
-			lockThread()
+			// io_uring needs its submitter to stay on one thread
+			// (SINGLE_ISSUER, DEFER_TASKRUN), and PinCPUs pins the
+			// thread. An epoll worker needs neither, and unlocked it can
+			// wait parked in Go's netpoller (epollBackend.waitAdaptive).
+			if kind == IOUring || cfg.PinCPUs {
+				lockThread()
+				w.locked = true
+			}
 			w.g = gid.Get()
 			w.pin()
 			if err := w.setup(kind); err != nil {
@@ -395,6 +402,9 @@ func (b *Builder) start(cfg Config, kind Backend, factory func(workerID int) Asy
 					w.lfd = -1
 				}
 				return
+			}
+			if eb, ok := w.be.(*epollBackend); ok && !w.locked {
+				eb.canPark, eb.log = true, w.log.With("worker", w.id)
 			}
 			h, err := w.callFactory(factory)
 			if err != nil {

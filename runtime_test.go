@@ -123,7 +123,8 @@ func TestNoAllocsPerMessage(t *testing.T) {
 // PinCPUs pins worker i to the i-th allowed CPU (wrapping around): each
 // worker thread's affinity, read by thread id, is exactly that one CPU, and
 // the thread that serves the worker's connections is that thread. Without
-// PinCPUs the worker threads keep the whole allowed set.
+// PinCPUs the worker threads keep the whole allowed set (and an epoll
+// worker, not locked then, may move between threads).
 func TestPinCPUs(t *testing.T) {
 	var allowed unix.CPUSet
 	require.NoError(t, unix.SchedGetaffinity(0, &allowed))
@@ -143,7 +144,7 @@ func TestPinCPUs(t *testing.T) {
 				cfg.Workers = len(cpus) + 1 // the last one wraps around
 				cfg.PinCPUs = pin
 				// The factory runs on each worker's goroutine, on the
-				// locked thread the worker will run on.
+				// thread the worker starts on.
 				var mu sync.Mutex
 				tids := make(map[int]int)
 				served := make(chan [2]int, 64)
@@ -172,7 +173,10 @@ func TestPinCPUs(t *testing.T) {
 						require.Equal(t, allowed, set, "worker %d (thread %d) must keep every allowed CPU", id, tid)
 					}
 				}
-				// Connections are served on the thread measured above.
+				// A locked worker (io_uring, or pinned) serves connections on
+				// the thread measured above; an unpinned epoll worker is not
+				// locked (it may park in the netpoller) and may move.
+				locked := pin || be == IOUring
 				seen := make(map[int]bool)
 				for i := 0; i < 64 && len(seen) < cfg.Workers; i++ {
 					c := dial(t, rt)
@@ -180,7 +184,9 @@ func TestPinCPUs(t *testing.T) {
 					c.Close()
 					select {
 					case s := <-served:
-						require.Equal(t, tids[s[0]], s[1], "worker %d served on another thread", s[0])
+						if locked {
+							require.Equal(t, tids[s[0]], s[1], "worker %d served on another thread", s[0])
+						}
 						seen[s[0]] = true
 					case <-time.After(5 * time.Second):
 						t.Fatal("a served connection was not reported")

@@ -469,7 +469,7 @@ func TestZeroCopyShutdownKeepsReferencesPinned(t *testing.T) {
 				require.NoError(t, err)
 				<-sent
 				time.Sleep(50 * time.Millisecond)
-				stopRuntime(t, rt) // the notification is still outstanding
+				stop(t, rt) // the notification is still outstanding
 				st := Total(rt.Stats())
 				got, err := io.ReadAll(cl)
 				bad := 0

@@ -56,18 +56,6 @@ func (r *releases) total() int {
 	return s
 }
 
-// stopRuntime shuts rt down and waits (serve's cleanup then finds it
-// stopped).
-func stopRuntime(t *testing.T, rt *Runtime) {
-	t.Helper()
-	rt.Shutdown()
-	select {
-	case <-rt.Done():
-	case <-time.After(10 * time.Second):
-		t.Fatal("runtime did not stop within 10s")
-	}
-}
-
 // dialRcvbuf dials rt with the client's receive buffer set before connect
 // (so a server's sends stay in the kernel while the client does not read).
 func dialRcvbuf(t *testing.T, rt *Runtime, rcvbuf int) *net.TCPConn {
@@ -162,7 +150,7 @@ func TestSendPartsOrderAndRelease(t *testing.T) {
 				require.True(t, bytes.Equal(want.Bytes(), got), "bytes differ from the batches in call order")
 				cl.Close()
 				st := Total(rt.Stats())
-				stopRuntime(t, rt)
+				stop(t, rt)
 				rel.exactlyOnce(t)
 				if mode == "zerocopy" {
 					assert.Greater(t, st.ZeroCopySends, uint64(0), "zero-copy sends made")
@@ -228,7 +216,7 @@ func TestSendPartsReleaseOnReset(t *testing.T) {
 				assert.Equal(t, int32(1), rel.n[refs].Load(), "the refused batch's release ran at Submit")
 				require.True(t, settle(20*time.Second, func() bool { return rel.total() == refs+1 }),
 					"%d of %d released after the reset", rel.total(), refs+1)
-				stopRuntime(t, rt)
+				stop(t, rt)
 				rel.exactlyOnce(t)
 				assert.Zero(t, Total(rt.Stats()).SendSlotsInUse)
 			})
@@ -339,7 +327,7 @@ func TestSendPartsRefusedBatch(t *testing.T) {
 		_, err = io.ReadFull(cl, got)
 		require.NoError(t, err)
 		require.Equal(t, "x!end", string(got), "a refused batch leaked bytes")
-		stopRuntime(t, rt)
+		stop(t, rt)
 		rel.n = rel.n[:next]
 		rel.exactlyOnce(t)
 	})
@@ -380,7 +368,7 @@ func TestSendPartsReleaseAtShutdown(t *testing.T) {
 				require.NoError(t, <-queued)
 				time.Sleep(50 * time.Millisecond)
 				assert.Less(t, rel.total(), refs/2, "most references still held when the shutdown begins")
-				stopRuntime(t, rt)
+				stop(t, rt)
 				rel.exactlyOnce(t)
 			})
 		}
@@ -417,7 +405,7 @@ func TestSendPartsMisuse(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, "kept", string(got))
 		cl.Close()
-		stopRuntime(t, rt)
+		stop(t, rt)
 		rel.exactlyOnce(t)
 	})
 }
@@ -485,7 +473,7 @@ func TestInterleavedSendsInCallOrder(t *testing.T) {
 				}
 				cl.Close()
 				st := Total(rt.Stats())
-				stopRuntime(t, rt)
+				stop(t, rt)
 				mu.Lock()
 				assert.Equal(t, rounds*(calls/3), refs)
 				for id := 0; id < refs; id++ {
@@ -704,7 +692,7 @@ func TestZeroCopyNotificationAfterClose(t *testing.T) {
 			assert.Equal(t, int32(1), rel.n[id].Load())
 		}
 		assert.Equal(t, uint64(2), Total(rt.Stats()).Accepted)
-		stopRuntime(t, rt)
+		stop(t, rt)
 		rel.exactlyOnce(t)
 	})
 }

@@ -241,7 +241,7 @@ func TestSendWaitDeadlineAndShutdown(t *testing.T) {
 		err := s.errs[8]
 		s.mu.Unlock()
 		assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
-		stopRuntime(t, s.rt)
+		stop(t, s.rt)
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		assert.ErrorIs(t, s.errs[1], ErrShutdown)

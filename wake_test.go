@@ -156,7 +156,7 @@ func TestMailboxPutRacingShutdown(t *testing.T) {
 				}(p)
 			}
 			time.Sleep(time.Duration(round%5) * 100 * time.Microsecond)
-			stopRuntime(t, rt)
+			stop(t, rt)
 			wg.Wait()
 			want := map[int]bool{}
 			for _, a := range accepted {

@@ -74,6 +74,7 @@ type worker struct {
 	// first deadline (conn.timers).
 	spareTimers []*connTimers
 	lastYield   time.Time
+	locked      bool // the goroutine is locked to its thread (io_uring, PinCPUs)
 
 	acceptArmed  bool
 	acceptPaused bool      // an accept error pause is running (acceptT)
@@ -150,8 +151,9 @@ var testHookWorkerSetup func(worker int, kind Backend) error
 // (tests count the operations the core stages and the completions it gets).
 var testHookBackend func(worker int, be backend) backend
 
-// setup runs on the worker's locked thread: the ring is created by the
-// thread that will submit to it (SINGLE_ISSUER).
+// setup runs on the worker's goroutine, on io_uring locked to the thread:
+// the ring is created by the thread that will submit to it
+// (SINGLE_ISSUER).
 func (w *worker) setup(kind Backend) error {
 	if testHookWorkerSetup != nil {
 		if err := testHookWorkerSetup(w.id, kind); err != nil {
@@ -296,10 +298,12 @@ func (w *worker) maybePublish(wait bool) {
 }
 
 // yieldToScheduler passes through the Go scheduler every couple of
-// milliseconds. A locked worker that never does looks overdue to sysmon,
-// which then retakes its P and wakes another thread each time the worker
-// blocks in the kernel: measured at 8-18% extra server CPU per message and
-// double the ping-pong p50 on io_uring. gnet avoids it the same way.
+// milliseconds (for an unlocked worker a cheap reschedule, for a locked
+// one a hand-off of its P to another thread and back). A worker that
+// never does looks overdue to sysmon, which then retakes its P and wakes
+// another thread each time the worker blocks in the kernel: measured at
+// 8-18% extra server CPU per message and double the ping-pong p50 on
+// io_uring. gnet avoids it the same way.
 func (w *worker) yieldToScheduler() {
 	now := time.Now()
 	if now.Sub(w.lastYield) >= 2*time.Millisecond {
