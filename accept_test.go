@@ -64,7 +64,7 @@ func acceptEMFILEChild(t *testing.T, beName string) {
 	// Soft and hard, before Launch: io_uring's multishot accept reads the
 	// limit when it is armed. Room for the runtime's own descriptors, an
 	// echo and a few accepted clients.
-	limit := uint64(openFDs(t) + 24)
+	limit := uint64(allFDs(t) + 24)
 	require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: limit, Max: limit}))
 	var logs syncBuffer
 	cfg := testConfig(be)

@@ -101,7 +101,7 @@ func TestLaunchRaisesNofile(t *testing.T) {
 		require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &orig))
 		defer func() { require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &orig)) }()
 		low := orig
-		low.Cur = uint64(openFDs(t) + 64)
+		low.Cur = uint64(allFDs(t) + 64)
 		if low.Cur >= low.Max {
 			t.Skipf("hard limit %d leaves no room to lower the soft limit", low.Max)
 		}

@@ -571,7 +571,7 @@ func TestShutdownNoLeaks(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
 		runtime.GC()
 		g0 := runtime.NumGoroutine()
-		fd0 := openFDs(t)
+		fd0 := allFDs(t)
 		cfg := testConfig(be)
 		cfg.Workers = 2
 		rt, err := New(cfg).Bind("127.0.0.1:0").Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
@@ -601,8 +601,8 @@ func TestShutdownNoLeaks(t *testing.T) {
 		}
 		assert.True(t, settle(5*time.Second, func() bool { return runtime.NumGoroutine() <= g0 }),
 			"goroutines: before %d, after %d", g0, runtime.NumGoroutine())
-		assert.True(t, settle(5*time.Second, func() bool { return openFDs(t) <= fd0 }),
-			"fds: before %d, after %d", fd0, openFDs(t))
+		assert.True(t, settle(5*time.Second, func() bool { return allFDs(t) <= fd0 }),
+			"fds: before %d, after %d", fd0, allFDs(t))
 	})
 }
 

@@ -883,7 +883,7 @@ func TestCancel(t *testing.T) {
 // stops, connections close, and no goroutine or descriptor is left.
 func TestRequestShutdownFromTask(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		g0, fd0 := runtime.NumGoroutine(), openFDs(t)
+		g0, fd0 := runtime.NumGoroutine(), allFDs(t)
 		cfg := testConfig(be)
 		cfg.Workers = 2
 		asked := make(chan error, 1)
@@ -944,8 +944,8 @@ func TestRequestShutdownFromTask(t *testing.T) {
 		assert.Error(t, err, "the listeners are closed")
 		assert.True(t, settle(5*time.Second, func() bool { return runtime.NumGoroutine() <= g0 }),
 			"goroutines: before %d, after %d", g0, runtime.NumGoroutine())
-		assert.True(t, settle(5*time.Second, func() bool { return openFDs(t) <= fd0 }),
-			"fds: before %d, after %d", fd0, openFDs(t))
+		assert.True(t, settle(5*time.Second, func() bool { return allFDs(t) <= fd0 }),
+			"fds: before %d, after %d", fd0, allFDs(t))
 
 		// Off the worker it is refused, like every TaskCtx method.
 		assert.ErrorIs(t, rt.workers[0].taskCtx().RequestShutdown(), ErrNotInWorker)

@@ -187,8 +187,9 @@ type epollBackend struct {
 	// canPark says it may, parking that it does, park is then the dup of
 	// epfd registered in the netpoller. parkN, parkErr and parkWaited
 	// carry parkCheck's results; streak counts waits in a row that did
-	// not match parking; parkAfter and parkSwitch are epParkAfter and
-	// epParkSwitch as they were when the backend was made.
+	// not match parking; parkAfter, parkSwitch and parkCap are
+	// epParkAfter, epParkSwitch and epParkCap as they were when the
+	// backend was made.
 	canPark    bool
 	parking    bool
 	park       *os.File
@@ -201,6 +202,7 @@ type epollBackend struct {
 	parks      uint64 // waits that parked
 	parkAfter  time.Duration
 	parkSwitch [2]int
+	parkCap    time.Duration
 	log        *slog.Logger
 	t0         time.Time
 	nWait      uint64 // epoll_wait calls
@@ -221,7 +223,7 @@ func newEpoll(bc backendConfig) (backend, error) {
 
 func newEpollBackend(bc backendConfig, edge bool) (_ *epollBackend, err error) {
 	b := &epollBackend{epfd: -1, wakeFd: -1, edge: edge, bufSize: bc.bufSize, bufCount: bc.bufCount, t0: time.Now(),
-		parkAfter: epParkAfter, parkSwitch: epParkSwitch}
+		parkAfter: epParkAfter, parkSwitch: epParkSwitch, parkCap: epParkCap}
 	defer func() {
 		if err != nil {
 			b.close()
@@ -340,6 +342,9 @@ func (b *epollBackend) waitAdaptive(ms int) (n int, err error) {
 	} else {
 		n, err = b.parkWait(ms)
 	}
+	if !b.canPark {
+		return n, err // parkWait gave up parking
+	}
 	if b.adapt(b.now()-t0 > int64(b.parkAfter)) {
 		if b.parking {
 			b.startParking()
@@ -382,8 +387,8 @@ var (
 
 // epParkCap bounds one park: a wake-up the kernel failed to pass from the
 // epoll set to the netpoller (nested epoll has had such bugs) then costs
-// at most this much latency, not a hung worker.
-const epParkCap = time.Second
+// at most this much latency, not a hung worker. A backend copies it.
+var epParkCap = time.Second
 
 func btoi(b bool) int {
 	if b {
@@ -403,26 +408,31 @@ func (b *epollBackend) rawWait() (int, error) {
 }
 
 // startParking registers a non-blocking dup of epfd in Go's netpoller
-// (readable while the epoll set has events) for parkWait. The dup is
-// registered only while the worker parks: registered, every event of the
-// worker's sockets would also wake a thread blocked in the netpoller. On
-// failure the worker blocks in epoll_wait from then on.
+// (readable while the epoll set has events) for parkWait. The dup stays
+// registered while the worker parks (from two long waits until eight
+// short ones), not longer: registered, every event of the worker's
+// sockets would also wake a thread blocked in the netpoller. Out of
+// descriptors, the worker blocks and tries again at the next switch; any
+// other failure makes it block in epoll_wait from then on.
 func (b *epollBackend) startParking() {
-	fail := func(what string, err error) {
-		b.canPark, b.parking = false, false
-		if b.log != nil {
-			b.log.Warn("ringline: epoll worker cannot park in the netpoller; it blocks in epoll_wait from now on", "what", what, "err", err)
-		}
-	}
-	fd, err := unix.Dup(b.epfd)
+	// F_DUPFD_CLOEXEC: no window in which a child started by os/exec
+	// inherits it.
+	fd, err := unix.FcntlInt(uintptr(b.epfd), unix.F_DUPFD_CLOEXEC, 0)
+	b.nSys++
 	if err != nil {
-		fail("dup", err)
+		if err == unix.EMFILE || err == unix.ENFILE {
+			b.parking, b.streak = false, 0
+			return
+		}
+		b.giveUpParking("dup", err)
 		return
 	}
-	unix.CloseOnExec(fd)
+	// The dup shares its open file description with epfd, which becomes
+	// non-blocking too: harmless, epoll_wait takes its own timeout.
+	b.nSys += 4 // F_GETFL, F_SETFL, os.NewFile's F_GETFL, epoll_ctl
 	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
-		fail("set non-blocking", err)
+		b.giveUpParking("set non-blocking", err)
 		return
 	}
 	f := os.NewFile(uintptr(fd), "ringline-epoll")
@@ -434,14 +444,13 @@ func (b *epollBackend) startParking() {
 	}
 	if err != nil {
 		f.Close()
-		fail("register", err)
+		b.giveUpParking("register", err)
 		return
 	}
 	b.park, b.parkRC = f, rc
 	if b.parkFn == nil {
 		b.parkFn = b.parkCheck
 	}
-	b.nSys += 3 // dup, fcntl, epoll_ctl
 }
 
 // stopParking takes the dup out of the netpoller and closes it.
@@ -450,6 +459,16 @@ func (b *epollBackend) stopParking() {
 		_ = b.park.Close()
 		b.park, b.parkRC = nil, nil
 		b.nSys += 2 // epoll_ctl, close
+	}
+}
+
+// giveUpParking makes the worker block in epoll_wait from now on, and
+// says why.
+func (b *epollBackend) giveUpParking(what string, err error) {
+	b.stopParking()
+	b.canPark, b.parking, b.streak = false, false, 0
+	if b.log != nil {
+		b.log.Warn("ringline: epoll worker cannot park in the netpoller; it blocks in epoll_wait from now on", "what", what, "err", err)
 	}
 }
 
@@ -476,16 +495,15 @@ func (b *epollBackend) parkCheck(uintptr) bool {
 
 // parkWait parks the goroutine until the epoll set has events or ms
 // milliseconds have passed (ms < 0: no limit; either way at most
-// epParkCap), and returns the events taken (in b.events) as EpollWait
+// parkCap), and returns the events taken (in b.events) as EpollWait
 // would.
 func (b *epollBackend) parkWait(ms int) (int, error) {
-	d := epParkCap
+	d := b.parkCap
 	if ms >= 0 && time.Duration(ms)*time.Millisecond < d {
 		d = time.Duration(ms) * time.Millisecond
 	}
 	if err := b.park.SetReadDeadline(time.Now().Add(d)); err != nil {
-		b.stopParking()
-		b.canPark, b.parking = false, false
+		b.giveUpParking("set deadline", err)
 		b.nWait++
 		return unix.EpollWait(b.epfd, b.events, ms)
 	}
@@ -497,11 +515,7 @@ func (b *epollBackend) parkWait(ms int) (int, error) {
 		if !errors.Is(err, os.ErrDeadlineExceeded) {
 			// Not a deadline: the netpoller refuses this file. Block in
 			// epoll_wait from now on rather than spin.
-			b.stopParking()
-			b.canPark, b.parking = false, false
-			if b.log != nil {
-				b.log.Warn("ringline: epoll worker cannot park in the netpoller; it blocks in epoll_wait from now on", "err", err)
-			}
+			b.giveUpParking("wait", err)
 		}
 		// Read returns at a deadline without a last call: look once more.
 		b.nSys++

@@ -3,10 +3,14 @@ package ringline
 import (
 	"io"
 	"net"
+	"os"
 	"runtime"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ringline-go/ringline/internal/assert"
 	"github.com/ringline-go/ringline/internal/require"
@@ -14,7 +18,8 @@ import (
 
 // alwaysPark makes the unlocked epoll workers launched during the test
 // park for every blocking wait after their first (every wait counts as
-// long, and no run of short ones switches them back).
+// long, and no run of short ones switches them back), with no cap on a
+// park: a lost wake-up then stalls the test instead of costing a second.
 func alwaysPark(t *testing.T) { parkSettings(t, -1, [2]int{1, 1 << 30}) }
 
 // neverPark makes them block in epoll_wait for every wait.
@@ -23,9 +28,9 @@ func neverPark(t *testing.T) { parkSettings(t, time.Hour, [2]int{1 << 30, 1}) }
 // parkSettings sets what backends made during the test copy (before
 // Launch: the workers read them as they start).
 func parkSettings(t *testing.T, after time.Duration, sw [2]int) {
-	prevAfter, prevSwitch := epParkAfter, epParkSwitch
-	epParkAfter, epParkSwitch = after, sw
-	t.Cleanup(func() { epParkAfter, epParkSwitch = prevAfter, prevSwitch })
+	prevAfter, prevSwitch, prevCap := epParkAfter, epParkSwitch, epParkCap
+	epParkAfter, epParkSwitch, epParkCap = after, sw, time.Hour
+	t.Cleanup(func() { epParkAfter, epParkSwitch, epParkCap = prevAfter, prevSwitch, prevCap })
 }
 
 // epollOf returns rt's first worker's epoll backend. Read its counters
@@ -67,9 +72,9 @@ func TestEpollParkedPingPong(t *testing.T) {
 	rt := serve(t, testConfig(Epoll), echoTask)
 	b := epollOf(t, rt)
 	c := dial(t, rt)
-	require.NoError(t, c.SetDeadline(time.Now().Add(20*time.Second)))
 	var one [1]byte
 	for i := 0; i < 5000; i++ {
+		require.NoError(t, c.SetDeadline(time.Now().Add(2*time.Second)))
 		_, err := c.Write([]byte{byte(i)})
 		require.NoError(t, err)
 		_, err = io.ReadFull(c, one[:])
@@ -96,7 +101,7 @@ func TestEpollParkedWorkerWakes(t *testing.T) {
 	select {
 	case d := <-slept:
 		assert.GreaterOrEqual(t, d, 30*time.Millisecond, "a timer never fires early")
-	case <-time.After(10 * time.Second):
+	case <-time.After(5 * time.Second): // parks are not capped here
 		t.Fatal("a parked worker's timer did not fire")
 	}
 	for i := 0; i < 50; i++ {
@@ -105,7 +110,7 @@ func TestEpollParkedWorkerWakes(t *testing.T) {
 		require.NoError(t, rt.Post(0, func(TaskCtx) { close(ran) }))
 		select {
 		case <-ran:
-		case <-time.After(10 * time.Second):
+		case <-time.After(5 * time.Second): // parks are not capped here
 			t.Fatalf("post %d did not wake the parked worker", i)
 		}
 	}
@@ -176,7 +181,7 @@ func TestEpollParkAdapts(t *testing.T) {
 // a worker whose waits turn short again takes it out (registered, every
 // event of its sockets would also wake a thread blocked in the netpoller).
 func TestEpollParkRegistersOnlyWhileParking(t *testing.T) {
-	parkSettings(t, 5*time.Millisecond, [2]int{1, 1})
+	parkSettings(t, 100*time.Millisecond, [2]int{1, 1})
 	rt := serve(t, testConfig(Epoll), echoTask)
 	b := epollOf(t, rt)
 	parked := func() bool {
@@ -184,7 +189,7 @@ func TestEpollParkRegistersOnlyWhileParking(t *testing.T) {
 		require.NoError(t, rt.Post(0, func(TaskCtx) { ch <- b.park != nil }))
 		return <-ch
 	}
-	time.Sleep(20 * time.Millisecond) // one long wait: the worker parks
+	time.Sleep(300 * time.Millisecond) // one long wait: the worker parks
 	require.True(t, parked(), "a worker whose wait was long parks")
 	// The post's wake-up was a short wait; a busy ping-pong keeps them short.
 	c := dial(t, rt)
@@ -223,7 +228,12 @@ func TestEpollParkSeesEventsFromBeforeIt(t *testing.T) {
 		fire.Store(true)
 		// A post wakes the worker; its next wait parks and fires the hook.
 		require.NoError(t, rt.Post(0, func(TaskCtx) {}))
-		require.NoError(t, <-wrote)
+		select {
+		case err := <-wrote:
+			require.NoError(t, err)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("round %d: the worker did not park again", i)
+		}
 		require.NoError(t, c.SetReadDeadline(time.Now().Add(500*time.Millisecond)))
 		_, err := io.ReadFull(c, got[:])
 		require.NoError(t, err, "round %d: bytes that arrived as the park began did not end it", i)
@@ -271,4 +281,39 @@ func TestEpollWaitingWorkerLeavesThePShared(t *testing.T) {
 			c.Close()
 		})
 	}
+}
+
+// Out of descriptors when it would start parking (the dup fails with
+// EMFILE), a worker blocks in epoll_wait instead and tries again at its
+// next switch: it parks once descriptors are available again.
+func TestEpollParkOutOfDescriptorsRetries(t *testing.T) {
+	parkSettings(t, 50*time.Millisecond, [2]int{1, 1}) // one long wait parks, one short one stops
+	rt := serve(t, testConfig(Epoll), echoTask)
+	b := epollOf(t, rt)
+	state := func() (parked, canPark bool) {
+		ch := make(chan [2]bool, 1)
+		require.NoError(t, rt.Post(0, func(TaskCtx) { ch <- [2]bool{b.park != nil, b.canPark} }))
+		s := <-ch
+		return s[0], s[1]
+	}
+	var prev unix.Rlimit
+	require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &prev))
+	restore := func() { require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &prev)) }
+	defer restore()
+	// The lowest free descriptor number as the limit: no new one fits.
+	free := 0
+	for ; ; free++ {
+		if _, err := os.Stat("/proc/self/fd/" + strconv.Itoa(free)); err != nil {
+			break
+		}
+	}
+	require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: uint64(free), Max: prev.Max}))
+	time.Sleep(200 * time.Millisecond) // a long wait: the worker tries to park
+	parked, canPark := state()
+	assert.False(t, parked, "no descriptor for the dup: the worker blocks")
+	assert.True(t, canPark, "running out of descriptors does not end parking for good")
+	restore()
+	time.Sleep(200 * time.Millisecond)
+	parked, _ = state()
+	assert.True(t, parked, "with descriptors again, the next long wait parks")
 }

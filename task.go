@@ -23,7 +23,7 @@ const (
 )
 
 // task is a coroutine (iter.Pull) owned by one worker: created, resumed and
-// stopped only on the worker's locked goroutine. Suspending is a yield back
+// stopped only on the worker's goroutine. Suspending is a yield back
 // to the loop, ~100 ns, not a goroutine hand-off. A task is the body of an
 // accepted connection (OnAccept), a spawned task (TaskCtx.Spawn,
 // Runtime.Post) or a worker's start task (OnStart).

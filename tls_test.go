@@ -522,17 +522,25 @@ func TestTLSRecordFraming(t *testing.T) {
 		cc := &choppingConn{Conn: raw, rnd: rand.New(rand.NewPCG(1, 2)), max: 700}
 		c := tls.Client(cc, getPKI().clientConfig())
 		require.NoError(t, c.Handshake())
+		// The messages are made before the writer starts, so the reader
+		// knows how much to expect: waiting for the writer's "done" before
+		// the last read raced with the echo (every byte could come back
+		// before the writer goroutine reported, and the reader then
+		// blocked in a read no byte would end).
 		var want bytes.Buffer
+		var msgs [][]byte
 		rnd := rand.New(rand.NewPCG(3, 4))
+		for i := 0; i < 300; i++ {
+			n := 1 + rnd.IntN(3000)
+			if i%50 == 0 {
+				n = 20 << 10
+			}
+			msgs = append(msgs, pattern(n, byte(i)))
+			want.Write(msgs[i])
+		}
 		errc := make(chan error, 1)
 		go func() {
-			for i := 0; i < 300; i++ {
-				n := 1 + rnd.IntN(3000)
-				if i%50 == 0 {
-					n = 20 << 10
-				}
-				msg := pattern(n, byte(i))
-				want.Write(msg)
+			for _, msg := range msgs {
 				if _, err := c.Write(msg); err != nil {
 					errc <- err
 					return
@@ -540,22 +548,14 @@ func TestTLSRecordFraming(t *testing.T) {
 			}
 			errc <- nil
 		}()
-		got := make([]byte, 0, 1<<20)
+		got := make([]byte, 0, want.Len())
 		buf := make([]byte, 32<<10)
-		for {
-			select {
-			case err := <-errc:
-				require.NoError(t, err)
-				errc = nil
-			default:
-			}
-			if errc == nil && len(got) == want.Len() {
-				break
-			}
+		for len(got) < want.Len() {
 			n, err := c.Read(buf)
-			require.NoError(t, err)
+			require.NoError(t, err, "after %d of %d bytes", len(got), want.Len())
 			got = append(got, buf[:n]...)
 		}
+		require.NoError(t, <-errc)
 		assert.True(t, bytes.Equal(want.Bytes(), got), "echo of %d bytes differs", want.Len())
 	})
 }

@@ -11,7 +11,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// worker is one event loop: a locked goroutine that owns a backend (ring),
+// worker is one event loop: a goroutine (locked to its thread on io_uring
+// or with PinCPUs) that owns a backend (ring),
 // a listener, a send pool and a connection slab. Connection tasks are
 // coroutines resumed only here.
 type worker struct {
