@@ -694,12 +694,8 @@ func (cn *conn) timers() *connTimers {
 		return cn.tm
 	}
 	w := cn.w
-	var tm *connTimers
-	if k := len(w.spareTimers); k > 0 {
-		tm = w.spareTimers[k-1]
-		w.spareTimers[k-1] = nil
-		w.spareTimers = w.spareTimers[:k-1]
-	} else {
+	tm, ok := pop(&w.spareTimers)
+	if !ok {
 		tm = new(connTimers)
 	}
 	tm.drainT = timerNode{kind: tmDrain, conn: cn}

@@ -474,12 +474,8 @@ func (t TaskCtx) After(d time.Duration) Timer {
 // stocked before a task resumes (stockTimers), so a task does not
 // allocate one on its stack.
 func (w *worker) takeTimer() *pooledTimer {
-	var n *pooledTimer
-	if k := len(w.timerPool); k > 0 {
-		n = w.timerPool[k-1]
-		w.timerPool[k-1] = nil
-		w.timerPool = w.timerPool[:k-1]
-	} else {
+	n, ok := pop(&w.timerPool)
+	if !ok {
 		// The stock ran out within one run of a task: allocated here,
 		// on the task's stack.
 		n = &pooledTimer{timerNode: timerNode{kind: tmTask, pooled: true}}

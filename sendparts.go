@@ -118,11 +118,8 @@ func (w *worker) serveSendWaits() {
 // builder, so it escapes to the heap. Pinning costs no allocation once a
 // table entry has been used.
 func (w *worker) newRef(b []byte, release func()) uint32 {
-	var id uint32
-	if n := len(w.refFree); n > 0 {
-		id = w.refFree[n-1]
-		w.refFree = w.refFree[:n-1]
-	} else {
+	id, ok := pop(&w.refFree)
+	if !ok {
 		w.refs = append(w.refs, sendRef{})
 		id = uint32(len(w.refs) - 1)
 	}

@@ -707,9 +707,7 @@ func (w *worker) reserveSpare() {
 }
 
 func (w *worker) allocConn() *conn {
-	if n := len(w.freeSlots); n > 0 {
-		idx := w.freeSlots[n-1]
-		w.freeSlots = w.freeSlots[:n-1]
+	if idx, ok := pop(&w.freeSlots); ok {
 		return w.conns[idx]
 	}
 	if len(w.conns) >= w.cfg.MaxConnections {
@@ -937,3 +935,18 @@ func (w *worker) closePosts() {
 }
 
 func lockThread() { runtime.LockOSThread() }
+
+// pop takes the last element of the free list *s (its slot zeroed, so a
+// pooled pointer does not stay reachable from the spare capacity), and
+// reports whether there was one.
+func pop[T any](s *[]T) (v T, ok bool) {
+	k := len(*s)
+	if k == 0 {
+		return v, false
+	}
+	v = (*s)[k-1]
+	var zero T
+	(*s)[k-1] = zero
+	*s = (*s)[:k-1]
+	return v, true
+}
