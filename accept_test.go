@@ -75,7 +75,7 @@ func acceptEMFILEChild(t *testing.T, beName string) {
 
 	start := time.Now()
 	for _, fd := range fds {
-		require.NoError(t, unix.Connect(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: port}))
+		require.NoError(t, sockConnect(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: port}))
 	}
 	outcomes := make([]error, clients)
 	var wg sync.WaitGroup

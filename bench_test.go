@@ -1168,7 +1168,7 @@ func benchPingConn(addr string) (int, error) {
 		unix.Close(fd)
 		return -1, err
 	}
-	if err := unix.Connect(fd, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
+	if err := sockConnect(fd, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
 		unix.Close(fd)
 		return -1, err
 	}

@@ -183,8 +183,65 @@ func tcpDialBuf(t *testing.T, port, rcvbuf int) int {
 	tv := unix.Timeval{Sec: 5}
 	require.NoError(t, unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv))
 	require.NoError(t, unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv))
-	require.NoError(t, unix.Connect(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: port}))
+	require.NoError(t, sockConnect(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: port}))
 	return fd
+}
+
+// sockConnect is connect(2) on a blocking test socket. A signal interrupts
+// it (EINTR) while the handshake goes on in the kernel: wait for that to
+// end (up to 5 s) and report how it did.
+func sockConnect(fd int, sa unix.Sockaddr) error {
+	err := unix.Connect(fd, sa)
+	if err != unix.EINTR {
+		return err
+	}
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n, err := unix.Poll(pfd, int(time.Until(deadline)/time.Millisecond))
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return err
+		case n == 0:
+			return unix.ETIMEDOUT
+		}
+		if soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || soErr != 0 {
+			if err == nil {
+				err = unix.Errno(soErr)
+			}
+			return err
+		}
+		return nil
+	}
+}
+
+// sockRead and writeAll are read(2) and write(2) on a blocking test
+// socket. With SO_RCVTIMEO/SO_SNDTIMEO set, a signal makes a blocked call
+// fail with EINTR rather than restart (signal(7)), and the Go runtime
+// signals threads to preempt goroutines (SIGURG): retry.
+func sockRead(fd int, b []byte) (int, error) {
+	for {
+		n, err := unix.Read(fd, b)
+		if err != unix.EINTR {
+			return n, err
+		}
+	}
+}
+
+func writeAll(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
 }
 
 func readN(t *testing.T, fd, n int) []byte {
@@ -199,7 +256,7 @@ func readFull(fd, n int) ([]byte, error) {
 	got := make([]byte, 0, n)
 	buf := make([]byte, 64<<10)
 	for len(got) < n {
-		k, err := unix.Read(fd, buf[:min(len(buf), n-len(got))])
+		k, err := sockRead(fd, buf[:min(len(buf), n-len(got))])
 		if err != nil {
 			return got, err
 		}
@@ -222,7 +279,7 @@ func TestBackendRecvMultishot(t *testing.T) {
 		h.be.stage(sqOp{code: opRecvMulti, fd: int32(ours), ud: recv})
 		h.none(recv, 30*time.Millisecond)
 		for _, msg := range []string{"hello", "world!"} {
-			_, err := unix.Write(peer, []byte(msg))
+			err := writeAll(peer, []byte(msg))
 			require.NoError(t, err)
 			e := h.next(recv)
 			require.Equal(t, int32(len(msg)), e.res)
@@ -246,7 +303,7 @@ func TestBackendRecvENOBUFS(t *testing.T) {
 		recv := ud(udRecv, 2)
 		h.be.stage(sqOp{code: opRecvMulti, fd: int32(ours), ud: recv})
 		msg := pattern(1000, 9)
-		_, err := unix.Write(peer, msg)
+		err := writeAll(peer, msg)
 		require.NoError(t, err)
 		var got []byte
 		var bids []uint16
@@ -294,7 +351,7 @@ func TestBackendCancel(t *testing.T) {
 		assert.Zero(t, e.flags&cqeFMore)
 		assert.Equal(t, int32(0), h.next(cancel).res)
 		// Nothing armed any more: the data stays in the socket.
-		_, err := unix.Write(peer, []byte("x"))
+		err := writeAll(peer, []byte("x"))
 		require.NoError(t, err)
 		h.none(recv, 30*time.Millisecond)
 		h.be.stage(sqOp{code: opCancel, ud: cancel, addr: recv})
@@ -425,10 +482,10 @@ func TestBackendAcceptMultishot(t *testing.T) {
 			require.GreaterOrEqual(t, e.res, int32(0), "accept: %d", e.res)
 			assert.NotZero(t, e.flags&cqeFMore, "accept stays armed")
 			// The accepted socket is the dialled one's peer.
-			_, err := unix.Write(c, []byte{byte(i)})
+			err := writeAll(c, []byte{byte(i)})
 			require.NoError(t, err)
 			var b [1]byte
-			_, err = unix.Read(int(e.res), b[:])
+			_, err = sockRead(int(e.res), b[:])
 			require.NoError(t, err)
 			assert.Equal(t, byte(i), b[0])
 			unix.Close(int(e.res))
@@ -451,7 +508,7 @@ func TestBackendCloseShutdownNop(t *testing.T) {
 		h.be.stage(sqOp{code: opShutdown, fd: int32(ours), ud: sd, aux: unix.SHUT_WR})
 		assert.Equal(t, int32(0), h.next(sd).res)
 		var b [1]byte
-		n, err := unix.Read(peer, b[:])
+		n, err := sockRead(peer, b[:])
 		require.NoError(t, err)
 		assert.Zero(t, n, "peer sees EOF after SHUT_WR")
 
@@ -854,7 +911,7 @@ func TestBackendRecvLargeBurst(t *testing.T) {
 	forEachImpl(t, bc, func(t *testing.T, h *beHarness) {
 		ours, peer := tcpPair(t)
 		msg := pattern(64<<10, 9)
-		_, err := unix.Write(peer, msg)
+		err := writeAll(peer, msg)
 		require.NoError(t, err)
 		time.Sleep(20 * time.Millisecond) // all of it in our receive queue
 		eb, _ := h.be.(*epollBackend)
@@ -883,4 +940,67 @@ func TestBackendRecvLargeBurst(t *testing.T) {
 			assert.LessOrEqual(t, reads, uint64(7), "reads for 16 buffers' worth")
 		}
 	})
+}
+
+// The blocking socket helpers survive signals. Their sockets carry
+// SO_RCVTIMEO/SO_SNDTIMEO, so a signal makes a blocked read or write fail
+// with EINTR instead of restarting it (signal(7)), and Go sends SIGURG to
+// preempt goroutines: under load a reader that gave up on EINTR left a
+// backend's send waiting for 5 s (TestBackendSendBackpressure in CI).
+func TestSocketHelpersRetryEINTR(t *testing.T) {
+	ours, peer := tcpPair(t)
+
+	// Reading: blocked, and signalled, until the bytes come.
+	msg := pattern(64<<10, 5)
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		_, _ = unix.Write(ours, msg)
+	}()
+	var got []byte
+	var err error
+	underSignals(func() { got, err = readFull(peer, len(msg)) })
+	require.NoError(t, err)
+	assert.True(t, bytes.Equal(msg, got))
+
+	// Writing: more than the socket buffers hold, so the writer blocks,
+	// and is signalled, until the other side reads.
+	msg = pattern(16<<20, 6) // more than autotuned buffers reach (tcp_wmem, tcp_rmem)
+	done := make(chan error, 1)
+	go underSignals(func() { done <- writeAll(peer, msg) })
+	select {
+	case err := <-done:
+		t.Fatalf("writeAll returned before anything was read: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	tv := unix.Timeval{Sec: 5}
+	require.NoError(t, unix.SetsockoptTimeval(ours, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv))
+	got, err = readFull(ours, len(msg))
+	require.NoError(t, <-done)
+	require.NoError(t, err)
+	assert.True(t, bytes.Equal(msg, got))
+}
+
+// underSignals runs f on a thread of its own that receives SIGURG (the
+// runtime's preemption signal, so harmless) every 100 µs until f returns.
+func underSignals(f func()) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	pid, tid := unix.Getpid(), unix.Gettid()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				_ = unix.Tgkill(pid, tid, unix.SIGURG)
+				time.Sleep(100 * time.Microsecond)
+			}
+		}
+	}()
+	defer func() { close(stop); wg.Wait() }()
+	f()
 }
