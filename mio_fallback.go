@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -112,6 +113,9 @@ type epFile struct {
 	// filled: the last read filled everything it offered, so the next
 	// reads span several buffers (epRecvSpan).
 	filled bool
+	// pacing: whether the kernel paces the socket itself (paced): 0
+	// not known yet, 1 it does, -1 it does not.
+	pacing int8
 
 	ops [epSlots]epPend // by slot: pAccept, pRecv, pRead, pSend, pConn
 }
@@ -180,6 +184,9 @@ type epollBackend struct {
 	// The recvmsg that reads into several buffers at once.
 	rmsg unix.Msghdr
 	riov [epRecvSpan]unix.Iovec
+	// The sendmsg of one chunk of a larger send (sendChunks).
+	siov []iovec
+	smsg msghdr
 
 	skipped bool // the last enter returned completions without polling
 	// An epoll worker whose goroutine is not locked to its thread may
@@ -1157,34 +1164,131 @@ func (b *epollBackend) doRead(fd int32) {
 func (b *epollBackend) doSend(fd int32) (bool, int32) {
 	f := &b.files[fd]
 	p := &f.ops[pSend]
+	want := sendLen(p)
+	r, e := b.sendChunks(fd, p, want)
+	switch e {
+	case 0:
+		f = &b.files[fd]
+		if b.edge && r < want {
+			f.writable = false // the buffer is full; write space brings an edge
+		}
+		b.finish(fd, p, int32(r))
+		return false, int32(r)
+	case unix.EAGAIN:
+		f.writable = false
+		f.outWatch = b.edge
+		b.index(p.ud, fd)
+		b.touch(fd)
+		return true, 0
+	default:
+		b.finish(fd, p, -int32(e))
+		return false, -int32(e)
+	}
+}
+
+// epSendChunk bounds the bytes of one send syscall on a socket the kernel
+// paces itself (paced). Under internal pacing a send that needs more than
+// one GSO packet (64 KiB less headers) leaves its first packet at once and
+// the rest to a pacing hrtimer, which on loopback fires microseconds later
+// in softirq context; the next send, a syscall later, finds the pacing
+// time passed. On the 16 KiB echo under BBR, sending the queued replies
+// (up to 256 KiB a turn) in chunks of 60 KiB took copy/forward/parts from
+// 89k/94k/82k to 114k/121k/90k messages per server-CPU-second; under cubic
+// the same chunks cost 7-13% in extra syscalls (docs/BENCHMARKS.md §7.3).
+const epSendChunk = 60 << 10
+
+// paced reports whether fd is a TCP socket whose congestion control asks
+// the kernel to pace it (BBR: SK_PACING_NEEDED; without the fq qdisc, as
+// on loopback, TCP then paces with a timer of its own), learnt with one
+// getsockopt at the first send that could be chunked.
+func (b *epollBackend) paced(fd int32) bool {
+	f := &b.files[fd]
+	if f.pacing == 0 {
+		f.pacing = -1
+		b.nSys++
+		cc, err := unix.GetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION)
+		if err == nil && strings.HasPrefix(cc, "bbr") {
+			f.pacing = 1
+		}
+	}
+	return f.pacing > 0
+}
+
+// testHookSendChunk, when set by a test, runs after each chunk a send
+// that needs several has sent.
+var testHookSendChunk func(fd int32)
+
+// sendChunks sends want bytes of p's buffer or iovecs, in calls of at
+// most epSendChunk bytes on a paced socket and in one call otherwise,
+// until one is short, would block or fails. It returns
+// the bytes sent, or the error when none were, or when a chunk after the
+// first met the socket's error (a reset): the kernel reports that once
+// and clears it, so a partial count now would leave the retry to see
+// EPIPE and the read that follows to see a clean EOF, and the connection
+// would not learn that it was reset. The bytes that went before it do not
+// matter to a connection that is gone. Errors that come back when asked
+// again (out of memory) end the send short instead.
+func (b *epollBackend) sendChunks(fd int32, p *epPend, want uint64) (uint64, syscall.Errno) {
+	var m *msghdr
+	var iov []iovec
+	if p.code == opSendmsg {
+		m = (*msghdr)(rawPtr(p.addr))
+		iov = unsafe.Slice((*iovec)(rawPtr(m.iov)), m.iovlen)
+	}
+	chunk := want
+	if want > epSendChunk && b.paced(fd) {
+		chunk = epSendChunk
+	}
+	var sent uint64
+	vi, voff := 0, uint64(0) // where the next chunk starts in iov
 	for {
+		n := min(want-sent, chunk)
 		var r uintptr
 		var e syscall.Errno
 		b.nSys++
-		if p.code == opSend {
-			r, _, e = unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(p.addr), uintptr(p.len),
+		switch {
+		case m == nil:
+			r, _, e = unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(p.addr+sent), uintptr(n),
 				unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
-		} else {
+		case n == want || m.controllen != 0:
+			// All of it in one call (ancillary data goes once, whole).
+			n = want
 			r, _, e = unix.RawSyscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(p.addr), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
-		}
-		switch e {
-		case 0:
-			if b.edge && uint64(r) < sendLen(p) {
-				f.writable = false // the buffer is full; write space brings an edge
-			}
-			b.finish(fd, p, int32(r))
-			return false, int32(r)
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			f.writable = false
-			f.outWatch = b.edge
-			b.index(p.ud, fd)
-			b.touch(fd)
-			return true, 0
 		default:
-			b.finish(fd, p, -int32(e))
-			return false, -int32(e)
+			b.siov = b.siov[:0]
+			for left, i, off := n, vi, voff; left > 0; i, off = i+1, 0 {
+				k := min(iov[i].len-off, left)
+				b.siov = append(b.siov, iovec{base: iov[i].base + off, len: k})
+				left -= k
+			}
+			b.smsg = *m
+			b.smsg.iov = uint64(uintptr(unsafe.Pointer(&b.siov[0])))
+			b.smsg.iovlen = uint64(len(b.siov))
+			r, _, e = unix.RawSyscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.smsg)), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		}
+		switch {
+		case e == unix.EINTR:
+			continue
+		case e != 0 && sent == 0:
+			return 0, e
+		case e == unix.EAGAIN || e == unix.ENOBUFS || e == unix.ENOMEM:
+			return sent, 0
+		case e != 0:
+			return 0, e
+		}
+		sent += uint64(r)
+		if uint64(r) < n || sent == want {
+			return sent, 0
+		}
+		for adv := uint64(r); m != nil && adv > 0; {
+			k := min(iov[vi].len-voff, adv)
+			adv -= k
+			if voff += k; voff == iov[vi].len {
+				vi, voff = vi+1, 0
+			}
+		}
+		if testHookSendChunk != nil {
+			testHookSendChunk(fd)
 		}
 	}
 }

@@ -217,6 +217,20 @@ func sockConnect(fd int, sa unix.Sockaddr) error {
 	}
 }
 
+// resetPeer resets the connection of a test socket from tcpPair: its
+// last close with a zero linger sends an RST (processed before the call
+// returns, on loopback). The close is a dup3 of a placeholder onto fd, so
+// the number stays taken until the pair's cleanup closes it, and never
+// closes a descriptor opened meanwhile.
+func resetPeer(t *testing.T, fd int) {
+	t.Helper()
+	require.NoError(t, unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}))
+	ph, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	require.NoError(t, unix.Dup3(ph, fd, unix.O_CLOEXEC))
+	require.NoError(t, unix.Close(ph))
+}
+
 // sockRead and writeAll are read(2) and write(2) on a blocking test
 // socket. With SO_RCVTIMEO/SO_SNDTIMEO set, a signal makes a blocked call
 // fail with EINTR rather than restart (signal(7)), and the Go runtime
@@ -389,6 +403,122 @@ func TestBackendSendAndSendmsg(t *testing.T) {
 	})
 }
 
+// A sendmsg of about 1 MiB over 200 uneven iovecs, resubmitted from where
+// each short completion left it, delivers every byte in order. On a socket
+// the kernel paces (BBR) the epoll backend sends it in chunks of at most
+// epSendChunk bytes, each starting inside some iovec and ending inside
+// another; under cubic, in one call.
+func TestBackendLargeSendmsg(t *testing.T) {
+	forEachImpl(t, smallBC(), func(t *testing.T, h *beHarness) {
+		// No subtests: io_uring wants every submission from this thread.
+		for _, cc := range []string{"bbr", "cubic"} {
+			func() {
+				ours, peer := tcpPair(t)
+				setCongestion(t, ours, cc)
+				if eb, ok := h.be.(*epollBackend); ok {
+					eb.resetFile(int32(ours)) // as attach does: a fresh entry for a new socket
+				}
+				const iovOff, dataOff, parts = 64, 8192, 200
+				lens := make([]uint64, parts)
+				var total uint64
+				for i := range lens {
+					lens[i] = 1 + uint64(i*7919)%9973
+					total += lens[i]
+				}
+				msg := pattern(int(total), 4)
+				copy(h.mem.b[dataOff:], msg)
+				var wg sync.WaitGroup
+				var rcvd []byte
+				var rerr error
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					rcvd, rerr = readFull(peer, len(msg))
+				}()
+				chunks := 0
+				testHookSendChunk = func(int32) { chunks++ }
+				defer func() { testHookSendChunk = nil }()
+				send := ud(udSend, 8)
+				var sent uint64
+				for sent < total {
+					// The iovecs of what is left, the first one cut at sent.
+					iov := unsafe.Slice((*iovec)(h.mem.ptr(iovOff)), parts)
+					n, pos := 0, uint64(0)
+					for _, l := range lens {
+						if pos+l > sent {
+							skip := max(sent, pos) - pos
+							iov[n] = iovec{base: h.mem.addr(dataOff + int(pos+skip)), len: l - skip}
+							n++
+						}
+						pos += l
+					}
+					*(*msghdr)(h.mem.ptr(0)) = msghdr{iov: h.mem.addr(iovOff), iovlen: uint64(n)}
+					chunks = 0
+					h.be.stage(sqOp{code: opSendmsg, fd: int32(ours), ud: send, addr: h.mem.addr(0)})
+					e := h.next(send)
+					require.Greater(t, e.res, int32(0))
+					if _, epoll := h.be.(*epollBackend); epoll && cc == "bbr" {
+						assert.GreaterOrEqual(t, chunks, (int(e.res)-1)/epSendChunk,
+							"%s: a paced send of %d bytes goes in chunks of at most %d", cc, e.res, epSendChunk)
+					} else {
+						assert.Zero(t, chunks, "%s: one call", cc)
+					}
+					sent += uint64(e.res)
+				}
+				wg.Wait()
+				require.NoError(t, rerr)
+				assert.True(t, bytes.Equal(msg, rcvd), "%s: bytes arrive complete and in order", cc)
+			}()
+		}
+	})
+}
+
+// setCongestion sets fd's TCP congestion control (root may load its
+// module; bbr is tcp_bbr).
+func setCongestion(t *testing.T, fd int, cc string) {
+	t.Helper()
+	require.NoError(t, unix.SetsockoptString(fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION, cc),
+		"congestion control %q (see /proc/sys/net/ipv4/tcp_available_congestion_control)", cc)
+}
+
+// A chunk that meets a reset after earlier chunks of the same send went
+// out fails the send with ECONNRESET. The kernel reports a reset once and
+// clears it: a short completion instead would leave the resubmitted rest
+// to see EPIPE, and a read to see a clean EOF, before the connection
+// learned it was reset. epoll only: io_uring sends in one call.
+func TestEpollSendChunkReportsReset(t *testing.T) {
+	for _, edge := range []bool{true, false} {
+		t.Run(fmt.Sprintf("edge=%v", edge), func(t *testing.T) {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			be, err := newEpollBackend(smallBC(), edge)
+			require.NoError(t, err)
+			defer be.close()
+			mem, err := mapRegion(beScratch)
+			require.NoError(t, err)
+			defer mem.unmap()
+			h := &beHarness{t: t, be: be, mem: mem}
+
+			ours, peer := tcpPair(t)
+			setCongestion(t, ours, "bbr") // paced, so chunked
+			msg := pattern(1<<20, 7)
+			copy(h.mem.b, msg)
+			chunks := 0
+			testHookSendChunk = func(int32) {
+				if chunks++; chunks == 1 {
+					resetPeer(t, peer)
+				}
+			}
+			defer func() { testHookSendChunk = nil }()
+			send := ud(udSend, 9)
+			h.be.stage(sqOp{code: opSend, fd: int32(ours), ud: send, addr: h.mem.addr(0), len: uint32(len(msg))})
+			e := h.next(send)
+			require.GreaterOrEqual(t, chunks, 1, "the send went in chunks")
+			assert.Equal(t, -int32(syscall.ECONNRESET), e.res, "the reset, not a short count")
+		})
+	}
+}
+
 // A send into a full socket waits (no completion, no spin) and completes
 // once the peer reads; short sends resubmitted deliver every byte in order.
 func TestBackendSendBackpressure(t *testing.T) {
@@ -453,8 +583,7 @@ func TestBackendSendBackpressure(t *testing.T) {
 func TestBackendSendErrors(t *testing.T) {
 	forEachImpl(t, smallBC(), func(t *testing.T, h *beHarness) {
 		ours, peer := tcpPair(t)
-		require.NoError(t, unix.SetsockoptLinger(peer, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}))
-		unix.Close(peer) // RST
+		resetPeer(t, peer)
 		time.Sleep(20 * time.Millisecond)
 		send := ud(udSend, 7)
 		addr, n := h.put(0, []byte("into a reset connection"))
