@@ -1164,13 +1164,12 @@ func (b *epollBackend) doRead(fd int32) {
 func (b *epollBackend) doSend(fd int32) (bool, int32) {
 	f := &b.files[fd]
 	p := &f.ops[pSend]
-	want := sendLen(p)
-	r, e := b.sendChunks(fd, p, want)
+	r, full, e := b.sendChunks(fd, p, sendLen(p))
 	switch e {
 	case 0:
 		f = &b.files[fd]
-		if b.edge && r < want {
-			f.writable = false // the buffer is full; write space brings an edge
+		if b.edge && full {
+			f.writable = false // write space brings an edge
 		}
 		b.finish(fd, p, int32(r))
 		return false, int32(r)
@@ -1187,20 +1186,28 @@ func (b *epollBackend) doSend(fd int32) (bool, int32) {
 }
 
 // epSendChunk bounds the bytes of one send syscall on a socket the kernel
-// paces itself (paced). Under internal pacing a send that needs more than
-// one GSO packet (64 KiB less headers) leaves its first packet at once and
-// the rest to a pacing hrtimer, which on loopback fires microseconds later
-// in softirq context; the next send, a syscall later, finds the pacing
-// time passed. On the 16 KiB echo under BBR, sending the queued replies
-// (up to 256 KiB a turn) in chunks of 60 KiB took copy/forward/parts from
-// 89k/94k/82k to 114k/121k/90k messages per server-CPU-second; under cubic
-// the same chunks cost 7-13% in extra syscalls (docs/BENCHMARKS.md §7.3).
-const epSendChunk = 60 << 10
+// paces itself (paced), epSendChunks the chunks of one send. Under
+// internal pacing, a send larger than one GSO packet (on loopback, 64 KiB
+// less headers) leaves its first packet at once and the rest to a pacing
+// hrtimer, which fires microseconds later in softirq context, at a cost
+// the sender pays. The next send, a syscall later, finds the pacing time
+// passed when the pacing rate is high (loopback); at a real link's rate
+// the chunks are paced anyway and only add syscalls. On the 16 KiB echo
+// under BBR, sending the queued replies (up to 256 KiB a turn) in chunks
+// of 60 KiB gained 9-30% messages per server-CPU-second in four of five
+// sets of paired runs on a noisy host (-3 to +6% in the fifth); under cubic
+// the same chunks cost 6-13% in syscalls, hence only on paced sockets
+// (docs/BENCHMARKS.md §7.3).
+const (
+	epSendChunk  = 60 << 10
+	epSendChunks = 16
+)
 
 // paced reports whether fd is a TCP socket whose congestion control asks
-// the kernel to pace it (BBR: SK_PACING_NEEDED; without the fq qdisc, as
-// on loopback, TCP then paces with a timer of its own), learnt with one
-// getsockopt at the first send that could be chunked.
+// the kernel to pace it (BBR sets SK_PACING_NEEDED), learnt with one
+// getsockopt at its first send that could be chunked. TCP then paces with
+// a timer of its own unless the fq qdisc paces for it; the qdisc cannot
+// be seen from here, so behind fq the chunks only add syscalls.
 func (b *epollBackend) paced(fd int32) bool {
 	f := &b.files[fd]
 	if f.pacing == 0 {
@@ -1219,8 +1226,10 @@ func (b *epollBackend) paced(fd int32) bool {
 var testHookSendChunk func(fd int32)
 
 // sendChunks sends want bytes of p's buffer or iovecs, in calls of at
-// most epSendChunk bytes on a paced socket and in one call otherwise,
-// until one is short, would block or fails. It returns
+// most epSendChunk bytes on a paced socket (at most epSendChunks of them,
+// so one socket does not hold the worker and the count fits a
+// completion) and in one call otherwise, until one is short, would block
+// or fails. full reports that the socket took less than offered. It returns
 // the bytes sent, or the error when none were, or when a chunk after the
 // first met the socket's error (a reset): the kernel reports that once
 // and clears it, so a partial count now would leave the retry to see
@@ -1228,7 +1237,7 @@ var testHookSendChunk func(fd int32)
 // would not learn that it was reset. The bytes that went before it do not
 // matter to a connection that is gone. Errors that come back when asked
 // again (out of memory) end the send short instead.
-func (b *epollBackend) sendChunks(fd int32, p *epPend, want uint64) (uint64, syscall.Errno) {
+func (b *epollBackend) sendChunks(fd int32, p *epPend, want uint64) (sent uint64, full bool, _ syscall.Errno) {
 	var m *msghdr
 	var iov []iovec
 	if p.code == opSendmsg {
@@ -1238,8 +1247,8 @@ func (b *epollBackend) sendChunks(fd int32, p *epPend, want uint64) (uint64, sys
 	chunk := want
 	if want > epSendChunk && b.paced(fd) {
 		chunk = epSendChunk
+		want = min(want, epSendChunks*epSendChunk)
 	}
-	var sent uint64
 	vi, voff := 0, uint64(0) // where the next chunk starts in iov
 	for {
 		n := min(want-sent, chunk)
@@ -1270,15 +1279,17 @@ func (b *epollBackend) sendChunks(fd int32, p *epPend, want uint64) (uint64, sys
 		case e == unix.EINTR:
 			continue
 		case e != 0 && sent == 0:
-			return 0, e
-		case e == unix.EAGAIN || e == unix.ENOBUFS || e == unix.ENOMEM:
-			return sent, 0
+			return 0, false, e
+		case e == unix.EAGAIN:
+			return sent, true, 0
+		case e == unix.ENOBUFS || e == unix.ENOMEM:
+			return sent, false, 0
 		case e != 0:
-			return 0, e
+			return 0, false, e
 		}
 		sent += uint64(r)
 		if uint64(r) < n || sent == want {
-			return sent, 0
+			return sent, uint64(r) < n, 0
 		}
 		for adv := uint64(r); m != nil && adv > 0; {
 			k := min(iov[vi].len-voff, adv)

@@ -198,7 +198,7 @@ func sockConnect(fd int, sa unix.Sockaddr) error {
 	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		n, err := unix.Poll(pfd, int(time.Until(deadline)/time.Millisecond))
+		n, err := unix.Poll(pfd, max(0, int(time.Until(deadline)/time.Millisecond)))
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -241,13 +241,18 @@ func sockRead(fd int, b []byte) (int, error) {
 		if err != unix.EINTR {
 			return n, err
 		}
+		sockEINTRs.Add(1)
 	}
 }
+
+// sockEINTRs counts the calls sockRead and writeAll made again.
+var sockEINTRs atomic.Int64
 
 func writeAll(fd int, b []byte) error {
 	for len(b) > 0 {
 		n, err := unix.Write(fd, b)
 		if err == unix.EINTR {
+			sockEINTRs.Add(1)
 			continue
 		}
 		if err != nil {
@@ -403,8 +408,9 @@ func TestBackendSendAndSendmsg(t *testing.T) {
 	})
 }
 
-// A sendmsg of about 1 MiB over 200 uneven iovecs, resubmitted from where
-// each short completion left it, delivers every byte in order. On a socket
+// A sendmsg of about 2 MB over 400 uneven iovecs (some empty) into
+// socket buffers smaller than that, resubmitted from where each short
+// completion left it, delivers every byte in order. On a socket
 // the kernel paces (BBR) the epoll backend sends it in chunks of at most
 // epSendChunk bytes, each starting inside some iovec and ending inside
 // another; under cubic, in one call.
@@ -413,33 +419,36 @@ func TestBackendLargeSendmsg(t *testing.T) {
 		// No subtests: io_uring wants every submission from this thread.
 		for _, cc := range []string{"bbr", "cubic"} {
 			func() {
-				ours, peer := tcpPair(t)
+				// Buffers smaller than the message, so sends complete short
+				// and resume inside an iovec (tcpPairBuf: not below a few
+				// loopback MSS).
+				ours, peer := tcpPairBuf(t, 256<<10, 256<<10)
 				setCongestion(t, ours, cc)
 				if eb, ok := h.be.(*epollBackend); ok {
 					eb.resetFile(int32(ours)) // as attach does: a fresh entry for a new socket
 				}
-				const iovOff, dataOff, parts = 64, 8192, 200
+				const iovOff, dataOff, parts = 64, 8192, 400
 				lens := make([]uint64, parts)
 				var total uint64
 				for i := range lens {
-					lens[i] = 1 + uint64(i*7919)%9973
+					if i%17 != 5 { // and some empty ones
+						lens[i] = 1 + uint64(i*7919)%9973
+					}
 					total += lens[i]
 				}
 				msg := pattern(int(total), 4)
 				copy(h.mem.b[dataOff:], msg)
+				// The peer starts reading after the first completion, which
+				// is therefore short.
 				var wg sync.WaitGroup
 				var rcvd []byte
 				var rerr error
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					rcvd, rerr = readFull(peer, len(msg))
-				}()
 				chunks := 0
 				testHookSendChunk = func(int32) { chunks++ }
 				defer func() { testHookSendChunk = nil }()
 				send := ud(udSend, 8)
 				var sent uint64
+				short := 0
 				for sent < total {
 					// The iovecs of what is left, the first one cut at sent.
 					iov := unsafe.Slice((*iovec)(h.mem.ptr(iovOff)), parts)
@@ -460,17 +469,40 @@ func TestBackendLargeSendmsg(t *testing.T) {
 					if _, epoll := h.be.(*epollBackend); epoll && cc == "bbr" {
 						assert.GreaterOrEqual(t, chunks, (int(e.res)-1)/epSendChunk,
 							"%s: a paced send of %d bytes goes in chunks of at most %d", cc, e.res, epSendChunk)
+						assert.LessOrEqual(t, int(e.res), epSendChunks*epSendChunk, "%s: one send takes at most %d chunks", cc, epSendChunks)
 					} else {
 						assert.Zero(t, chunks, "%s: one call", cc)
 					}
+					if sent == 0 {
+						wg.Add(1)
+						go func() {
+							defer wg.Done()
+							rcvd, rerr = readFull(peer, len(msg))
+						}()
+					}
 					sent += uint64(e.res)
+					if sent < total {
+						short++
+					}
 				}
+				assert.Greater(t, short, 0, "%s: some sends completed short and resumed", cc)
 				wg.Wait()
 				require.NoError(t, rerr)
 				assert.True(t, bytes.Equal(msg, rcvd), "%s: bytes arrive complete and in order", cc)
 			}()
 		}
 	})
+}
+
+// waitPollErr waits (up to 5 s) until fd reports an error or hang-up, as
+// a reset arriving makes it; poll leaves the socket's error in place.
+func waitPollErr(t *testing.T, fd int) {
+	t.Helper()
+	pfd := []unix.PollFd{{Fd: int32(fd)}} // POLLERR and POLLHUP need no asking
+	require.True(t, settle(5*time.Second, func() bool {
+		_, err := unix.Poll(pfd, 10)
+		return err == nil && pfd[0].Revents&(unix.POLLERR|unix.POLLHUP) != 0
+	}), "the reset reaches the socket")
 }
 
 // setCongestion sets fd's TCP congestion control (root may load its
@@ -507,6 +539,7 @@ func TestEpollSendChunkReportsReset(t *testing.T) {
 			testHookSendChunk = func(int32) {
 				if chunks++; chunks == 1 {
 					resetPeer(t, peer)
+					waitPollErr(t, ours)
 				}
 			}
 			defer func() { testHookSendChunk = nil }()
@@ -1087,13 +1120,16 @@ func TestSocketHelpersRetryEINTR(t *testing.T) {
 	}()
 	var got []byte
 	var err error
+	intr := sockEINTRs.Load()
 	underSignals(func() { got, err = readFull(peer, len(msg)) })
 	require.NoError(t, err)
 	assert.True(t, bytes.Equal(msg, got))
+	assert.Greater(t, sockEINTRs.Load(), intr, "the blocked read was interrupted")
 
 	// Writing: more than the socket buffers hold, so the writer blocks,
 	// and is signalled, until the other side reads.
 	msg = pattern(16<<20, 6) // more than autotuned buffers reach (tcp_wmem, tcp_rmem)
+	intr = sockEINTRs.Load()
 	done := make(chan error, 1)
 	go underSignals(func() { done <- writeAll(peer, msg) })
 	select {
@@ -1107,6 +1143,7 @@ func TestSocketHelpersRetryEINTR(t *testing.T) {
 	require.NoError(t, <-done)
 	require.NoError(t, err)
 	assert.True(t, bytes.Equal(msg, got))
+	assert.Greater(t, sockEINTRs.Load(), intr, "the blocked write was interrupted")
 }
 
 // underSignals runs f on a thread of its own that receives SIGURG (the
