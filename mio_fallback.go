@@ -1245,7 +1245,8 @@ func (b *epollBackend) sendChunks(fd int32, p *epPend, want uint64) (sent uint64
 		iov = unsafe.Slice((*iovec)(rawPtr(m.iov)), m.iovlen)
 	}
 	chunk := want
-	if want > epSendChunk && b.paced(fd) {
+	// Ancillary data goes once, with the whole message: no chunks.
+	if want > epSendChunk && (m == nil || m.controllen == 0) && b.paced(fd) {
 		chunk = epSendChunk
 		want = min(want, epSendChunks*epSendChunk)
 	}
@@ -1259,9 +1260,7 @@ func (b *epollBackend) sendChunks(fd int32, p *epPend, want uint64) (sent uint64
 		case m == nil:
 			r, _, e = unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(p.addr+sent), uintptr(n),
 				unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
-		case n == want || m.controllen != 0:
-			// All of it in one call (ancillary data goes once, whole).
-			n = want
+		case n == want:
 			r, _, e = unix.RawSyscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(p.addr), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
 		default:
 			b.siov = b.siov[:0]

@@ -1170,3 +1170,60 @@ func underSignals(f func()) {
 	defer func() { close(stop); wg.Wait() }()
 	f()
 }
+
+// A sendmsg carrying ancillary data goes in one call even on a paced
+// socket (the control message must go once, with the whole message), and
+// its count is what that call took, however large. Forced pacing on a
+// Unix pair, which takes SCM_RIGHTS; epoll only (io_uring never chunks).
+func TestEpollSendWithControlNotChunked(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	be, err := newEpollBackend(smallBC(), true)
+	require.NoError(t, err)
+	defer be.close()
+	mem, err := mapRegion(beScratch)
+	require.NoError(t, err)
+	defer mem.unmap()
+	h := &beHarness{t: t, be: be, mem: mem}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	require.NoError(t, unix.SetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20))
+	be.resetFile(int32(fds[0]))
+	be.files[fds[0]].pacing = 1 // as if BBR
+
+	const dataOff, total = 8192, 2 << 20 // more than epSendChunks chunks
+	msg := pattern(total, 3)
+	copy(mem.b[dataOff:], msg)
+	*(*iovec)(mem.ptr(64)) = iovec{base: mem.addr(dataOff), len: total}
+	rights := unix.UnixRights(fds[1])
+	copy(mem.b[128:], rights)
+	*(*msghdr)(mem.ptr(0)) = msghdr{iov: mem.addr(64), iovlen: 1, control: mem.addr(128), controllen: uint64(len(rights))}
+	var rcvd []byte
+	var rerr error
+	done := make(chan struct{})
+	go func() { defer close(done); rcvd, rerr = readFull(fds[1], total) }()
+	chunks := 0
+	testHookSendChunk = func(int32) { chunks++ }
+	defer func() { testHookSendChunk = nil }()
+	send := ud(udSend, 10)
+	var sent int
+	for first := true; sent < total; first = false {
+		if first {
+			h.be.stage(sqOp{code: opSendmsg, fd: int32(fds[0]), ud: send, addr: mem.addr(0)})
+		} else { // the rest without the control message
+			h.be.stage(sqOp{code: opSend, fd: int32(fds[0]), ud: send, addr: mem.addr(dataOff + sent), len: uint32(total - sent)})
+		}
+		e := h.next(send)
+		require.Greater(t, e.res, int32(0))
+		require.LessOrEqual(t, int(e.res), total-sent)
+		if first {
+			assert.Zero(t, chunks, "a message with control data goes in one call")
+		}
+		sent += int(e.res)
+	}
+	<-done
+	require.NoError(t, rerr)
+	assert.True(t, bytes.Equal(msg, rcvd))
+}
