@@ -293,6 +293,9 @@ func listenReusePort(addr string, n, backlog int, share bool) ([]int, net.Addr, 
 			}
 			return fail("bind", err)
 		}
+		if testHookBindProbed != nil {
+			testHookBindProbed(port)
+		}
 	}
 	var bound net.Addr
 	for i := 0; i < n; i++ {
@@ -321,8 +324,19 @@ func listenReusePort(addr string, n, backlog int, share bool) ([]int, net.Addr, 
 			port = bound.(*net.TCPAddr).Port
 		}
 	}
+	if !share {
+		// The probe above was closed before these binds; see bindcheck.go.
+		if err := checkSoleListeners(fds, ip, port); err != nil {
+			return fail("bind", err)
+		}
+	}
 	return fds, bound, nil
 }
+
+// testHookBindProbed, when set by a test, runs between listenReusePort's
+// probe bind and its listeners' binds: the window another server can
+// slip through.
+var testHookBindProbed func(port int)
 
 // raiseNofile lifts the soft RLIMIT_NOFILE to the hard limit: each
 // connection costs an fd and the fixed-file tables are sized from it.

@@ -1,0 +1,189 @@
+package ringline
+
+import (
+	"net"
+	"net/netip"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ringline-go/ringline/internal/assert"
+	"github.com/ringline-go/ringline/internal/require"
+	"golang.org/x/sys/unix"
+)
+
+// reusePortListener listens on ip:port with SO_REUSEPORT, as a second copy
+// of a server would, and returns the fd (closed when the test ends).
+func reusePortListener(t *testing.T, ip netip.Addr, port int) int {
+	t.Helper()
+	domain, sa := unix.AF_INET6, unix.Sockaddr(&unix.SockaddrInet6{Port: port, Addr: ip.As16()})
+	if ip.Is4() {
+		domain, sa = unix.AF_INET, &unix.SockaddrInet4{Port: port, Addr: ip.As4()}
+	}
+	fd, err := unix.Socket(domain, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	require.NoError(t, err)
+	t.Cleanup(func() { unix.Close(fd) })
+	require.NoError(t, unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1))
+	require.NoError(t, unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1))
+	require.NoError(t, unix.Bind(fd, sa))
+	require.NoError(t, unix.Listen(fd, 16))
+	return fd
+}
+
+func sockInode(t *testing.T, fd int) uint64 {
+	t.Helper()
+	var st unix.Stat_t
+	require.NoError(t, unix.Fstat(fd, &st))
+	return st.Ino
+}
+
+// freePort returns a TCP port nothing listens on at ip right now.
+func freePort(t *testing.T, ip netip.Addr) int {
+	t.Helper()
+	l, err := net.Listen("tcp", netip.AddrPortFrom(ip, 0).String())
+	require.NoError(t, err)
+	port := l.Addr().(*net.TCPAddr).Port
+	require.NoError(t, l.Close())
+	return port
+}
+
+// A second server that binds the address with SO_REUSEPORT between Bind's
+// probe and its listeners would silently share the port: Bind must see it
+// and fail with EADDRINUSE, leave nothing of its own listening, and leave
+// the other server's listener working.
+func TestBindRefusesListenerThatJoinsDuringSetup(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		for _, host := range []string{"127.0.0.1", "::1"} {
+			t.Run(host, func(t *testing.T) {
+				ip := netip.MustParseAddr(host)
+				port := freePort(t, ip)
+				addr := netip.AddrPortFrom(ip, uint16(port)).String()
+				fds0 := openFDs(t)
+
+				var other int
+				testHookBindProbed = func(p int) {
+					require.Equal(t, port, p)
+					other = reusePortListener(t, ip, port)
+				}
+				defer func() { testHookBindProbed = nil }()
+				cfg := testConfig(be)
+				cfg.Workers = 2
+				rt, err := New(cfg).Bind(addr).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
+				if err == nil {
+					rt.Shutdown()
+					<-rt.Done()
+				}
+				require.ErrorIs(t, err, syscall.EADDRINUSE)
+				assert.Contains(t, err.Error(), "joined the address")
+				testHookBindProbed = nil
+
+				// Only the other server listens there now ...
+				inodes, err := listenerInodes(ip, port)
+				require.NoError(t, err)
+				assert.Equal(t, []uint64{sockInode(t, other)}, inodes)
+				assert.Equal(t, fds0+1, openFDs(t), "Bind closed all it opened (the other listener is the one more)")
+
+				// ... and it takes the connections.
+				c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+				require.NoError(t, err)
+				defer c.Close()
+				pfd := []unix.PollFd{{Fd: int32(other), Events: unix.POLLIN}}
+				n, err := unix.Poll(pfd, 5000)
+				require.NoError(t, err)
+				require.Equal(t, 1, n, "the other listener has the connection")
+				nfd, _, err := unix.Accept(other)
+				require.NoError(t, err)
+				unix.Close(nfd)
+			})
+		}
+	})
+}
+
+// Without a race the check passes, on both families and on the
+// unspecified address, and with ReusePort two servers still share.
+func TestBindCheckPassesItsOwnListeners(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		for _, addr := range []string{"127.0.0.1:0", "[::1]:0", ":0", "0.0.0.0:0"} {
+			cfg := testConfig(be)
+			cfg.Workers = 2
+			rt, err := New(cfg).Bind(addr).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
+			require.NoError(t, err, addr)
+			rt.Shutdown()
+			<-rt.Done()
+		}
+	})
+}
+
+// listenerInodes finds exactly the listeners on the address and port
+// asked for: not those on another address of the same port, not those on
+// another port, not connected sockets.
+func TestListenerInodes(t *testing.T) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	port := freePort(t, lo)
+	a := reusePortListener(t, lo, port)
+	b := reusePortListener(t, lo, port)
+	other := reusePortListener(t, netip.MustParseAddr("127.0.0.2"), port)
+	v6 := reusePortListener(t, netip.MustParseAddr("::1"), port)
+
+	got, err := listenerInodes(lo, port)
+	require.NoError(t, err)
+	assert.Equal(t, sorted(sockInode(t, a), sockInode(t, b)), sorted(got...))
+
+	got, err = listenerInodes(netip.MustParseAddr("127.0.0.2"), port)
+	require.NoError(t, err)
+	assert.Equal(t, []uint64{sockInode(t, other)}, got)
+
+	got, err = listenerInodes(netip.MustParseAddr("::1"), port)
+	require.NoError(t, err)
+	assert.Equal(t, []uint64{sockInode(t, v6)}, got)
+
+	// A v4-mapped address is asked as IPv4, as Bind binds it.
+	got, err = listenerInodes(netip.MustParseAddr("::ffff:127.0.0.1"), port)
+	require.NoError(t, err)
+	assert.Equal(t, sorted(sockInode(t, a), sockInode(t, b)), sorted(got...))
+
+	// A connection to a does not count: only listeners do.
+	c, err := net.Dial("tcp", netip.AddrPortFrom(lo, uint16(port)).String())
+	require.NoError(t, err)
+	defer c.Close()
+	got, err = listenerInodes(lo, port)
+	require.NoError(t, err)
+	assert.Len(t, got, 2)
+
+	got, err = listenerInodes(lo, freePort(t, lo))
+	require.NoError(t, err)
+	assert.Empty(t, got)
+}
+
+func sorted(xs ...uint64) []uint64 { return slices.Sorted(slices.Values(xs)) }
+
+// Where the kernel cannot be asked (no inet_diag, a sandbox) Bind keeps the
+// probe's answer and succeeds; any other failure of the question fails
+// Bind with it, and closes what Bind opened.
+func TestBindCheckWithoutDiagnostics(t *testing.T) {
+	defer func() { listListeners = listenerInodes }()
+	cfg := testConfig(Auto)
+	launch := func() (*Runtime, error) {
+		return New(cfg).Bind("127.0.0.1:0").Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
+	}
+	fds0 := openFDs(t)
+
+	listListeners = func(netip.Addr, int) ([]uint64, error) { return nil, errDiagUnavailable }
+	rt, err := launch()
+	require.NoError(t, err)
+	rt.Shutdown()
+	<-rt.Done()
+
+	listListeners = func(netip.Addr, int) ([]uint64, error) { return nil, unix.ENOBUFS }
+	_, err = launch()
+	require.ErrorIs(t, err, unix.ENOBUFS)
+	assert.Contains(t, err.Error(), "ringline: bind 127.0.0.1:0")
+
+	// A listener the check does not know fails Bind: the check's answer is
+	// what decides.
+	listListeners = func(netip.Addr, int) ([]uint64, error) { return []uint64{1}, nil }
+	_, err = launch()
+	require.ErrorIs(t, err, syscall.EADDRINUSE)
+	assert.Equal(t, fds0, openFDs(t), "nothing left open")
+}
