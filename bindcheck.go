@@ -5,13 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// Bind's exclusivity, after the fact.
+// Bind's exclusivity, after the fact; BindUnix's, by a lock.
 //
 // listenReusePort refuses an address another socket holds by first binding
 // a probe socket without SO_REUSEPORT. That probe is closed before the
@@ -166,4 +168,42 @@ func checkSoleListeners(fds []int, ip netip.Addr, port int) error {
 		}
 	}
 	return nil
+}
+
+// socketDirLockWait bounds how long BindUnix waits for the lock on the
+// socket's directory before it goes on without it.
+const socketDirLockWait = 2 * time.Second
+
+// testHookUnixStale, when set by a test, runs after unixPathFree has found
+// a stale socket file and before it removes it: the window in which
+// another server can bind the path.
+var testHookUnixStale func()
+
+// lockSocketDir takes an exclusive flock(2) on the directory of the
+// socket file at path and returns its release. BindUnix holds it from the
+// check of the path to listen(2): otherwise two runtimes that both found a
+// stale socket file there could both remove "it", the second removing the
+// first one's new socket file, and both would start, the first unreachable.
+// The lock is advisory and taken only by ringline runtimes; a directory
+// that cannot be opened for reading, or whose lock is not free within
+// socketDirLockWait (some other program holding it), is bound without it,
+// as before.
+func lockSocketDir(path string) (unlock func()) {
+	fd, err := unix.Open(filepath.Dir(path), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return func() {}
+	}
+	deadline := time.Now().Add(socketDirLockWait)
+	for {
+		switch err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); {
+		case err == nil:
+			return func() { unix.Close(fd) } // closing the last fd releases the lock
+		case err == unix.EINTR:
+		case err == unix.EWOULDBLOCK && time.Now().Before(deadline):
+			time.Sleep(time.Millisecond)
+		default:
+			unix.Close(fd)
+			return func() {}
+		}
+	}
 }

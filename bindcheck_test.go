@@ -3,7 +3,9 @@ package ringline
 import (
 	"net"
 	"net/netip"
+	"path/filepath"
 	"slices"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -186,4 +188,79 @@ func TestBindCheckWithoutDiagnostics(t *testing.T) {
 	_, err = launch()
 	require.ErrorIs(t, err, syscall.EADDRINUSE)
 	assert.Equal(t, fds0, openFDs(t), "nothing left open")
+}
+
+// Two runtimes that find the same stale socket file must not both start:
+// without the directory lock the second removed the first one's new
+// socket file as "stale" and both Launches succeeded, the first
+// unreachable. The hook holds the first Launch between its check and its
+// removal of the stale file while a second Launch runs.
+func TestBindUnixRaceOnStaleFile(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be)
+		path := filepath.Join(t.TempDir(), "srv.sock")
+		stale, err := net.Listen("unix", path)
+		require.NoError(t, err)
+		stale.(*net.UnixListener).SetUnlinkOnClose(false)
+		require.NoError(t, stale.Close())
+
+		type result struct {
+			rt  *Runtime
+			err error
+		}
+		launch := func() result {
+			rt, err := New(cfg).BindUnix(path).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
+			return result{rt, err}
+		}
+		second := make(chan result, 1)
+		var once sync.Once
+		testHookUnixStale = func() {
+			once.Do(func() {
+				go func() { second <- launch() }()
+				// Give the second Launch the time to run to the end if
+				// nothing holds it back (with the lock, it waits for this
+				// one's listen whatever the wait here).
+				select {
+				case r := <-second:
+					second <- r
+				case <-time.After(300 * time.Millisecond):
+				}
+			})
+		}
+		defer func() { testHookUnixStale = nil }()
+		first := launch()
+		var r2 result
+		select {
+		case r2 = <-second:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the second Launch did not return")
+		}
+		testHookUnixStale = nil
+		for _, r := range []result{first, r2} {
+			if r.err == nil {
+				defer stop(t, r.rt)
+			}
+		}
+
+		require.NoError(t, first.err, "the first Launch holds the lock and starts")
+		require.ErrorIs(t, r2.err, syscall.EADDRINUSE, "the second finds the first listening")
+		require.NoError(t, echoUnix(path, []byte("reachable")), "the path reaches the runtime that started")
+	})
+}
+
+// A directory whose lock another program holds delays BindUnix at most
+// socketDirLockWait; then it binds without the lock.
+func TestBindUnixDirectoryLockHeldElsewhere(t *testing.T) {
+	dir := t.TempDir()
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	require.NoError(t, err)
+	defer unix.Close(fd)
+	require.NoError(t, unix.Flock(fd, unix.LOCK_EX))
+	start := time.Now()
+	rt, err := New(testConfig(Auto)).BindUnix(filepath.Join(dir, "srv.sock")).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
+	require.NoError(t, err)
+	defer stop(t, rt)
+	waited := time.Since(start)
+	assert.GreaterOrEqual(t, waited, socketDirLockWait, "it waited for the lock")
+	require.NoError(t, echoUnix(filepath.Join(dir, "srv.sock"), []byte("bound")))
 }

@@ -532,6 +532,8 @@ func listenUnix(path string, n, backlog int) ([]int, *unixSockFile, error) {
 	sa := &unix.SockaddrUnix{Name: path} // x/sys/unix maps a leading '@' to the abstract NUL
 	abstract := path[0] == '@'
 	if !abstract {
+		// Held until the socket listens: see lockSocketDir.
+		defer lockSocketDir(path)()
 		if err := unixPathFree(path); err != nil {
 			return nil, nil, err
 		}
@@ -601,6 +603,9 @@ func unixPathFree(path string) error {
 		// Accepting (EAGAIN: its backlog is full, but it is there).
 		return fmt.Errorf("ringline: bind unix %s: another socket is listening there: %w", path, unix.EADDRINUSE)
 	case unix.ECONNREFUSED:
+		if testHookUnixStale != nil {
+			testHookUnixStale()
+		}
 		if err := unix.Unlink(path); err != nil && err != unix.ENOENT {
 			return fmt.Errorf("ringline: bind unix %s: removing the stale socket file: %w", path, err)
 		}
