@@ -19,13 +19,16 @@ import (
 // a probe socket without SO_REUSEPORT. That probe is closed before the
 // workers' SO_REUSEPORT listeners are bound, and in between a second
 // server of the same user making the same check passes it too; both then
-// bind with SO_REUSEPORT and the kernel puts them in one group, silently
-// splitting the connections. So, once its own listeners are listening,
-// Bind asks the kernel (NETLINK_SOCK_DIAG) for every TCP socket listening
-// on exactly that address and port: a group holds only sockets bound to
-// the same address, so any listener there that is not one of ours has
-// joined it. Of two servers that race, the one that lists second sees the
-// other and fails; the first may pass, and then keeps the port alone.
+// bind with SO_REUSEPORT and share the port silently: in one group, each
+// taking part of the connections, or, on overlapping addresses (0.0.0.0
+// and 127.0.0.1, [::] and 0.0.0.0), the more specific one taking all of
+// the connections it matches. So, once its own listeners are listening,
+// Bind asks the kernel (NETLINK_SOCK_DIAG) for every TCP listener on the
+// port, and fails if one that is not its own overlaps its address, as the
+// probe would have failed had it come later. Of two servers that race, the
+// one that lists second sees the other and fails (connections already
+// queued on its listeners are reset as it closes them); the first may
+// pass, and then keeps the port alone.
 
 // errDiagUnavailable reports that the kernel offers no socket
 // diagnostics (no inet_diag, or a sandbox that forbids the netlink
@@ -55,32 +58,68 @@ type inetDiagSockID struct {
 
 // inetDiagMsgLen is the size of struct inet_diag_msg: family, state,
 // timer, retrans, the 48-byte sockid, then expires, rqueue, wqueue, uid
-// and inode (each 32 bits).
+// and inode (each 32 bits). Attributes (struct rtattr) follow it.
 const inetDiagMsgLen = 4 + 48 + 5*4
+
+// inetDiagSKV6Only is INET_DIAG_SKV6ONLY, the attribute (one byte) the
+// kernel adds to every AF_INET6 socket's answer: IPV6_V6ONLY.
+const inetDiagSKV6Only = 11
 
 // tcpListenState is TCP_LISTEN (include/net/tcp_states.h).
 const tcpListenState = 10
 
-// listenerInodes returns the socket inodes of the TCP sockets in this
-// network namespace listening on exactly ip:port (ip as listenReusePort
-// binds it: IPv4 for IPv4 and IPv4-mapped addresses, IPv6 otherwise). It
-// returns errDiagUnavailable when the kernel cannot be asked.
-func listenerInodes(ip netip.Addr, port int) ([]uint64, error) {
+// diagTimeout bounds the wait for the kernel's answer.
+const diagTimeout = 2 * time.Second
+
+// diagListener is one TCP listening socket as the kernel describes it.
+type diagListener struct {
+	addr   netip.Addr // IPv4 for AF_INET, IPv6 (possibly v4-mapped) for AF_INET6
+	v6only bool       // AF_INET6 only: it takes no IPv4 connections
+	inode  uint64
+}
+
+// diagUnavailable reports whether err, from creating or writing the
+// netlink socket, means the kernel cannot be asked at all (rather than a
+// shortage, which Bind reports).
+func diagUnavailable(err error) bool {
+	switch err {
+	case unix.EAFNOSUPPORT, unix.EPROTONOSUPPORT, unix.EPERM, unix.EACCES, unix.ENOENT, unix.EOPNOTSUPP:
+		return true
+	}
+	return false
+}
+
+// portListeners returns the TCP sockets of both families listening on
+// port in this network namespace, or errDiagUnavailable when the kernel
+// cannot be asked.
+func portListeners(port int) ([]diagListener, error) {
+	var all []diagListener
+	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		ls, err := dumpListeners(family, port)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, ls...)
+	}
+	return all, nil
+}
+
+func dumpListeners(family uint8, port int) ([]diagListener, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
-		return nil, errDiagUnavailable
+		if diagUnavailable(err) {
+			return nil, errDiagUnavailable
+		}
+		return nil, fmt.Errorf("sock_diag socket: %w", err)
 	}
 	defer unix.Close(fd)
-
-	family, addr := uint8(unix.AF_INET6), ip.As16()
-	if ip.Is4() || ip.Is4In6() {
-		family = unix.AF_INET
-		addr = [16]byte{}
-		a4 := ip.Unmap().As4()
-		copy(addr[:], a4[:])
+	tv := unix.NsecToTimeval(diagTimeout.Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return nil, fmt.Errorf("sock_diag: %w", err)
 	}
+
 	req := inetDiagReq{family: family, protocol: unix.IPPROTO_TCP, states: 1 << tcpListenState}
-	binary.BigEndian.PutUint16(req.id.sport[:], uint16(port)) // the kernel's dump filters on it
+	binary.BigEndian.PutUint16(req.id.sport[:], uint16(port)) // the kernel's dump of listeners filters on it
 	const hdrLen = unix.SizeofNlMsghdr
 	msg := make([]byte, hdrLen+int(unsafe.Sizeof(req)))
 	*(*unix.NlMsghdr)(unsafe.Pointer(&msg[0])) = unix.NlMsghdr{
@@ -91,17 +130,22 @@ func listenerInodes(ip netip.Addr, port int) ([]uint64, error) {
 	}
 	*(*inetDiagReq)(unsafe.Pointer(&msg[hdrLen])) = req
 	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return nil, errDiagUnavailable
+		if diagUnavailable(err) {
+			return nil, errDiagUnavailable
+		}
+		return nil, fmt.Errorf("sock_diag request: %w", err)
 	}
 
-	var inodes []uint64
-	buf := make([]byte, 32<<10)
+	var found []diagListener
+	buf := make([]byte, 32<<10) // the kernel's largest dump message
 	for {
 		n, _, err := unix.Recvfrom(fd, buf, 0)
-		if err == unix.EINTR {
+		switch {
+		case err == unix.EINTR:
 			continue
-		}
-		if err != nil {
+		case err == unix.EAGAIN:
+			return nil, fmt.Errorf("sock_diag: no answer within %v: %w", diagTimeout, unix.ETIMEDOUT)
+		case err != nil:
 			return nil, fmt.Errorf("sock_diag: %w", err)
 		}
 		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
@@ -110,49 +154,105 @@ func listenerInodes(ip netip.Addr, port int) ([]uint64, error) {
 		}
 		for _, m := range msgs {
 			switch m.Header.Type {
-			case unix.NLMSG_DONE:
-				return inodes, nil
-			case unix.NLMSG_ERROR:
+			case unix.NLMSG_DONE, unix.NLMSG_ERROR:
+				// Both may carry an errno (negative); NLMSG_DONE does when
+				// the dump failed part way.
 				if len(m.Data) >= 4 {
-					if errno := -int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
-						if unix.Errno(errno) == unix.ENOENT || unix.Errno(errno) == unix.EOPNOTSUPP {
+					if errno := unix.Errno(-int32(binary.NativeEndian.Uint32(m.Data))); errno != 0 {
+						if diagUnavailable(errno) {
 							return nil, errDiagUnavailable // no inet_diag for TCP
 						}
-						return nil, fmt.Errorf("sock_diag: %w", unix.Errno(errno))
+						return nil, fmt.Errorf("sock_diag: %w", errno)
 					}
 				}
-				continue
+				if m.Header.Type == unix.NLMSG_DONE {
+					return found, nil
+				}
+				return nil, errors.New("sock_diag: unexpected acknowledgement")
 			case unix.SOCK_DIAG_BY_FAMILY:
 			default:
 				continue
 			}
 			d := m.Data
-			if len(d) < inetDiagMsgLen || d[0] != family || d[1] != tcpListenState {
+			if len(d) < inetDiagMsgLen || d[0] != family || d[1] != tcpListenState ||
+				int(binary.BigEndian.Uint16(d[4:6])) != port {
 				continue
 			}
-			if int(binary.BigEndian.Uint16(d[4:6])) != port || [16]byte(d[8:24]) != addr {
-				continue
+			l := diagListener{inode: uint64(binary.NativeEndian.Uint32(d[inetDiagMsgLen-4:]))}
+			if family == unix.AF_INET {
+				l.addr = netip.AddrFrom4([4]byte(d[8:12]))
+			} else {
+				l.addr = netip.AddrFrom16([16]byte(d[8:24]))
+				l.v6only = diagV6Only(d[inetDiagMsgLen:])
 			}
-			inodes = append(inodes, uint64(binary.NativeEndian.Uint32(d[inetDiagMsgLen-4:])))
+			found = append(found, l)
 		}
 	}
 }
 
-// listListeners is listenerInodes; a test replaces it to take the paths
+// diagV6Only finds INET_DIAG_SKV6ONLY among the attributes.
+func diagV6Only(attrs []byte) bool {
+	for len(attrs) >= 4 {
+		alen := int(binary.NativeEndian.Uint16(attrs[0:2]))
+		if alen < 4 || alen > len(attrs) {
+			return false
+		}
+		if binary.NativeEndian.Uint16(attrs[2:4]) == inetDiagSKV6Only && alen >= 5 {
+			return attrs[4] != 0
+		}
+		attrs = attrs[(alen+3)&^3:]
+	}
+	return false
+}
+
+// overlaps reports whether a listener on a takes connections that a
+// listener on b could take: the same address, or either the unspecified
+// address of its family, where an IPv6 [::] that is not v6-only also takes
+// IPv4 (and an IPv4-mapped IPv6 address is its IPv4 address).
+func overlaps(a, b diagListener) bool {
+	norm := func(l diagListener) diagListener {
+		if l.addr.Is4In6() {
+			l.addr = l.addr.Unmap()
+		}
+		return l
+	}
+	a, b = norm(a), norm(b)
+	if a.addr.Is4() == b.addr.Is4() {
+		return a.addr == b.addr || a.addr.IsUnspecified() || b.addr.IsUnspecified()
+	}
+	if a.addr.Is4() {
+		a, b = b, a // a is the IPv6 one
+	}
+	return a.addr.IsUnspecified() && !a.v6only
+}
+
+// listPortListeners is portListeners; a test replaces it to take the paths
 // where the kernel cannot be asked.
-var listListeners = listenerInodes
+var listPortListeners = portListeners
 
 // checkSoleListeners fails with an error wrapping EADDRINUSE when a TCP
-// socket other than fds listens on exactly ip:port. Where the kernel
-// cannot be asked it passes: the probe bind has already refused the
-// address if it was taken before Bind began.
+// socket other than fds (all listening on ip:port) listens on an address
+// that overlaps ip on port. Where the kernel cannot be asked it passes:
+// the probe bind has already refused the address if it was taken before
+// Bind began.
 func checkSoleListeners(fds []int, ip netip.Addr, port int) error {
-	found, err := listListeners(ip, port)
+	all, err := listPortListeners(port)
 	if errors.Is(err, errDiagUnavailable) {
 		return nil
 	}
 	if err != nil {
 		return err
+	}
+	self := diagListener{addr: ip}
+	if ip.Is4In6() {
+		self.addr = ip.Unmap()
+	}
+	if self.addr.Is6() {
+		v6only, err := unix.GetsockoptInt(fds[0], unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
+		if err != nil {
+			return fmt.Errorf("getsockopt IPV6_V6ONLY: %w", err)
+		}
+		self.v6only = v6only != 0
 	}
 	ours := make(map[uint64]bool, len(fds))
 	for _, fd := range fds {
@@ -162,9 +262,10 @@ func checkSoleListeners(fds []int, ip netip.Addr, port int) error {
 		}
 		ours[st.Ino] = true
 	}
-	for _, ino := range found {
-		if !ours[ino] {
-			return fmt.Errorf("another socket joined the address while Bind was setting up its listeners (set Config.ReusePort to share it): %w", unix.EADDRINUSE)
+	for _, l := range all {
+		if !ours[l.inode] && overlaps(self, l) {
+			return fmt.Errorf("another socket (listening on %v) took the address while Bind was setting up its listeners (set Config.ReusePort to share it): %w",
+				netip.AddrPortFrom(l.addr, uint16(port)), unix.EADDRINUSE)
 		}
 	}
 	return nil

@@ -4,7 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
-	"slices"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -51,43 +51,52 @@ func freePort(t *testing.T, ip netip.Addr) int {
 }
 
 // A second server that binds the address with SO_REUSEPORT between Bind's
-// probe and its listeners would silently share the port: Bind must see it
-// and fail with EADDRINUSE, leave nothing of its own listening, and leave
-// the other server's listener working.
+// probe and its listeners would silently share the port: in Bind's group,
+// or on an overlapping address, which then takes all the connections it
+// matches. Bind must see it and fail with EADDRINUSE, leave nothing of its
+// own listening, and leave the other server's listener working.
 func TestBindRefusesListenerThatJoinsDuringSetup(t *testing.T) {
+	cases := []struct{ name, bind, other, dial string }{
+		{"same address", "127.0.0.1", "127.0.0.1", "127.0.0.1"},
+		{"same address v6", "::1", "::1", "::1"},
+		{"same wildcard", "", "::", "127.0.0.1"},
+		{"more specific", "0.0.0.0", "127.0.0.1", "127.0.0.1"},
+		{"v4 wildcard beside dual-stack", "", "0.0.0.0", "127.0.0.1"},
+	}
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		for _, host := range []string{"127.0.0.1", "::1"} {
-			t.Run(host, func(t *testing.T) {
-				ip := netip.MustParseAddr(host)
-				port := freePort(t, ip)
-				addr := netip.AddrPortFrom(ip, uint16(port)).String()
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				otherIP, dialIP := netip.MustParseAddr(tc.other), netip.MustParseAddr(tc.dial)
+				port := freePort(t, netip.MustParseAddr("::"))
 				fds0 := openFDs(t)
 
 				var other int
 				testHookBindProbed = func(p int) {
 					require.Equal(t, port, p)
-					other = reusePortListener(t, ip, port)
+					other = reusePortListener(t, otherIP, port)
 				}
 				defer func() { testHookBindProbed = nil }()
 				cfg := testConfig(be)
 				cfg.Workers = 2
+				addr := net.JoinHostPort(tc.bind, strconv.Itoa(port))
 				rt, err := New(cfg).Bind(addr).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
 				if err == nil {
 					rt.Shutdown()
 					<-rt.Done()
 				}
 				require.ErrorIs(t, err, syscall.EADDRINUSE)
-				assert.Contains(t, err.Error(), "joined the address")
+				assert.Contains(t, err.Error(), "took the address while Bind was setting up")
 				testHookBindProbed = nil
 
 				// Only the other server listens there now ...
-				inodes, err := listenerInodes(ip, port)
+				ls, err := portListeners(port)
 				require.NoError(t, err)
-				assert.Equal(t, []uint64{sockInode(t, other)}, inodes)
+				require.Len(t, ls, 1)
+				assert.Equal(t, sockInode(t, other), ls[0].inode)
 				assert.Equal(t, fds0+1, openFDs(t), "Bind closed all it opened (the other listener is the one more)")
 
 				// ... and it takes the connections.
-				c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+				c, err := net.DialTimeout("tcp", netip.AddrPortFrom(dialIP, uint16(port)).String(), 5*time.Second)
 				require.NoError(t, err)
 				defer c.Close()
 				pfd := []unix.PollFd{{Fd: int32(other), Events: unix.POLLIN}}
@@ -103,7 +112,7 @@ func TestBindRefusesListenerThatJoinsDuringSetup(t *testing.T) {
 }
 
 // Without a race the check passes, on both families and on the
-// unspecified address, and with ReusePort two servers still share.
+// unspecified addresses, and finds exactly the runtime's own listeners.
 func TestBindCheckPassesItsOwnListeners(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
 		for _, addr := range []string{"127.0.0.1:0", "[::1]:0", ":0", "0.0.0.0:0"} {
@@ -111,80 +120,138 @@ func TestBindCheckPassesItsOwnListeners(t *testing.T) {
 			cfg.Workers = 2
 			rt, err := New(cfg).Bind(addr).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
 			require.NoError(t, err, addr)
+			ls, err := portListeners(rt.Addr().(*net.TCPAddr).Port)
+			require.NoError(t, err)
+			assert.Len(t, ls, cfg.Workers, "%s: one listener per worker, all the runtime's", addr)
 			rt.Shutdown()
 			<-rt.Done()
 		}
 	})
 }
 
-// listenerInodes finds exactly the listeners on the address and port
-// asked for: not those on another address of the same port, not those on
-// another port, not connected sockets.
-func TestListenerInodes(t *testing.T) {
+// A v6-only [::] listener on the port does not take IPv4 connections:
+// Bind on 0.0.0.0 beside it is allowed (the probe allows it too), and the
+// check must not refuse it.
+func TestBindBesideV6OnlyWildcard(t *testing.T) {
+	port := freePort(t, netip.MustParseAddr("::"))
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	defer unix.Close(fd)
+	require.NoError(t, unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1))
+	require.NoError(t, unix.Bind(fd, &unix.SockaddrInet6{Port: port}))
+	require.NoError(t, unix.Listen(fd, 4))
+
+	rt, err := New(testConfig(Auto)).Bind(net.JoinHostPort("0.0.0.0", strconv.Itoa(port))).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
+	require.NoError(t, err)
+	stop(t, rt)
+}
+
+// portListeners finds the listeners of both families on the port, with
+// their addresses and v6-only flags: not those of another port, not
+// connected sockets.
+func TestPortListeners(t *testing.T) {
 	lo := netip.MustParseAddr("127.0.0.1")
-	port := freePort(t, lo)
+	port := freePort(t, netip.MustParseAddr("::"))
 	a := reusePortListener(t, lo, port)
 	b := reusePortListener(t, lo, port)
 	other := reusePortListener(t, netip.MustParseAddr("127.0.0.2"), port)
+	any4 := reusePortListener(t, netip.MustParseAddr("0.0.0.0"), port)
 	v6 := reusePortListener(t, netip.MustParseAddr("::1"), port)
-
-	got, err := listenerInodes(lo, port)
+	v6only, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	require.NoError(t, err)
-	assert.Equal(t, sorted(sockInode(t, a), sockInode(t, b)), sorted(got...))
+	defer unix.Close(v6only)
+	require.NoError(t, unix.SetsockoptInt(v6only, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1))
+	require.NoError(t, unix.SetsockoptInt(v6only, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1))
+	require.NoError(t, unix.Bind(v6only, &unix.SockaddrInet6{Port: port}))
+	require.NoError(t, unix.Listen(v6only, 4))
 
-	got, err = listenerInodes(netip.MustParseAddr("127.0.0.2"), port)
-	require.NoError(t, err)
-	assert.Equal(t, []uint64{sockInode(t, other)}, got)
-
-	got, err = listenerInodes(netip.MustParseAddr("::1"), port)
-	require.NoError(t, err)
-	assert.Equal(t, []uint64{sockInode(t, v6)}, got)
-
-	// A v4-mapped address is asked as IPv4, as Bind binds it.
-	got, err = listenerInodes(netip.MustParseAddr("::ffff:127.0.0.1"), port)
-	require.NoError(t, err)
-	assert.Equal(t, sorted(sockInode(t, a), sockInode(t, b)), sorted(got...))
-
-	// A connection to a does not count: only listeners do.
+	// A connection does not count: only listeners do.
 	c, err := net.Dial("tcp", netip.AddrPortFrom(lo, uint16(port)).String())
 	require.NoError(t, err)
 	defer c.Close()
-	got, err = listenerInodes(lo, port)
-	require.NoError(t, err)
-	assert.Len(t, got, 2)
 
-	got, err = listenerInodes(lo, freePort(t, lo))
+	ls, err := portListeners(port)
 	require.NoError(t, err)
-	assert.Empty(t, got)
+	got := map[uint64]diagListener{}
+	for _, l := range ls {
+		got[l.inode] = l
+	}
+	want := map[int]diagListener{
+		a:      {addr: lo},
+		b:      {addr: lo},
+		other:  {addr: netip.MustParseAddr("127.0.0.2")},
+		any4:   {addr: netip.MustParseAddr("0.0.0.0")},
+		v6:     {addr: netip.MustParseAddr("::1"), v6only: true}, // the kernel sets it for a specific IPv6 address
+		v6only: {addr: netip.MustParseAddr("::"), v6only: true},
+	}
+	assert.Equal(t, len(want), len(got))
+	for fd, w := range want {
+		w.inode = sockInode(t, fd)
+		assert.Equal(t, w, got[w.inode])
+	}
+
+	ls, err = portListeners(freePort(t, lo))
+	require.NoError(t, err)
+	assert.Empty(t, ls)
 }
 
-func sorted(xs ...uint64) []uint64 { return slices.Sorted(slices.Values(xs)) }
+// overlaps follows which listener could take another's connections.
+func TestListenerOverlap(t *testing.T) {
+	l := func(a string, v6only bool) diagListener {
+		return diagListener{addr: netip.MustParseAddr(a), v6only: v6only}
+	}
+	cases := []struct {
+		a, b diagListener
+		want bool
+	}{
+		{l("127.0.0.1", false), l("127.0.0.1", false), true},
+		{l("127.0.0.1", false), l("127.0.0.2", false), false},
+		{l("0.0.0.0", false), l("127.0.0.1", false), true},
+		{l("::1", false), l("::1", false), true},
+		{l("::1", false), l("::2", false), false},
+		{l("::", false), l("::1", false), true},
+		{l("::", false), l("127.0.0.1", false), true},
+		{l("::", true), l("127.0.0.1", false), false},
+		{l("::", true), l("0.0.0.0", false), false},
+		{l("::", false), l("0.0.0.0", false), true},
+		{l("::1", false), l("127.0.0.1", false), false},
+		{l("::ffff:127.0.0.1", false), l("127.0.0.1", false), true},
+		{l("::ffff:127.0.0.1", false), l("0.0.0.0", false), true},
+		{l("::ffff:127.0.0.1", false), l("127.0.0.2", false), false},
+	}
+	for _, tc := range cases {
+		assert.Equal(t, tc.want, overlaps(tc.a, tc.b), "%v %v", tc.a, tc.b)
+		assert.Equal(t, tc.want, overlaps(tc.b, tc.a), "%v %v", tc.b, tc.a)
+	}
+}
 
 // Where the kernel cannot be asked (no inet_diag, a sandbox) Bind keeps the
 // probe's answer and succeeds; any other failure of the question fails
 // Bind with it, and closes what Bind opened.
 func TestBindCheckWithoutDiagnostics(t *testing.T) {
-	defer func() { listListeners = listenerInodes }()
+	defer func() { listPortListeners = portListeners }()
 	cfg := testConfig(Auto)
 	launch := func() (*Runtime, error) {
 		return New(cfg).Bind("127.0.0.1:0").Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
 	}
 	fds0 := openFDs(t)
 
-	listListeners = func(netip.Addr, int) ([]uint64, error) { return nil, errDiagUnavailable }
+	listPortListeners = func(int) ([]diagListener, error) { return nil, errDiagUnavailable }
 	rt, err := launch()
 	require.NoError(t, err)
 	rt.Shutdown()
 	<-rt.Done()
 
-	listListeners = func(netip.Addr, int) ([]uint64, error) { return nil, unix.ENOBUFS }
+	listPortListeners = func(int) ([]diagListener, error) { return nil, unix.ENOBUFS }
 	_, err = launch()
 	require.ErrorIs(t, err, unix.ENOBUFS)
 	assert.Contains(t, err.Error(), "ringline: bind 127.0.0.1:0")
 
 	// A listener the check does not know fails Bind: the check's answer is
 	// what decides.
-	listListeners = func(netip.Addr, int) ([]uint64, error) { return []uint64{1}, nil }
+	listPortListeners = func(int) ([]diagListener, error) {
+		return []diagListener{{addr: netip.MustParseAddr("127.0.0.1"), inode: 1}}, nil
+	}
 	_, err = launch()
 	require.ErrorIs(t, err, syscall.EADDRINUSE)
 	assert.Equal(t, fds0, openFDs(t), "nothing left open")

@@ -102,8 +102,10 @@ type Config struct {
 	// ReusePort lets other sockets (another process's, for a hot restart
 	// or a multi-process server) share the bound port. Off by default:
 	// Bind then fails with an error wrapping EADDRINUSE when any socket
-	// already holds the address, or joins it while Bind sets up its
-	// listeners, instead of silently splitting the connections with it. The workers of one runtime share the port
+	// already holds the address (or an overlapping one: a wildcard that
+	// covers it, or one it covers), also when that socket binds while
+	// Bind sets up its listeners, instead of silently splitting the
+	// connections with it. The workers of one runtime share the port
 	// either way.
 	ReusePort bool
 	// MaxRecvAccumulator bounds the bytes a connection may buffer without

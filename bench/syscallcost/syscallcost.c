@@ -10,6 +10,7 @@
  *   gcc -O2 -o /tmp/syscallcost bench/syscallcost/syscallcost.c
  *   taskset -c 0 /tmp/syscallcost
  */
+#define _GNU_SOURCE /* syscall(2) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
