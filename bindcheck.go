@@ -25,10 +25,11 @@ import (
 // the connections it matches. So, once its own listeners are listening,
 // Bind asks the kernel (NETLINK_SOCK_DIAG) for every TCP listener on the
 // port, and fails if one that is not its own overlaps its address, as the
-// probe would have failed had it come later. Of two servers that race, the
-// one that lists second sees the other and fails (connections already
-// queued on its listeners are reset as it closes them); the first may
-// pass, and then keeps the port alone.
+// probe would have failed had it come later. Of two servers that race, at
+// least the one that lists second sees the other and fails (both may, when
+// each lists after both listen; connections already queued on a failing
+// server's listeners are reset as it closes them); a server that passes
+// keeps the port alone.
 
 // errDiagUnavailable reports that the kernel offers no socket
 // diagnostics (no inet_diag, or a sandbox that forbids the netlink
@@ -83,7 +84,7 @@ type diagListener struct {
 // shortage, which Bind reports).
 func diagUnavailable(err error) bool {
 	switch err {
-	case unix.EAFNOSUPPORT, unix.EPROTONOSUPPORT, unix.EPERM, unix.EACCES, unix.ENOENT, unix.EOPNOTSUPP:
+	case unix.EAFNOSUPPORT, unix.EPROTONOSUPPORT, unix.EPERM, unix.EACCES, unix.ENOENT, unix.EOPNOTSUPP, unix.ENOSYS:
 		return true
 	}
 	return false
@@ -178,6 +179,13 @@ func dumpListeners(family uint8, port int) ([]diagListener, error) {
 				int(binary.BigEndian.Uint16(d[4:6])) != port {
 				continue
 			}
+			if binary.NativeEndian.Uint32(d[40:44]) != 0 {
+				// Bound to a device (SO_BINDTODEVICE): in another VRF it
+				// does not conflict with Bind's unbound listeners at all,
+				// and outside one the probe bind already refused it; a
+				// device-bound socket racing the probe is not caught.
+				continue
+			}
 			l := diagListener{inode: uint64(binary.NativeEndian.Uint32(d[inetDiagMsgLen-4:]))}
 			if family == unix.AF_INET {
 				l.addr = netip.AddrFrom4([4]byte(d[8:12]))
@@ -200,7 +208,11 @@ func diagV6Only(attrs []byte) bool {
 		if binary.NativeEndian.Uint16(attrs[2:4]) == inetDiagSKV6Only && alen >= 5 {
 			return attrs[4] != 0
 		}
-		attrs = attrs[(alen+3)&^3:]
+		next := (alen + 3) &^ 3
+		if next >= len(attrs) {
+			return false
+		}
+		attrs = attrs[next:]
 	}
 	return false
 }

@@ -5,7 +5,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strconv"
-	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -280,22 +280,26 @@ func TestBindUnixRaceOnStaleFile(t *testing.T) {
 			return result{rt, err}
 		}
 		second := make(chan result, 1)
-		var once sync.Once
+		var fired atomic.Bool
 		testHookUnixStale = func() {
-			once.Do(func() {
-				go func() { second <- launch() }()
-				// Give the second Launch the time to run to the end if
-				// nothing holds it back (with the lock, it waits for this
-				// one's listen whatever the wait here).
-				select {
-				case r := <-second:
-					second <- r
-				case <-time.After(300 * time.Millisecond):
-				}
-			})
+			if !fired.CompareAndSwap(false, true) {
+				return // the second Launch's own call: it must not wait here
+			}
+			go func() { second <- launch() }()
+			// Give the second Launch the time to run to the end if nothing
+			// holds it back (with the lock, it waits for this one's
+			// listen whatever the wait here).
+			select {
+			case r := <-second:
+				second <- r
+			case <-time.After(300 * time.Millisecond):
+			}
 		}
 		defer func() { testHookUnixStale = nil }()
 		first := launch()
+		if first.err == nil {
+			defer stop(t, first.rt)
+		}
 		var r2 result
 		select {
 		case r2 = <-second:
@@ -303,15 +307,62 @@ func TestBindUnixRaceOnStaleFile(t *testing.T) {
 			t.Fatal("the second Launch did not return")
 		}
 		testHookUnixStale = nil
-		for _, r := range []result{first, r2} {
-			if r.err == nil {
-				defer stop(t, r.rt)
-			}
+		if r2.err == nil {
+			defer stop(t, r2.rt)
 		}
 
 		require.NoError(t, first.err, "the first Launch holds the lock and starts")
 		require.ErrorIs(t, r2.err, syscall.EADDRINUSE, "the second finds the first listening")
 		require.NoError(t, echoUnix(path, []byte("reachable")), "the path reaches the runtime that started")
+	})
+}
+
+// A runtime that stops removes its socket file; a second runtime that
+// replaces it meanwhile (the file is stale once the first's listener is
+// closed) must keep its own file: without the lock around the removal the
+// first unlinked the second's new file, leaving it unreachable.
+func TestBindUnixRemovalRacesReplacement(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be)
+		path := filepath.Join(t.TempDir(), "srv.sock")
+		launch := func() (*Runtime, error) {
+			return New(cfg).BindUnix(path).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
+		}
+		first, err := launch()
+		require.NoError(t, err)
+
+		type result struct {
+			rt  *Runtime
+			err error
+		}
+		second := make(chan result, 1)
+		var fired atomic.Bool
+		testHookUnixRemove = func() {
+			if !fired.CompareAndSwap(false, true) {
+				return
+			}
+			go func() {
+				rt, err := launch()
+				second <- result{rt, err}
+			}()
+			select {
+			case r := <-second:
+				second <- r
+			case <-time.After(300 * time.Millisecond):
+			}
+		}
+		defer func() { testHookUnixRemove = nil }()
+		stop(t, first)
+		var r result
+		select {
+		case r = <-second:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the second Launch did not return")
+		}
+		testHookUnixRemove = nil
+		require.NoError(t, r.err)
+		defer stop(t, r.rt)
+		require.NoError(t, echoUnix(path, []byte("still reachable")), "the second runtime's socket file survived the first's removal")
 	})
 }
 
@@ -326,8 +377,32 @@ func TestBindUnixDirectoryLockHeldElsewhere(t *testing.T) {
 	start := time.Now()
 	rt, err := New(testConfig(Auto)).BindUnix(filepath.Join(dir, "srv.sock")).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
 	require.NoError(t, err)
-	defer stop(t, rt)
 	waited := time.Since(start)
+	require.NoError(t, unix.Flock(fd, unix.LOCK_UN)) // so that the stop's removal does not wait too
+	defer stop(t, rt)
 	assert.GreaterOrEqual(t, waited, socketDirLockWait, "it waited for the lock")
 	require.NoError(t, echoUnix(filepath.Join(dir, "srv.sock"), []byte("bound")))
+}
+
+// diagV6Only reads the kernel's attributes without trusting their
+// lengths: short, unpadded or lying attributes end the search, never the
+// process.
+func TestDiagV6OnlyAttrs(t *testing.T) {
+	attr := func(typ uint16, payload ...byte) []byte {
+		b := []byte{byte(4 + len(payload)), 0, byte(typ), byte(typ >> 8)}
+		b = append(b, payload...)
+		for len(b)%4 != 0 {
+			b = append(b, 0)
+		}
+		return b
+	}
+	six := uint16(inetDiagSKV6Only)
+	assert.True(t, diagV6Only(attr(six, 1)))
+	assert.False(t, diagV6Only(attr(six, 0)))
+	assert.True(t, diagV6Only(append(attr(5, 7, 7, 7, 7, 7), attr(six, 1)...)), "found after another attribute")
+	assert.False(t, diagV6Only(nil))
+	assert.False(t, diagV6Only([]byte{5, 0, 1, 0, 0}), "an unpadded last attribute")
+	assert.False(t, diagV6Only([]byte{200, 0, byte(six), 0, 1}), "a length past the end")
+	assert.False(t, diagV6Only([]byte{2, 0, byte(six), 0, 1}), "a length below the header")
+	assert.False(t, diagV6Only([]byte{4, 0, byte(six), 0}), "no payload")
 }

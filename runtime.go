@@ -53,8 +53,13 @@ func BindUnix(path string) *Builder { return New(Config{}).BindUnix(path) }
 // there), with an error wrapping syscall.EADDRINUSE, as Bind refuses a
 // held port; it also refuses a path that exists and is not a socket. A
 // socket file left behind by a process that is gone (nothing answers) is
-// replaced. The socket file is removed when the runtime stops, only if
-// Launch created it and it is still the same file. A path longer than
+// replaced. From that check to listen(2) Launch holds an exclusive
+// flock(2) on the socket's directory, so that two runtimes finding the
+// same stale file cannot both replace it; a directory it cannot open, or
+// whose lock another program keeps for more than 2s, is bound without it
+// (after that wait). The socket file is removed when the runtime stops,
+// under the same lock, only if Launch created it and it is still the same
+// file with nothing listening on it. A path longer than
 // sun_path allows (107 bytes and a NUL) is refused with an error wrapping
 // syscall.ENAMETOOLONG.
 func (b *Builder) BindUnix(path string) *Builder { b.unixPath = path; return b }
@@ -509,15 +514,48 @@ type unixSockFile struct {
 	dev, ino uint64
 }
 
+// remove deletes the socket file if it is still the one Launch created,
+// under the directory lock BindUnix takes (lockSocketDir), so that another
+// runtime cannot replace it between the look and the unlink.
 func (f *unixSockFile) remove() {
+	if f == nil {
+		return
+	}
+	defer lockSocketDir(f.path)()
+	f.removeLocked()
+}
+
+// removeLocked is remove for a caller that holds the directory lock. Once
+// the runtime's listener is closed nothing answers at its file; one that
+// answers is another server's, which may have reused the inode number.
+func (f *unixSockFile) removeLocked() {
 	if f == nil {
 		return
 	}
 	var st unix.Stat_t
 	if unix.Lstat(f.path, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK &&
-		uint64(st.Dev) == f.dev && st.Ino == f.ino {
+		uint64(st.Dev) == f.dev && st.Ino == f.ino && unixConnect(f.path) == unix.ECONNREFUSED {
+		if testHookUnixRemove != nil {
+			testHookUnixRemove()
+		}
 		_ = unix.Unlink(f.path)
 	}
+}
+
+// testHookUnixRemove, when set by a test, runs after removeLocked has
+// decided the file is the runtime's and before it unlinks it.
+var testHookUnixRemove func()
+
+// unixConnect tries a non-blocking connect to the Unix socket at path and
+// returns its error: nil or EAGAIN when a listener is there (EAGAIN: its
+// backlog is full), ECONNREFUSED when the file's server is gone.
+func unixConnect(path string) error {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return unix.Connect(fd, &unix.SockaddrUnix{Name: path})
 }
 
 // listenUnix binds and listens on the Unix stream socket at path and
@@ -561,7 +599,7 @@ func listenUnix(path string, n, backlog int) ([]int, *unixSockFile, error) {
 		for _, fd := range fds {
 			unix.Close(fd)
 		}
-		file.remove()
+		file.removeLocked() // the lock taken above is still held
 		return nil, nil, fmt.Errorf("ringline: %s unix %s: %w", op, path, err)
 	}
 	if err := unix.Listen(fd, backlog); err != nil {
@@ -592,13 +630,7 @@ func unixPathFree(path string) error {
 	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		return fmt.Errorf("ringline: bind unix %s: the path exists and is not a socket: %w", path, unix.EADDRINUSE)
 	}
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
-	if err != nil {
-		return fmt.Errorf("ringline: bind unix %s: %w", path, err)
-	}
-	err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
-	unix.Close(fd)
-	switch err {
+	switch err := unixConnect(path); err {
 	case nil, unix.EAGAIN:
 		// Accepting (EAGAIN: its backlog is full, but it is there).
 		return fmt.Errorf("ringline: bind unix %s: another socket is listening there: %w", path, unix.EADDRINUSE)
@@ -610,6 +642,7 @@ func unixPathFree(path string) error {
 			return fmt.Errorf("ringline: bind unix %s: removing the stale socket file: %w", path, err)
 		}
 		return nil
+	default:
+		return fmt.Errorf("ringline: bind unix %s: checking the existing socket file: %w", path, err)
 	}
-	return fmt.Errorf("ringline: bind unix %s: checking the existing socket file: %w", path, err)
 }
