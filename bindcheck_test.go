@@ -1,8 +1,10 @@
 package ringline
 
 import (
+	"encoding/binary"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strconv"
 	"sync/atomic"
@@ -388,9 +390,11 @@ func TestBindUnixDirectoryLockHeldElsewhere(t *testing.T) {
 // lengths: short, unpadded or lying attributes end the search, never the
 // process.
 func TestDiagV6OnlyAttrs(t *testing.T) {
+	hdr := func(alen, typ uint16) []byte {
+		return binary.NativeEndian.AppendUint16(binary.NativeEndian.AppendUint16(nil, alen), typ)
+	}
 	attr := func(typ uint16, payload ...byte) []byte {
-		b := []byte{byte(4 + len(payload)), 0, byte(typ), byte(typ >> 8)}
-		b = append(b, payload...)
+		b := append(hdr(uint16(4+len(payload)), typ), payload...)
 		for len(b)%4 != 0 {
 			b = append(b, 0)
 		}
@@ -401,8 +405,46 @@ func TestDiagV6OnlyAttrs(t *testing.T) {
 	assert.False(t, diagV6Only(attr(six, 0)))
 	assert.True(t, diagV6Only(append(attr(5, 7, 7, 7, 7, 7), attr(six, 1)...)), "found after another attribute")
 	assert.False(t, diagV6Only(nil))
-	assert.False(t, diagV6Only([]byte{5, 0, 1, 0, 0}), "an unpadded last attribute")
-	assert.False(t, diagV6Only([]byte{200, 0, byte(six), 0, 1}), "a length past the end")
-	assert.False(t, diagV6Only([]byte{2, 0, byte(six), 0, 1}), "a length below the header")
-	assert.False(t, diagV6Only([]byte{4, 0, byte(six), 0}), "no payload")
+	assert.False(t, diagV6Only(append(hdr(5, 1), 0)), "an unpadded last attribute")
+	assert.False(t, diagV6Only(append(hdr(200, six), 1)), "a length past the end")
+	assert.False(t, diagV6Only(append(hdr(2, six), 1)), "a length below the header")
+	assert.False(t, diagV6Only(hdr(4, six)), "no payload")
+}
+
+// The socket file is removed unless something answers on it: a connect
+// this process may not make (EACCES after dropping privileges, no fd left)
+// must not leave the file behind.
+func TestUnixRemovalReadsConnectErrors(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{nil, true}, {unix.EAGAIN, true},
+		{unix.ECONNREFUSED, false}, {unix.EACCES, false}, {unix.EMFILE, false}, {unix.ENOENT, false},
+	} {
+		assert.Equal(t, c.want, connectAnswered(c.err), "%v", c.err)
+	}
+}
+
+// Wait returns only once the socket file is gone: a program that exits
+// after Shutdown and Wait leaves no file behind. The directory lock, held
+// here for a moment after Shutdown, holds the removal back.
+func TestBindUnixWaitReturnsAfterRemoval(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "srv.sock")
+		rt, err := New(testConfig(be)).BindUnix(path).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
+		require.NoError(t, err)
+		fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		require.NoError(t, err)
+		require.NoError(t, unix.Flock(fd, unix.LOCK_EX))
+		go func() {
+			time.Sleep(200 * time.Millisecond)
+			unix.Close(fd) // releases the lock
+		}()
+		rt.Shutdown()
+		rt.Wait()
+		_, err = os.Lstat(path)
+		assert.ErrorIs(t, err, os.ErrNotExist, "Wait returned before the socket file was removed")
+	})
 }

@@ -57,9 +57,10 @@ func BindUnix(path string) *Builder { return New(Config{}).BindUnix(path) }
 // flock(2) on the socket's directory, so that two runtimes finding the
 // same stale file cannot both replace it; a directory it cannot open, or
 // whose lock another program keeps for more than 2s, is bound without it
-// (after that wait). The socket file is removed when the runtime stops,
+// (after that wait; a program that keeps a lock on the directory delays
+// the stop by as much). The socket file is removed when the runtime stops,
 // under the same lock, only if Launch created it and it is still the same
-// file with nothing listening on it. A path longer than
+// file with nothing listening on it; Wait returns after that. A path longer than
 // sun_path allows (107 bytes and a NUL) is refused with an error wrapping
 // syscall.ENAMETOOLONG.
 func (b *Builder) BindUnix(path string) *Builder { b.unixPath = path; return b }
@@ -163,14 +164,16 @@ func (rt *Runtime) Shutdown() {
 }
 
 // Wait blocks until every worker has stopped and released its ring,
-// buffers, sockets and task goroutines. A task that never yields (it
-// blocks, or loops without calling a suspending method) keeps its worker
-// from stopping, and Wait with it: use ShutdownContext to bound the wait.
+// buffers, sockets and task goroutines, and the socket file BindUnix
+// created is removed. A task that never yields (it blocks, or loops
+// without calling a suspending method) keeps its worker from stopping,
+// and Wait with it: use ShutdownContext to bound the wait.
 func (rt *Runtime) Wait() {
-	rt.wg.Wait()
+	<-rt.done
 }
 
-// Done returns a channel closed when every worker has stopped.
+// Done returns a channel closed when every worker has stopped and the
+// socket file BindUnix created is removed: when Wait returns.
 func (rt *Runtime) Done() <-chan struct{} { return rt.done }
 
 // ShutdownContext is Shutdown followed by a wait that ends when every
@@ -452,7 +455,7 @@ func (b *Builder) start(cfg Config, kind Backend, factory func(workerID int) Asy
 		// up go straight to their teardown.
 		rt.Shutdown()
 		close(rt.gate)
-		rt.Wait()
+		rt.wg.Wait() // rt.done has no closer yet
 		rt.sockFile.remove()
 		return nil, firstErr
 	}
@@ -526,15 +529,16 @@ func (f *unixSockFile) remove() {
 }
 
 // removeLocked is remove for a caller that holds the directory lock. Once
-// the runtime's listener is closed nothing answers at its file; one that
-// answers is another server's, which may have reused the inode number.
+// the runtime's listener is closed nothing answers at its file; a file
+// that answers is another server's, which may have reused the inode
+// number.
 func (f *unixSockFile) removeLocked() {
 	if f == nil {
 		return
 	}
 	var st unix.Stat_t
 	if unix.Lstat(f.path, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK &&
-		uint64(st.Dev) == f.dev && st.Ino == f.ino && unixConnect(f.path) == unix.ECONNREFUSED {
+		uint64(st.Dev) == f.dev && st.Ino == f.ino && !unixAnswers(f.path) {
 		if testHookUnixRemove != nil {
 			testHookUnixRemove()
 		}
@@ -545,6 +549,15 @@ func (f *unixSockFile) removeLocked() {
 // testHookUnixRemove, when set by a test, runs after removeLocked has
 // decided the file is the runtime's and before it unlinks it.
 var testHookUnixRemove func()
+
+// unixAnswers reports whether a listener answers at path. Any failure
+// other than a full backlog (EAGAIN) counts as no: a refused connect, and
+// also one this process may not make (EACCES after dropping privileges,
+// EMFILE), where the file may still be removed.
+func unixAnswers(path string) bool { return connectAnswered(unixConnect(path)) }
+
+// connectAnswered is unixAnswers' reading of a connect's error.
+func connectAnswered(err error) bool { return err == nil || err == unix.EAGAIN }
 
 // unixConnect tries a non-blocking connect to the Unix socket at path and
 // returns its error: nil or EAGAIN when a listener is there (EAGAIN: its
