@@ -273,48 +273,24 @@ func TestBindUnixRaceOnStaleFile(t *testing.T) {
 		stale.(*net.UnixListener).SetUnlinkOnClose(false)
 		require.NoError(t, stale.Close())
 
-		type result struct {
-			rt  *Runtime
-			err error
+		launch := func() (*Runtime, error) {
+			return New(cfg).BindUnix(path).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
 		}
-		launch := func() result {
-			rt, err := New(cfg).BindUnix(path).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
-			return result{rt, err}
-		}
-		second := make(chan result, 1)
-		var fired atomic.Bool
-		testHookUnixStale = func() {
-			if !fired.CompareAndSwap(false, true) {
-				return // the second Launch's own call: it must not wait here
-			}
-			go func() { second <- launch() }()
-			// Give the second Launch the time to run to the end if nothing
-			// holds it back (with the lock, it waits for this one's
-			// listen whatever the wait here).
-			select {
-			case r := <-second:
-				second <- r
-			case <-time.After(300 * time.Millisecond):
-			}
-		}
+		hook, second := launchInWindow(launch)
+		testHookUnixStale = hook
 		defer func() { testHookUnixStale = nil }()
-		first := launch()
-		if first.err == nil {
-			defer stop(t, first.rt)
+		first, err1 := launch()
+		if err1 == nil {
+			defer stop(t, first)
 		}
-		var r2 result
-		select {
-		case r2 = <-second:
-		case <-time.After(10 * time.Second):
-			t.Fatal("the second Launch did not return")
-		}
+		rt2, err2 := second(t)
 		testHookUnixStale = nil
-		if r2.err == nil {
-			defer stop(t, r2.rt)
+		if err2 == nil {
+			defer stop(t, rt2)
 		}
 
-		require.NoError(t, first.err, "the first Launch holds the lock and starts")
-		require.ErrorIs(t, r2.err, syscall.EADDRINUSE, "the second finds the first listening")
+		require.NoError(t, err1, "the first Launch holds the lock and starts")
+		require.ErrorIs(t, err2, syscall.EADDRINUSE, "the second finds the first listening")
 		require.NoError(t, echoUnix(path, []byte("reachable")), "the path reaches the runtime that started")
 	})
 }
@@ -333,39 +309,54 @@ func TestBindUnixRemovalRacesReplacement(t *testing.T) {
 		first, err := launch()
 		require.NoError(t, err)
 
-		type result struct {
-			rt  *Runtime
-			err error
-		}
-		second := make(chan result, 1)
-		var fired atomic.Bool
-		testHookUnixRemove = func() {
-			if !fired.CompareAndSwap(false, true) {
-				return
-			}
-			go func() {
-				rt, err := launch()
-				second <- result{rt, err}
-			}()
-			select {
-			case r := <-second:
-				second <- r
-			case <-time.After(300 * time.Millisecond):
-			}
-		}
+		hook, second := launchInWindow(launch)
+		testHookUnixRemove = hook
 		defer func() { testHookUnixRemove = nil }()
 		stop(t, first)
-		var r result
-		select {
-		case r = <-second:
-		case <-time.After(10 * time.Second):
-			t.Fatal("the second Launch did not return")
-		}
+		rt2, err := second(t)
 		testHookUnixRemove = nil
-		require.NoError(t, r.err)
-		defer stop(t, r.rt)
+		require.NoError(t, err)
+		defer stop(t, rt2)
 		require.NoError(t, echoUnix(path, []byte("still reachable")), "the second runtime's socket file survived the first's removal")
 	})
+}
+
+// launchInWindow returns a test hook that, at its first call only, starts
+// launch in another goroutine and gives it 300 ms to run to the end if
+// nothing holds it back (its own call of the hook returns at once), and a
+// wait for what that launch returned.
+func launchInWindow(launch func() (*Runtime, error)) (hook func(), second func(t *testing.T) (*Runtime, error)) {
+	type result struct {
+		rt  *Runtime
+		err error
+	}
+	done := make(chan result, 1)
+	var fired atomic.Bool
+	hook = func() {
+		if !fired.CompareAndSwap(false, true) {
+			return
+		}
+		go func() {
+			rt, err := launch()
+			done <- result{rt, err}
+		}()
+		select {
+		case r := <-done:
+			done <- r
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+	second = func(t *testing.T) (*Runtime, error) {
+		t.Helper()
+		select {
+		case r := <-done:
+			return r.rt, r.err
+		case <-time.After(10 * time.Second):
+			t.Fatal("the second Launch did not return")
+			return nil, nil
+		}
+	}
+	return hook, second
 }
 
 // A directory whose lock another program holds delays BindUnix at most

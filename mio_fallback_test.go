@@ -67,16 +67,34 @@ func forEachImpl(t *testing.T, bc backendConfig, f func(t *testing.T, h *beHarne
 			if impl.name == "iouring" {
 				noteMissingIOUring(t)
 			}
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			be, err := impl.mk(bc)
-			require.NoError(t, err)
-			defer be.close()
-			mem, err := mapRegion(beScratch)
-			require.NoError(t, err)
-			defer mem.unmap()
-			f(t, &beHarness{t: t, be: be, mem: mem})
+			h, done := newHarness(t, func() (backend, error) { return impl.mk(bc) })
+			defer done()
+			f(t, h)
 		})
+	}
+}
+
+// newHarness locks the calling goroutine to its thread (io_uring's single
+// issuer), makes a backend with mk and maps scratch memory for it; done
+// undoes all three, on the same goroutine.
+func newHarness(t *testing.T, mk func() (backend, error)) (h *beHarness, done func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	be, err := mk()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatalf("backend: %v", err)
+	}
+	mem, err := mapRegion(beScratch)
+	if err != nil {
+		be.close()
+		runtime.UnlockOSThread()
+		t.Fatalf("scratch memory: %v", err)
+	}
+	return &beHarness{t: t, be: be, mem: mem}, func() {
+		mem.unmap()
+		be.close()
+		runtime.UnlockOSThread()
 	}
 }
 
@@ -521,15 +539,8 @@ func setCongestion(t *testing.T, fd int, cc string) {
 func TestEpollSendChunkReportsReset(t *testing.T) {
 	for _, edge := range []bool{true, false} {
 		t.Run(fmt.Sprintf("edge=%v", edge), func(t *testing.T) {
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			be, err := newEpollBackend(smallBC(), edge)
-			require.NoError(t, err)
-			defer be.close()
-			mem, err := mapRegion(beScratch)
-			require.NoError(t, err)
-			defer mem.unmap()
-			h := &beHarness{t: t, be: be, mem: mem}
+			h, done := newHarness(t, func() (backend, error) { return newEpollBackend(smallBC(), edge) })
+			defer done()
 
 			ours, peer := tcpPair(t)
 			setCongestion(t, ours, "bbr") // paced, so chunked
@@ -1176,15 +1187,9 @@ func underSignals(f func()) {
 // its count is what that call took, however large. Forced pacing on a
 // Unix pair, which takes SCM_RIGHTS; epoll only (io_uring never chunks).
 func TestEpollSendWithControlNotChunked(t *testing.T) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	be, err := newEpollBackend(smallBC(), true)
-	require.NoError(t, err)
-	defer be.close()
-	mem, err := mapRegion(beScratch)
-	require.NoError(t, err)
-	defer mem.unmap()
-	h := &beHarness{t: t, be: be, mem: mem}
+	h, release := newHarness(t, func() (backend, error) { return newEpollBackend(smallBC(), true) })
+	defer release()
+	be, mem := h.be.(*epollBackend), h.mem
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	require.NoError(t, err)
 	defer unix.Close(fds[0])
