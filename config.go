@@ -97,7 +97,10 @@ type Config struct {
 	// task running without yielding: a handler that blocks) may take
 	// before the watchdog logs that the worker is stalled and counts it
 	// in WorkerStats.Stalls. Default 250ms; negative disables the
-	// watchdog.
+	// watchdog. The watchdog looks every StallThreshold/4 while a worker
+	// is busy, and sleeps while every worker waits in the kernel (a
+	// worker that turns busy wakes it), so it costs an idle runtime
+	// nothing.
 	StallThreshold time.Duration
 	// ReusePort lets other sockets (another process's, for a hot restart
 	// or a multi-process server) share the bound port. Off by default:

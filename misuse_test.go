@@ -117,3 +117,43 @@ func TestConfigErrorText(t *testing.T) {
 	require.ErrorAs(t, err, &ce)
 	assert.Equal(t, "MaxSendQueue", ce.Field)
 }
+
+// An idle runtime costs no CPU: once every worker has waited in the
+// kernel for a while the watchdog stops looking (before, it woke every
+// StallThreshold/4 for as long as the runtime lived), and a worker that
+// turns busy again wakes it, so a stall after a long idle spell is still
+// caught.
+func TestWatchdogSleepsWhileIdle(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be)
+		cfg.Logger = newTestLogger(&syncBuffer{})
+		cfg.StallThreshold = 40 * time.Millisecond // a look every 10 ms
+		block := make(chan struct{}, 1)
+		rt := serve(t, cfg, func(c ConnCtx) {
+			for c.WithData(func(b []byte) ParseResult {
+				if b[0] == 's' {
+					block <- struct{}{}
+				}
+				return Consumed(len(b))
+			}) > 0 {
+				select {
+				case <-block:
+					time.Sleep(300 * time.Millisecond) // the misuse
+				default:
+				}
+			}
+		})
+		cl := dial(t, rt)
+		// Idle: the watchdog's looks stop within a few of them.
+		require.True(t, settle(2*time.Second, func() bool {
+			n := rt.wd.looks.Load()
+			time.Sleep(100 * time.Millisecond) // ten periods
+			return rt.wd.looks.Load() == n
+		}), "the watchdog of an idle runtime keeps looking (%d looks)", rt.wd.looks.Load())
+		_, err := cl.Write([]byte("s"))
+		require.NoError(t, err)
+		require.True(t, settle(2*time.Second, func() bool { return Total(rt.Stats()).Stalls > 0 }),
+			"a stall after an idle spell was not reported")
+		assert.Equal(t, uint64(1), Total(rt.Stats()).Stalls)
+	})
+}

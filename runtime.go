@@ -82,6 +82,7 @@ type Runtime struct {
 	once     sync.Once
 	done     chan struct{}
 	gate     chan struct{} // closed once every worker is set up
+	wd       *stallWatch   // nil without a watchdog
 }
 
 // Launch validates the Config, binds the listeners, starts the workers and
@@ -133,7 +134,7 @@ func (b *Builder) Launch(factory func(workerID int) AsyncEventHandler) (*Runtime
 		rt.sockFile.remove()
 		close(rt.done)
 	}()
-	if rt.cfg.StallThreshold > 0 {
+	if rt.wd != nil {
 		go rt.watchdog()
 	}
 	return rt, nil
@@ -208,41 +209,6 @@ func (rt *Runtime) ShutdownContext(ctx context.Context) error {
 		return nil
 	}
 	return fmt.Errorf("ringline: shutdown did not finish: %s did not stop: %w", strings.Join(stuck, ", "), ctx.Err())
-}
-
-// watchdog runs off the workers' threads and reports a worker whose loop
-// iteration has lasted longer than Config.StallThreshold: in practice a
-// task that blocks (time.Sleep, a channel, a mutex, net) and stalls every
-// connection of its worker. Each stall is counted and logged once.
-func (rt *Runtime) watchdog() {
-	limit := rt.cfg.StallThreshold
-	tick := time.NewTicker(max(limit/4, time.Millisecond))
-	defer tick.Stop()
-	for {
-		select {
-		case <-rt.done:
-			return
-		case <-tick.C:
-		}
-		for _, w := range rt.workers {
-			it, now := w.busyIter.Load(), w.now()
-			if it == 0 || it != w.wdIter {
-				// Waiting in the kernel, or a new iteration since the last
-				// look: nothing is stuck.
-				w.wdIter, w.wdSince, w.wdReported = it, now, false
-				w.stuckSince.Store(0)
-				continue
-			}
-			w.stuckSince.Store(w.wdSince)
-			if w.wdReported || time.Duration(now-w.wdSince) < limit {
-				continue
-			}
-			w.wdReported = true
-			w.pub.stalls.Add(1)
-			rt.cfg.Logger.Warn("ringline: worker stalled: a task has run without yielding, so every connection of this worker waits (a task must not block: no time.Sleep, channel waits, long mutex holds or net calls)",
-				"worker", w.id, "running_for_at_least", time.Duration(now-w.wdSince).Round(time.Millisecond), "threshold", limit)
-		}
-	}
 }
 
 // listenReusePort opens n listeners on addr with SO_REUSEPORT; when the
@@ -368,6 +334,9 @@ func nofileHard() int {
 // failure everything it started is stopped and released.
 func (b *Builder) start(cfg Config, kind Backend, factory func(workerID int) AsyncEventHandler) (*Runtime, error) {
 	rt := &Runtime{cfg: cfg, backend: kind, done: make(chan struct{}), gate: make(chan struct{})}
+	if cfg.StallThreshold > 0 {
+		rt.wd = newStallWatch()
+	}
 	var lfds []int
 	var err error
 	if b.addr != "" {
@@ -397,6 +366,7 @@ func (b *Builder) start(cfg Config, kind Backend, factory func(workerID int) Asy
 			lfd = lfds[i]
 		}
 		w := newWorker(i, &rt.cfg, lfd)
+		w.wd = rt.wd
 		w.exitReady = ready
 		w.lunix = b.unixPath != ""
 		w.shutdown = rt.Shutdown

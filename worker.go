@@ -117,6 +117,9 @@ type worker struct {
 	wdSince    int64
 	wdReported bool
 	stuckSince atomic.Int64
+	// wd is the runtime's watchdog, woken when the loop turns busy (nil
+	// without one).
+	wd *stallWatch
 
 	foreign foreignLog
 
@@ -275,6 +278,9 @@ func (w *worker) run() {
 		cqes, err := w.be.enter(wait, timeout)
 		w.st.loops++
 		w.busyIter.Store(w.st.loops + 1)
+		if w.wd != nil {
+			w.wd.rouse()
+		}
 		if err != nil {
 			w.log.Error("ringline: backend enter failed; worker stopping", "worker", w.id, "err", err)
 			w.stopping.Store(true)

@@ -1,0 +1,115 @@
+package ringline
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// stallWatch is what the watchdog shares with the workers so that it can
+// sleep while they all wait in the kernel: an idle runtime then has no
+// timer of its own and costs no CPU, and a worker that turns busy wakes
+// the watchdog before its iteration could last long enough to be a stall.
+//
+// The handshake is a store then a load on each side (Go's atomics are
+// sequentially consistent): the watchdog sets asleep, then checks that
+// every worker is still waiting; a worker marks itself busy (busyIter),
+// then checks asleep. Whichever comes second sees the other, so a worker
+// cannot turn busy unseen by a watchdog that goes to sleep.
+type stallWatch struct {
+	// asleep is set by the watchdog before it sleeps and cleared by
+	// whoever wakes it: the first worker to find it set, which then puts
+	// the one token in wake, or the watchdog itself when its check finds
+	// a busy worker first.
+	asleep atomic.Bool
+	wake   chan struct{} // capacity 1: one token per sleep
+	looks  atomic.Uint64 // times the watchdog looked at the workers
+}
+
+func newStallWatch() *stallWatch { return &stallWatch{wake: make(chan struct{}, 1)} }
+
+// rouse wakes a sleeping watchdog. A worker calls it right after marking
+// itself busy; when the watchdog is awake it costs one atomic load.
+func (s *stallWatch) rouse() {
+	if s.asleep.Load() && s.asleep.CompareAndSwap(true, false) {
+		select {
+		case s.wake <- struct{}{}:
+		default: // not reached: the watchdog takes each token before it sleeps again
+		}
+	}
+}
+
+// watchdog runs off the workers' threads and reports a worker whose loop
+// iteration has lasted longer than Config.StallThreshold: in practice a
+// task that blocks (time.Sleep, a channel, a mutex, net) and stalls every
+// connection of its worker. Each stall is counted and logged once. It
+// looks every StallThreshold/4, and sleeps once a look finds every worker
+// waiting in the kernel, without a loop iteration since the look before.
+func (rt *Runtime) watchdog() {
+	limit := rt.cfg.StallThreshold
+	period := max(limit/4, time.Millisecond)
+	tick := time.NewTicker(period)
+	defer tick.Stop()
+	// The loop counts the workers published at the last look: a worker
+	// publishes before each wait that may block, so an unchanged count and
+	// an idle busyIter mean it has been waiting since then.
+	loops := make([]uint64, len(rt.workers))
+	for {
+		select {
+		case <-rt.done:
+			return
+		case <-tick.C:
+		}
+		rt.wd.looks.Add(1)
+		idle := true
+		for i, w := range rt.workers {
+			it, now, n := w.busyIter.Load(), w.now(), w.pub.loops.Load()
+			if it != 0 || n != loops[i] {
+				idle = false
+			}
+			loops[i] = n
+			if it == 0 || it != w.wdIter {
+				// Waiting in the kernel, or a new iteration since the last
+				// look: nothing is stuck.
+				w.wdIter, w.wdSince, w.wdReported = it, now, false
+				w.stuckSince.Store(0)
+				continue
+			}
+			w.stuckSince.Store(w.wdSince)
+			if w.wdReported || time.Duration(now-w.wdSince) < limit {
+				continue
+			}
+			w.wdReported = true
+			w.pub.stalls.Add(1)
+			rt.cfg.Logger.Warn("ringline: worker stalled: a task has run without yielding, so every connection of this worker waits (a task must not block: no time.Sleep, channel waits, long mutex holds or net calls)",
+				"worker", w.id, "running_for_at_least", time.Duration(now-w.wdSince).Round(time.Millisecond), "threshold", limit)
+		}
+		if idle {
+			tick.Stop()
+			if !rt.watchdogSleep() {
+				return
+			}
+			tick.Reset(period)
+		}
+	}
+}
+
+// watchdogSleep waits until a worker turns busy, or returns false when the
+// runtime has stopped.
+func (rt *Runtime) watchdogSleep() bool {
+	s := rt.wd
+	s.asleep.Store(true)
+	for _, w := range rt.workers {
+		if w.busyIter.Load() != 0 {
+			if s.asleep.CompareAndSwap(true, false) {
+				return true // busy before any worker saw asleep: no token
+			}
+			break // a worker cleared asleep, and its token is on the way
+		}
+	}
+	select {
+	case <-rt.done:
+		return false
+	case <-s.wake:
+		return true
+	}
+}
