@@ -127,7 +127,7 @@ func TestWatchdogSleepsWhileIdle(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
 		cfg := testConfig(be)
 		cfg.Logger = newTestLogger(&syncBuffer{})
-		cfg.StallThreshold = 40 * time.Millisecond // a look every 10 ms
+		cfg.StallThreshold = 100 * time.Millisecond // a look every 25 ms
 		block := make(chan struct{}, 1)
 		rt := serve(t, cfg, func(c ConnCtx) {
 			for c.WithData(func(b []byte) ParseResult {
@@ -147,9 +147,10 @@ func TestWatchdogSleepsWhileIdle(t *testing.T) {
 		// Idle: the watchdog's looks stop within a few of them.
 		require.True(t, settle(2*time.Second, func() bool {
 			n := rt.wd.looks.Load()
-			time.Sleep(100 * time.Millisecond) // ten periods
+			time.Sleep(150 * time.Millisecond) // six periods
 			return rt.wd.looks.Load() == n
 		}), "the watchdog of an idle runtime keeps looking (%d looks)", rt.wd.looks.Load())
+		require.True(t, rt.wd.asleep.Load(), "the watchdog stopped looking without sleeping")
 		_, err := cl.Write([]byte("s"))
 		require.NoError(t, err)
 		require.True(t, settle(2*time.Second, func() bool { return Total(rt.Stats()).Stalls > 0 }),

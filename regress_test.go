@@ -312,3 +312,55 @@ func TestRegressWorkerGReusedAfterExit(t *testing.T) {
 		assert.Zero(t, admitted.Load(), "a foreign goroutine passed onWorker after the worker exited")
 	})
 }
+
+// Found in review (R10): a worker scheduled late, after the watchdog had
+// already found every worker waiting and gone to sleep, started its first
+// iteration without waking it, so a blocking OnStart went unreported.
+func TestRegressWatchdogWokenByLateStartTask(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be)
+		cfg.Workers = 1
+		cfg.StallThreshold = 100 * time.Millisecond
+		var launched atomic.Pointer[Runtime]
+		asleep := make(chan struct{})
+		testHookWorkerRun = func(int) {
+			// Hold the worker back until the watchdog sleeps.
+			settle(2*time.Second, func() bool { rt := launched.Load(); return rt != nil && rt.wd.asleep.Load() })
+			close(asleep)
+		}
+		defer func() { testHookWorkerRun = nil }()
+		rt, err := New(cfg).Launch(func(int) AsyncEventHandler { return blockingStarter{} })
+		require.NoError(t, err)
+		launched.Store(rt)
+		defer func() { rt.Shutdown(); rt.Wait() }()
+		<-asleep
+		require.True(t, settle(2*time.Second, func() bool { return Total(rt.Stats()).Stalls > 0 }),
+			"a 600 ms blocking OnStart after the watchdog slept was not reported")
+	})
+}
+
+// Found in review (R11): woken, the watchdog waited a whole period before
+// its first look, so an iteration that began an idle spell's end was
+// reported a period late (at 1.25 StallThreshold). It now looks at once.
+func TestRegressWatchdogLooksWhenWoken(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be)
+		cfg.StallThreshold = 2 * time.Second // a look every 500 ms
+		hold := make(chan struct{})
+		rt := serve(t, cfg, func(c ConnCtx) {
+			c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
+			<-hold // busy, well under the threshold
+			echoTask(c)
+		})
+		cl := dial(t, rt)
+		require.True(t, settle(3*time.Second, rt.wd.asleep.Load), "the watchdog did not sleep")
+		n := rt.wd.looks.Load()
+		_, err := cl.Write([]byte("s"))
+		require.NoError(t, err)
+		looked := settle(250*time.Millisecond, func() bool { return rt.wd.looks.Load() > n })
+		close(hold)
+		require.True(t, looked, "no look within half a period of the wake")
+		require.Equal(t, []byte("after"), roundTrip(t, cl, []byte("after")))
+		assert.Zero(t, Total(rt.Stats()).Stalls)
+	})
+}

@@ -410,6 +410,9 @@ func (b *Builder) start(cfg Config, kind Backend, factory func(workerID int) Asy
 			// (or falls back to epoll) must not have served connections or
 			// run start tasks on the workers that did come up.
 			<-rt.gate
+			if testHookWorkerRun != nil {
+				testHookWorkerRun(w.id)
+			}
 			w.run()
 			w.teardown()
 		}()
@@ -473,6 +476,11 @@ func (w *worker) callFactory(factory func(int) AsyncEventHandler) (h AsyncEventH
 	}
 	return h, nil
 }
+
+// testHookWorkerRun, when set by a test, runs on each worker's goroutine
+// after Launch has released the workers and before the worker's loop
+// starts (a worker scheduled late).
+var testHookWorkerRun func(worker int)
 
 // testHookUnixOneListener, when set by a benchmark, gives a BindUnix
 // runtime's listening socket to worker 0 only (the alternative that

@@ -42,8 +42,10 @@ func (s *stallWatch) rouse() {
 // iteration has lasted longer than Config.StallThreshold: in practice a
 // task that blocks (time.Sleep, a channel, a mutex, net) and stalls every
 // connection of its worker. Each stall is counted and logged once. It
-// looks every StallThreshold/4, and sleeps once a look finds every worker
-// waiting in the kernel, without a loop iteration since the look before.
+// looks every StallThreshold/4, and sleeps once two looks in a row find
+// every worker waiting in the kernel with no loop iteration since the look
+// before; the first worker to begin an iteration wakes it, and it looks at
+// once.
 func (rt *Runtime) watchdog() {
 	limit := rt.cfg.StallThreshold
 	period := max(limit/4, time.Millisecond)
@@ -51,14 +53,25 @@ func (rt *Runtime) watchdog() {
 	defer tick.Stop()
 	// The loop counts the workers published at the last look: a worker
 	// publishes before each wait that may block, so an unchanged count and
-	// an idle busyIter mean it has been waiting since then.
+	// an idle busyIter suggest it has been waiting since then. It is only a
+	// hint (a worker publishes every 64 iterations while busy, and not
+	// before a wait that cannot block); a wrong guess costs a sleep that
+	// the worker ends at once, as the handshake in watchdogSleep ensures.
 	loops := make([]uint64, len(rt.workers))
+	woken := false
+	idleLooks := 0 // looks in a row that found every worker idle
 	for {
-		select {
-		case <-rt.done:
-			return
-		case <-tick.C:
+		// Woken, the watchdog looks at once: the iteration that woke it
+		// has just begun, and its stall is reported StallThreshold after
+		// that, not a period later.
+		if !woken {
+			select {
+			case <-rt.done:
+				return
+			case <-tick.C:
+			}
 		}
+		woken = false
 		rt.wd.looks.Add(1)
 		idle := true
 		for i, w := range rt.workers {
@@ -83,12 +96,21 @@ func (rt *Runtime) watchdog() {
 			rt.cfg.Logger.Warn("ringline: worker stalled: a task has run without yielding, so every connection of this worker waits (a task must not block: no time.Sleep, channel waits, long mutex holds or net calls)",
 				"worker", w.id, "running_for_at_least", time.Duration(now-w.wdSince).Round(time.Millisecond), "threshold", limit)
 		}
-		if idle {
+		if !idle {
+			idleLooks = 0
+			continue
+		}
+		// Two idle looks in a row, so that a look that happens to fall
+		// between two busy iterations (the one right after a wake, say)
+		// does not put the watchdog to sleep for the next one to wake.
+		if idleLooks++; idleLooks >= 2 {
+			idleLooks = 0
 			tick.Stop()
 			if !rt.watchdogSleep() {
 				return
 			}
 			tick.Reset(period)
+			woken = true
 		}
 	}
 }

@@ -219,8 +219,12 @@ func (w *worker) pin() {
 func (w *worker) run() {
 	defer w.busyIter.Store(0) // a stopped worker is not a stalled one
 	// The first iteration (the start task, the first accepts) is watched
-	// too.
+	// too, and wakes a watchdog that found the worker not yet started
+	// and went to sleep.
 	w.busyIter.Store(1)
+	if w.wd != nil {
+		w.wd.rouse()
+	}
 	w.startTask()
 	w.armAccept()
 	// At resetAt, shortly before drainDeadline, connections whose
