@@ -99,8 +99,8 @@ type Config struct {
 	// in WorkerStats.Stalls. Default 250ms; negative disables the
 	// watchdog. The watchdog looks every StallThreshold/4 while a worker
 	// is busy, and sleeps while every worker waits in the kernel (a
-	// worker that turns busy wakes it), so it costs an idle runtime
-	// nothing.
+	// worker that turns busy wakes it), so it does not wake an idle
+	// runtime.
 	StallThreshold time.Duration
 	// ReusePort lets other sockets (another process's, for a hot restart
 	// or a multi-process server) share the bound port. Off by default:

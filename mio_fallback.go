@@ -501,24 +501,37 @@ func (b *epollBackend) parkCheck(uintptr) bool {
 }
 
 // parkWait parks the goroutine until the epoll set has events or ms
-// milliseconds have passed (ms < 0: no limit; either way at most
-// parkCap), and returns the events taken (in b.events) as EpollWait
-// would.
+// milliseconds have passed (ms < 0: no limit), and returns the events
+// taken (in b.events) as EpollWait would. One park lasts at most
+// parkCap; one that reaches it with nothing to report parks again, so an
+// idle worker makes no loop iterations (which would wake the watchdog).
 func (b *epollBackend) parkWait(ms int) (int, error) {
-	d := b.parkCap
-	if ms >= 0 && time.Duration(ms)*time.Millisecond < d {
-		d = time.Duration(ms) * time.Millisecond
+	var until time.Time // the caller's deadline; zero: none
+	if ms >= 0 {
+		until = time.Now().Add(time.Duration(ms) * time.Millisecond)
 	}
-	if err := b.park.SetReadDeadline(time.Now().Add(d)); err != nil {
-		b.giveUpParking("set deadline", err)
-		b.nWait++
-		return unix.EpollWait(b.epfd, b.events, ms)
-	}
-	b.parkN, b.parkErr, b.parkWaited = 0, nil, false
-	if testHookBeforePark != nil {
-		testHookBeforePark(b)
-	}
-	if err := b.parkRC.Read(b.parkFn); err != nil {
+	for {
+		d := b.parkCap
+		if !until.IsZero() {
+			d = min(d, time.Until(until))
+		}
+		if err := b.park.SetReadDeadline(time.Now().Add(d)); err != nil {
+			b.giveUpParking("set deadline", err)
+			b.nWait++
+			left := -1
+			if !until.IsZero() {
+				left = durMillis(time.Until(until))
+			}
+			return unix.EpollWait(b.epfd, b.events, left)
+		}
+		b.parkN, b.parkErr, b.parkWaited = 0, nil, false
+		if testHookBeforePark != nil {
+			testHookBeforePark(b)
+		}
+		err := b.parkRC.Read(b.parkFn)
+		if err == nil {
+			return b.parkN, b.parkErr
+		}
 		if !errors.Is(err, os.ErrDeadlineExceeded) {
 			// Not a deadline: the netpoller refuses this file. Block in
 			// epoll_wait from now on rather than spin.
@@ -526,9 +539,13 @@ func (b *epollBackend) parkWait(ms int) (int, error) {
 		}
 		// Read returns at a deadline without a last call: look once more.
 		b.nSys++
-		return b.rawWait()
+		n, werr := b.rawWait()
+		if n != 0 || werr != nil || !b.canPark || (!until.IsZero() && time.Until(until) <= 0) {
+			return n, werr
+		}
+		// The cap ended the park, not the caller's time, and the look
+		// found nothing: the wake-up it guards against was not lost.
 	}
-	return b.parkN, b.parkErr
 }
 
 // testHookBeforePark, when set by a test, runs just before a park begins.

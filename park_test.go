@@ -317,3 +317,32 @@ func TestEpollParkOutOfDescriptorsRetries(t *testing.T) {
 	parked, _ = state()
 	assert.True(t, parked, "with descriptors again, the next long wait parks")
 }
+
+// A park that reaches its cap (a safety net against a lost wake-up) with
+// nothing to report parks again instead of handing the loop an empty turn:
+// an idle parked worker made one loop iteration per cap (a second), and
+// each woke the sleeping watchdog.
+func TestEpollParkCapIsNoTurn(t *testing.T) {
+	alwaysPark(t)
+	epParkCap = 20 * time.Millisecond
+	cfg := testConfig(Epoll)
+	cfg.Workers = 1
+	cfg.StallThreshold = 40 * time.Millisecond
+	rt := serve(t, cfg, echoTask)
+	c := dial(t, rt)
+	for i := 0; i < 3; i++ {
+		assert.Equal(t, []byte("x"), roundTrip(t, c, []byte("x")))
+		time.Sleep(2 * time.Millisecond)
+	}
+	w := rt.workers[0]
+	// Idle: the published loop count (published before every wait that
+	// may block) stops moving.
+	require.True(t, settle(2*time.Second, func() bool {
+		n := w.pub.loops.Load()
+		time.Sleep(200 * time.Millisecond) // ten caps
+		return w.pub.loops.Load() == n && w.busyIter.Load() == 0
+	}), "an idle parked worker keeps turning (%d loops)", w.pub.loops.Load())
+	assert.True(t, rt.wd.asleep.Load(), "the watchdog sleeps")
+	// Still served after many capped parks.
+	assert.Equal(t, []byte("after"), roundTrip(t, c, []byte("after")))
+}

@@ -323,9 +323,10 @@ func TestRegressWatchdogWokenByLateStartTask(t *testing.T) {
 		cfg.StallThreshold = 100 * time.Millisecond
 		var launched atomic.Pointer[Runtime]
 		asleep := make(chan struct{})
+		var slept atomic.Bool
 		testHookWorkerRun = func(int) {
 			// Hold the worker back until the watchdog sleeps.
-			settle(2*time.Second, func() bool { rt := launched.Load(); return rt != nil && rt.wd.asleep.Load() })
+			slept.Store(settle(2*time.Second, func() bool { rt := launched.Load(); return rt != nil && rt.wd.asleep.Load() }))
 			close(asleep)
 		}
 		defer func() { testHookWorkerRun = nil }()
@@ -334,31 +335,36 @@ func TestRegressWatchdogWokenByLateStartTask(t *testing.T) {
 		launched.Store(rt)
 		defer func() { rt.Shutdown(); rt.Wait() }()
 		<-asleep
+		require.True(t, slept.Load(), "the watchdog did not sleep before the worker started")
 		require.True(t, settle(2*time.Second, func() bool { return Total(rt.Stats()).Stalls > 0 }),
 			"a 600 ms blocking OnStart after the watchdog slept was not reported")
 	})
 }
 
 // Found in review (R11): woken, the watchdog waited a whole period before
-// its first look, so an iteration that began an idle spell's end was
+// its first look, so an iteration that began at an idle spell's end was
 // reported a period late (at 1.25 StallThreshold). It now looks at once.
 func TestRegressWatchdogLooksWhenWoken(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
 		cfg := testConfig(be)
 		cfg.StallThreshold = 2 * time.Second // a look every 500 ms
 		hold := make(chan struct{})
+		var release sync.Once
 		rt := serve(t, cfg, func(c ConnCtx) {
 			c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
 			<-hold // busy, well under the threshold
 			echoTask(c)
 		})
+		// Registered after serve's, so it runs first: a failed require
+		// below must not leave the task blocked and the worker unstoppable.
+		t.Cleanup(func() { release.Do(func() { close(hold) }) })
 		cl := dial(t, rt)
 		require.True(t, settle(3*time.Second, rt.wd.asleep.Load), "the watchdog did not sleep")
 		n := rt.wd.looks.Load()
 		_, err := cl.Write([]byte("s"))
 		require.NoError(t, err)
 		looked := settle(250*time.Millisecond, func() bool { return rt.wd.looks.Load() > n })
-		close(hold)
+		release.Do(func() { close(hold) })
 		require.True(t, looked, "no look within half a period of the wake")
 		require.Equal(t, []byte("after"), roundTrip(t, cl, []byte("after")))
 		assert.Zero(t, Total(rt.Stats()).Stalls)

@@ -43,9 +43,9 @@ func (s *stallWatch) rouse() {
 // task that blocks (time.Sleep, a channel, a mutex, net) and stalls every
 // connection of its worker. Each stall is counted and logged once. It
 // looks every StallThreshold/4, and sleeps once two looks in a row find
-// every worker waiting in the kernel with no loop iteration since the look
-// before; the first worker to begin an iteration wakes it, and it looks at
-// once.
+// every worker waiting in the kernel and, as far as the published loop
+// counts tell, idle since the look before; the first worker to begin an
+// iteration wakes it, and it looks at once.
 func (rt *Runtime) watchdog() {
 	limit := rt.cfg.StallThreshold
 	period := max(limit/4, time.Millisecond)
