@@ -207,14 +207,18 @@ type epollBackend struct {
 	parkErr    error
 	streak     int
 	parks      uint64 // waits that parked
-	parkAfter  time.Duration
-	parkSwitch [2]int
-	parkCap    time.Duration
-	log        *slog.Logger
-	t0         time.Time
-	nWait      uint64 // epoll_wait calls
-	nSys       uint64 // every other syscall this backend made
-	nCtl       uint64 // of which epoll_ctl
+	// parkAgain: the park renews one that reached parkCap (parkWait),
+	// so it is not another wait or park in the counts.
+	parkAgain    bool
+	parksRenewed uint64 // parks renewed at parkCap (tests)
+	parkAfter    time.Duration
+	parkSwitch   [2]int
+	parkCap      time.Duration
+	log          *slog.Logger
+	t0           time.Time
+	nWait        uint64 // epoll_wait calls
+	nSys         uint64 // every other syscall this backend made
+	nCtl         uint64 // of which epoll_ctl
 	// sysPub is nWait+nSys as of the end of the last enter, readable from
 	// any goroutine (benchmarks report syscalls per message from it).
 	sysPub, ctlPub atomic.Uint64
@@ -486,8 +490,8 @@ func (b *epollBackend) giveUpParking(what string, err error) {
 // the readiness the netpoller has recorded, so events that came between
 // an earlier look and that reset would never wake the park.
 func (b *epollBackend) parkCheck(uintptr) bool {
-	if b.parkWaited {
-		b.nSys++ // the look after a park; the wait itself counts once
+	if b.parkWaited || b.parkAgain {
+		b.nSys++ // the look after a park, or before a renewed one; the wait counts once
 	} else {
 		b.nWait++
 	}
@@ -496,7 +500,11 @@ func (b *epollBackend) parkCheck(uintptr) bool {
 		return true
 	}
 	b.parkWaited = true
-	b.parks++
+	if b.parkAgain {
+		b.parksRenewed++
+	} else {
+		b.parks++
+	}
 	return false
 }
 
@@ -510,6 +518,7 @@ func (b *epollBackend) parkWait(ms int) (int, error) {
 	if ms >= 0 {
 		until = time.Now().Add(time.Duration(ms) * time.Millisecond)
 	}
+	b.parkAgain = false
 	for {
 		d := b.parkCap
 		if !until.IsZero() {
@@ -545,6 +554,7 @@ func (b *epollBackend) parkWait(ms int) (int, error) {
 		}
 		// The cap ended the park, not the caller's time, and the look
 		// found nothing: the wake-up it guards against was not lost.
+		b.parkAgain = true
 	}
 }
 

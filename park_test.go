@@ -321,7 +321,9 @@ func TestEpollParkOutOfDescriptorsRetries(t *testing.T) {
 // A park that reaches its cap (a safety net against a lost wake-up) with
 // nothing to report parks again instead of handing the loop an empty turn:
 // an idle parked worker made one loop iteration per cap (a second), and
-// each woke the sleeping watchdog.
+// each woke the sleeping watchdog. The renewed park is still one wait,
+// one park, in the counters (RingEnters stays at most one per loop
+// iteration).
 func TestEpollParkCapIsNoTurn(t *testing.T) {
 	alwaysPark(t)
 	epParkCap = 20 * time.Millisecond
@@ -329,20 +331,35 @@ func TestEpollParkCapIsNoTurn(t *testing.T) {
 	cfg.Workers = 1
 	cfg.StallThreshold = 40 * time.Millisecond
 	rt := serve(t, cfg, echoTask)
+	b := epollOf(t, rt)
 	c := dial(t, rt)
 	for i := 0; i < 3; i++ {
 		assert.Equal(t, []byte("x"), roundTrip(t, c, []byte("x")))
 		time.Sleep(2 * time.Millisecond)
 	}
-	w := rt.workers[0]
-	// Idle: the published loop count (published before every wait that
-	// may block) stops moving.
+	type snap struct {
+		parked                       bool
+		loops, waits, parks, renewed uint64
+	}
+	look := func() snap { // on the worker, which owns these counters
+		ch := make(chan snap, 1)
+		require.NoError(t, rt.Post(0, func(TaskCtx) {
+			ch <- snap{b.park != nil, rt.workers[0].st.loops, b.nWait, b.parks, b.parksRenewed}
+		}))
+		return <-ch
+	}
+	var s0, s1 snap
 	require.True(t, settle(2*time.Second, func() bool {
-		n := w.pub.loops.Load()
+		s0 = look()
 		time.Sleep(200 * time.Millisecond) // ten caps
-		return w.pub.loops.Load() == n && w.busyIter.Load() == 0
-	}), "an idle parked worker keeps turning (%d loops)", w.pub.loops.Load())
-	assert.True(t, rt.wd.asleep.Load(), "the watchdog sleeps")
-	// Still served after many capped parks.
+		asleep := rt.wd.asleep.Load()      // before look wakes the worker, and it the watchdog
+		s1 = look()
+		return s1.loops-s0.loops <= 3 && asleep
+	}), "an idle parked worker keeps turning (%d loops in 200 ms) or the watchdog is awake", s1.loops-s0.loops)
+	assert.True(t, s1.parked, "the worker parks")
+	assert.GreaterOrEqual(t, s1.renewed-s0.renewed, uint64(5), "parks renewed at the cap")
+	assert.LessOrEqual(t, s1.waits-s0.waits, s1.loops-s0.loops+1, "a renewed park counts as one wait")
+	assert.LessOrEqual(t, s1.parks-s0.parks, s1.loops-s0.loops+1, "a renewed park counts as one park")
+	// Still served after many renewed parks.
 	assert.Equal(t, []byte("after"), roundTrip(t, c, []byte("after")))
 }
