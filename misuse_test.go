@@ -157,3 +157,33 @@ func TestWatchdogSleepsWhileIdle(t *testing.T) {
 		assert.Equal(t, uint64(1), Total(rt.Stats()).Stalls)
 	})
 }
+
+// A task still alive when the drain ends is stopped at teardown, and its
+// deferred calls run then: one that blocks stalls the worker's stop like
+// any blocking task, and the watchdog reports it (before, teardown ran
+// with the worker marked as waiting, so it went unseen).
+type teardownBlocker struct{}
+
+func (teardownBlocker) OnAccept(ConnCtx) {}
+func (teardownBlocker) OnStart(t TaskCtx) {
+	defer time.Sleep(600 * time.Millisecond) // the misuse, at teardown
+	for {
+		_ = t.Sleep(10 * time.Millisecond) // ignores the shutdown
+	}
+}
+
+func TestWatchdogSeesTeardown(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be)
+		cfg.Workers = 1
+		cfg.Logger = newTestLogger(&syncBuffer{})
+		cfg.StallThreshold = 100 * time.Millisecond
+		cfg.ShutdownTimeout = 200 * time.Millisecond
+		rt, err := New(cfg).Launch(func(int) AsyncEventHandler { return teardownBlocker{} })
+		require.NoError(t, err)
+		time.Sleep(50 * time.Millisecond)
+		rt.Shutdown()
+		rt.Wait()
+		assert.NotZero(t, Total(rt.Stats()).Stalls, "a task's deferred call blocking at teardown was not reported")
+	})
+}

@@ -833,9 +833,17 @@ func (w *worker) beginStop() {
 
 // teardown releases everything the worker owns. Runs on the worker thread.
 func (w *worker) teardown() {
+	// Watched like an iteration: a stopped task's deferred calls run
+	// here, and one that blocks stalls the stop. (Not the closes and the
+	// ring's teardown after it, which are the runtime's own.)
+	w.busyIter.Store(w.st.loops + 2)
+	if w.wd != nil {
+		w.wd.rouse()
+	}
 	for t := w.allTasks; t != nil; t = w.allTasks {
 		w.kill(t)
 	}
+	w.busyIter.Store(0)
 	for _, cn := range w.conns {
 		if cn == nil {
 			continue
