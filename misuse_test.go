@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ringline-go/ringline/internal/assert"
 	"github.com/ringline-go/ringline/internal/require"
 )
@@ -162,10 +164,11 @@ func TestWatchdogSleepsWhileIdle(t *testing.T) {
 // deferred calls run then: one that blocks stalls the worker's stop like
 // any blocking task, and the watchdog reports it (before, teardown ran
 // with the worker marked as waiting, so it went unseen).
-type teardownBlocker struct{}
+type teardownBlocker struct{ started chan struct{} }
 
 func (teardownBlocker) OnAccept(ConnCtx) {}
-func (teardownBlocker) OnStart(t TaskCtx) {
+func (b teardownBlocker) OnStart(t TaskCtx) {
+	close(b.started)
 	defer time.Sleep(600 * time.Millisecond) // the misuse, at teardown
 	for {
 		_ = t.Sleep(10 * time.Millisecond) // ignores the shutdown
@@ -179,11 +182,58 @@ func TestWatchdogSeesTeardown(t *testing.T) {
 		cfg.Logger = newTestLogger(&syncBuffer{})
 		cfg.StallThreshold = 100 * time.Millisecond
 		cfg.ShutdownTimeout = 200 * time.Millisecond
-		rt, err := New(cfg).Launch(func(int) AsyncEventHandler { return teardownBlocker{} })
+		h := teardownBlocker{started: make(chan struct{})}
+		rt, err := New(cfg).Launch(func(int) AsyncEventHandler { return h })
 		require.NoError(t, err)
+		<-h.started
 		time.Sleep(50 * time.Millisecond)
+		require.Zero(t, Total(rt.Stats()).Stalls, "no stall before the stop")
 		rt.Shutdown()
 		rt.Wait()
 		assert.NotZero(t, Total(rt.Stats()).Stalls, "a task's deferred call blocking at teardown was not reported")
+	})
+}
+
+// A SendParts reference still queued when the worker stops is released at
+// teardown, after the tasks are gone: a release callback that blocks there
+// stalls the stop like any blocking task code, and is reported.
+func TestWatchdogSeesBlockingReleaseAtTeardown(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be)
+		cfg.Workers = 1
+		cfg.Logger = newTestLogger(&syncBuffer{})
+		cfg.StallThreshold = 100 * time.Millisecond
+		cfg.ShutdownTimeout = 200 * time.Millisecond
+		cfg.MaxSendQueue = cfg.SendPoolSlots * cfg.SendSlotSize
+		value := pattern(16<<10, 5)
+		queued := make(chan error, 1)
+		rt := serve(t, cfg, func(c ConnCtx) {
+			if c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) }) == 0 {
+				return
+			}
+			for i := 0; i < 100; i++ {
+				release := func() {}
+				if i == 99 {
+					release = func() { time.Sleep(600 * time.Millisecond) } // the misuse
+				}
+				if err := c.SendParts().Ref(value, release).Submit(); err != nil {
+					queued <- err
+					return
+				}
+			}
+			queued <- nil
+			c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
+		})
+		// The peer reads nothing: the last references are still queued
+		// when the worker stops.
+		require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 16<<10))
+		cl := dialRcvbuf(t, rt, 8<<10)
+		_, err := cl.Write([]byte("go"))
+		require.NoError(t, err)
+		require.NoError(t, <-queued)
+		time.Sleep(50 * time.Millisecond)
+		require.Zero(t, Total(rt.Stats()).Stalls, "no stall before the stop")
+		stop(t, rt)
+		assert.NotZero(t, Total(rt.Stats()).Stalls, "a release callback blocking at teardown was not reported")
 	})
 }

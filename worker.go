@@ -108,7 +108,8 @@ type worker struct {
 	// busyIter numbers the loop iteration running now, 0 while the loop
 	// waits in the kernel: the watchdog samples it to spot an iteration
 	// (a task that does not yield) that lasts too long. Two stores per
-	// iteration, no clock read.
+	// iteration, no clock read. Teardown sets it too while it runs user
+	// code (watchUserCode).
 	busyIter atomic.Uint64
 	// Watchdog state: the iteration it last saw and since when (worker
 	// clock); stuckSince is that time while the same busy iteration has
@@ -832,18 +833,27 @@ func (w *worker) beginStop() {
 }
 
 // teardown releases everything the worker owns. Runs on the worker thread.
-func (w *worker) teardown() {
-	// Watched like an iteration: a stopped task's deferred calls run
-	// here, and one that blocks stalls the stop. (Not the closes and the
-	// ring's teardown after it, which are the runtime's own.)
-	w.busyIter.Store(w.st.loops + 2)
+// watchUserCode runs f, a part of teardown that runs user code (a stopped
+// task's deferred calls, SendParts release callbacks), with the worker
+// marked busy under iteration number it (one no iteration used), so the
+// watchdog reports a call that blocks there as it would in the loop. The
+// rest of teardown (closes, the ring's teardown) is the runtime's own and
+// is not timed.
+func (w *worker) watchUserCode(it uint64, f func()) {
+	w.busyIter.Store(it)
 	if w.wd != nil {
 		w.wd.rouse()
 	}
-	for t := w.allTasks; t != nil; t = w.allTasks {
-		w.kill(t)
-	}
-	w.busyIter.Store(0)
+	defer w.busyIter.Store(0)
+	f()
+}
+
+func (w *worker) teardown() {
+	w.watchUserCode(w.st.loops+2, func() {
+		for t := w.allTasks; t != nil; t = w.allTasks {
+			w.kill(t)
+		}
+	})
 	for _, cn := range w.conns {
 		if cn == nil {
 			continue
@@ -876,7 +886,7 @@ func (w *worker) teardown() {
 	}
 	// After the ring: no operation reads memory any more, but a zero-copy
 	// send's socket may (its references stay pinned).
-	w.releaseSendsAtStop()
+	w.watchUserCode(w.st.loops+3, w.releaseSendsAtStop)
 	if w.be != nil {
 		w.publish() // after close, so its C calls are counted too
 	}
