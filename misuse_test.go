@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/ringline-go/ringline/internal/assert"
 	"github.com/ringline-go/ringline/internal/require"
 )
@@ -175,13 +173,20 @@ func (b teardownBlocker) OnStart(t TaskCtx) {
 	}
 }
 
+// teardownWatchConfig is the config of the teardown stall tests: one
+// worker, a 100 ms threshold, a 200 ms drain.
+func teardownWatchConfig(be Backend) Config {
+	cfg := testConfig(be)
+	cfg.Workers = 1
+	cfg.Logger = newTestLogger(&syncBuffer{})
+	cfg.StallThreshold = 100 * time.Millisecond
+	cfg.ShutdownTimeout = 200 * time.Millisecond
+	return cfg
+}
+
 func TestWatchdogSeesTeardown(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		cfg := testConfig(be)
-		cfg.Workers = 1
-		cfg.Logger = newTestLogger(&syncBuffer{})
-		cfg.StallThreshold = 100 * time.Millisecond
-		cfg.ShutdownTimeout = 200 * time.Millisecond
+		cfg := teardownWatchConfig(be)
 		h := teardownBlocker{started: make(chan struct{})}
 		rt, err := New(cfg).Launch(func(int) AsyncEventHandler { return h })
 		require.NoError(t, err)
@@ -199,39 +204,16 @@ func TestWatchdogSeesTeardown(t *testing.T) {
 // stalls the stop like any blocking task code, and is reported.
 func TestWatchdogSeesBlockingReleaseAtTeardown(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		cfg := testConfig(be)
-		cfg.Workers = 1
-		cfg.Logger = newTestLogger(&syncBuffer{})
-		cfg.StallThreshold = 100 * time.Millisecond
-		cfg.ShutdownTimeout = 200 * time.Millisecond
+		cfg := teardownWatchConfig(be)
 		cfg.MaxSendQueue = cfg.SendPoolSlots * cfg.SendSlotSize
-		value := pattern(16<<10, 5)
-		queued := make(chan error, 1)
-		rt := serve(t, cfg, func(c ConnCtx) {
-			if c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) }) == 0 {
-				return
-			}
-			for i := 0; i < 100; i++ {
-				release := func() {}
-				if i == 99 {
-					release = func() { time.Sleep(600 * time.Millisecond) } // the misuse
-				}
-				if err := c.SendParts().Ref(value, release).Submit(); err != nil {
-					queued <- err
-					return
-				}
-			}
-			queued <- nil
-			c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
-		})
 		// The peer reads nothing: the last references are still queued
 		// when the worker stops.
-		require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 16<<10))
-		cl := dialRcvbuf(t, rt, 8<<10)
-		_, err := cl.Write([]byte("go"))
-		require.NoError(t, err)
-		require.NoError(t, <-queued)
-		time.Sleep(50 * time.Millisecond)
+		rt := serveStalledRefs(t, cfg, 100, func(i int) func() {
+			if i == 99 {
+				return func() { time.Sleep(600 * time.Millisecond) } // the misuse
+			}
+			return nil
+		})
 		require.Zero(t, Total(rt.Stats()).Stalls, "no stall before the stop")
 		stop(t, rt)
 		assert.NotZero(t, Total(rt.Stats()).Stalls, "a release callback blocking at teardown was not reported")

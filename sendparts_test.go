@@ -335,6 +335,38 @@ func TestSendPartsRefusedBatch(t *testing.T) {
 
 // References still queued when the runtime shuts down (a peer that does
 // not read) are released exactly once, by the time Wait returns.
+// serveStalledRefs serves a connection that, on its first bytes, queues
+// refs SendParts references of a 16 KiB value (release(i) releases the
+// i-th) to a peer that reads nothing, through small socket buffers at both
+// ends, and returns once they are queued: most are still held (queued, or
+// awaiting zero-copy notifications) when the runtime stops. cfg's
+// MaxSendQueue must hold them (the whole pool does).
+func serveStalledRefs(t *testing.T, cfg Config, refs int, release func(i int) func()) *Runtime {
+	t.Helper()
+	value := pattern(16<<10, 3)
+	queued := make(chan error, 1)
+	rt := serve(t, cfg, func(c ConnCtx) {
+		if c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) }) == 0 {
+			return
+		}
+		for i := 0; i < refs; i++ {
+			if err := c.SendParts().Ref(value, release(i)).Submit(); err != nil {
+				queued <- err
+				return
+			}
+		}
+		queued <- nil
+		c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
+	})
+	require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 16<<10))
+	cl := dialRcvbuf(t, rt, 8<<10)
+	_, err := cl.Write([]byte("go"))
+	require.NoError(t, err)
+	require.NoError(t, <-queued)
+	time.Sleep(50 * time.Millisecond)
+	return rt
+}
+
 func TestSendPartsReleaseAtShutdown(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
 		for _, mode := range zcModes(be) {
@@ -344,29 +376,7 @@ func TestSendPartsReleaseAtShutdown(t *testing.T) {
 				cfg.ShutdownTimeout = 200 * time.Millisecond
 				const refs = 100
 				rel := newReleases(refs)
-				value := pattern(16<<10, 3) // 100 of them fit MaxSendQueue
-				queued := make(chan error, 1)
-				rt := serve(t, cfg, func(c ConnCtx) {
-					if c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) }) == 0 {
-						return
-					}
-					for i := 0; i < refs; i++ {
-						if err := c.SendParts().Ref(value, rel.fn(i)).Submit(); err != nil {
-							queued <- err
-							return
-						}
-					}
-					queued <- nil
-					c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
-				})
-				// Small socket buffers at both ends: most references are
-				// still queued (or awaiting notifications) at shutdown.
-				require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 16<<10))
-				cl := dialRcvbuf(t, rt, 8<<10)
-				_, err := cl.Write([]byte("go"))
-				require.NoError(t, err)
-				require.NoError(t, <-queued)
-				time.Sleep(50 * time.Millisecond)
+				rt := serveStalledRefs(t, cfg, refs, rel.fn)
 				assert.Less(t, rel.total(), refs/2, "most references still held when the shutdown begins")
 				stop(t, rt)
 				rel.exactlyOnce(t)

@@ -222,10 +222,7 @@ func (w *worker) run() {
 	// The first iteration (the start task, the first accepts) is watched
 	// too, and wakes a watchdog that found the worker not yet started
 	// and went to sleep.
-	w.busyIter.Store(1)
-	if w.wd != nil {
-		w.wd.rouse()
-	}
+	w.markBusy(1)
 	w.startTask()
 	w.armAccept()
 	// At resetAt, shortly before drainDeadline, connections whose
@@ -282,10 +279,7 @@ func (w *worker) run() {
 		w.busyIter.Store(0)
 		cqes, err := w.be.enter(wait, timeout)
 		w.st.loops++
-		w.busyIter.Store(w.st.loops + 1)
-		if w.wd != nil {
-			w.wd.rouse()
-		}
+		w.markBusy(w.st.loops + 1)
 		if err != nil {
 			w.log.Error("ringline: backend enter failed; worker stopping", "worker", w.id, "err", err)
 			w.stopping.Store(true)
@@ -833,6 +827,16 @@ func (w *worker) beginStop() {
 }
 
 // teardown releases everything the worker owns. Runs on the worker thread.
+// markBusy marks the worker as running iteration it (never 0) and wakes
+// a sleeping watchdog: the store comes before the watchdog's flag is read
+// (stallWatch).
+func (w *worker) markBusy(it uint64) {
+	w.busyIter.Store(it)
+	if w.wd != nil {
+		w.wd.rouse()
+	}
+}
+
 // watchUserCode runs f, a part of teardown that runs user code (a stopped
 // task's deferred calls, SendParts release callbacks), with the worker
 // marked busy under iteration number it (one no iteration used), so the
@@ -840,10 +844,7 @@ func (w *worker) beginStop() {
 // rest of teardown (closes, the ring's teardown) is the runtime's own and
 // is not timed.
 func (w *worker) watchUserCode(it uint64, f func()) {
-	w.busyIter.Store(it)
-	if w.wd != nil {
-		w.wd.rouse()
-	}
+	w.markBusy(it)
 	defer w.busyIter.Store(0)
 	f()
 }
