@@ -187,6 +187,8 @@ type epollBackend struct {
 	// The sendmsg of one chunk of a larger send (sendChunks).
 	siov []iovec
 	smsg msghdr
+	// sendChunkMax is epSendChunks (tests lower it).
+	sendChunkMax int
 
 	skipped bool // the last enter returned completions without polling
 	// An epoll worker whose goroutine is not locked to its thread may
@@ -234,7 +236,7 @@ func newEpoll(bc backendConfig) (backend, error) {
 
 func newEpollBackend(bc backendConfig, edge bool) (_ *epollBackend, err error) {
 	b := &epollBackend{epfd: -1, wakeFd: -1, edge: edge, bufSize: bc.bufSize, bufCount: bc.bufCount, t0: time.Now(),
-		parkAfter: epParkAfter, parkSwitch: epParkSwitch, parkCap: epParkCap}
+		parkAfter: epParkAfter, parkSwitch: epParkSwitch, parkCap: epParkCap, sendChunkMax: epSendChunks}
 	defer func() {
 		if err != nil {
 			b.close()
@@ -1271,11 +1273,14 @@ func (b *epollBackend) sendChunks(fd int32, p *epPend, want uint64) (sent uint64
 		m = (*msghdr)(rawPtr(p.addr))
 		iov = unsafe.Slice((*iovec)(rawPtr(m.iov)), m.iovlen)
 	}
-	chunk := want
+	// whole: one call sends the message as the caller built it. Chunked,
+	// even a first chunk that is also the last (want capped to one chunk)
+	// goes through siov, since the caller's iovecs cover more than want.
+	chunk, whole := want, true
 	// Ancillary data goes once, with the whole message: no chunks.
 	if want > epSendChunk && (m == nil || m.controllen == 0) && b.paced(fd) {
-		chunk = epSendChunk
-		want = min(want, epSendChunks*epSendChunk)
+		chunk, whole = epSendChunk, false
+		want = min(want, uint64(b.sendChunkMax)*epSendChunk)
 	}
 	vi, voff := 0, uint64(0) // where the next chunk starts in iov
 	for {
@@ -1287,7 +1292,7 @@ func (b *epollBackend) sendChunks(fd int32, p *epPend, want uint64) (sent uint64
 		case m == nil:
 			r, _, e = unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(p.addr+sent), uintptr(n),
 				unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
-		case n == want:
+		case whole:
 			r, _, e = unix.RawSyscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(p.addr), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
 		default:
 			b.siov = b.siov[:0]
