@@ -173,9 +173,12 @@ type epollBackend struct {
 	accFds []int32   // listeners an accept was armed on
 	timers []epTimer // min-heap by deadline
 	chains []epChain
-	// linked holds the targets of armed linked timeouts, so a completion
-	// finds its timeout without scanning the timers.
-	linked map[uint64]struct{}
+	// linked maps the target of each armed linked timeout to the
+	// timeout's place in timers (kept as the heap moves it), so a
+	// completion finds and removes its timeout without scanning: with
+	// many connects in flight a scan was a cost per completion growing
+	// with them (BenchmarkEpollLinkedTimeout).
+	linked map[uint64]int
 
 	bufMem   region
 	bufSize  uint32
@@ -903,27 +906,22 @@ func (b *epollBackend) applyOps(ops []sqOp) {
 func (b *epollBackend) armLinked(lt *sqOp, target uint64) {
 	ts := (*[2]int64)(rawPtr(lt.addr))
 	if b.linked == nil {
-		b.linked = make(map[uint64]struct{})
+		b.linked = make(map[uint64]int)
 	}
-	b.linked[target] = struct{}{}
 	b.pushTimer(epTimer{at: b.now() + ts[0]*int64(time.Second) + ts[1], ud: lt.ud, target: target})
 }
 
 // disarmLinked drops the linked timeout of target, which has completed:
 // the timeout completes with -ECANCELED.
 func (b *epollBackend) disarmLinked(target uint64) {
-	if _, ok := b.linked[target]; !ok {
+	i, ok := b.linked[target]
+	if !ok {
 		return
 	}
 	delete(b.linked, target)
-	for i := range b.timers {
-		if b.timers[i].target == target {
-			ud := b.timers[i].ud
-			b.removeTimer(i)
-			b.complete(ud, -int32(unix.ECANCELED))
-			return
-		}
-	}
+	ud := b.timers[i].ud
+	b.removeTimer(i)
+	b.complete(ud, -int32(unix.ECANCELED))
 }
 
 // apply starts one op. It reports whether the op is still pending, and
@@ -1403,50 +1401,66 @@ func (b *epollBackend) doConnect(fd int32) {
 	b.finish(fd, &f.ops[pConn], -int32(v))
 }
 
-// Timers: a binary min-heap on deadline.
+// Timers: a binary min-heap on deadline. Every move goes through
+// setTimer, which keeps linked's positions right.
 
 func (b *epollBackend) pushTimer(t epTimer) {
-	b.timers = append(b.timers, t)
+	b.timers = append(b.timers, epTimer{})
+	b.setTimer(len(b.timers)-1, t)
 	b.timerUp(len(b.timers) - 1)
 }
 
+// removeTimer takes timers[i] out of the heap. A linked timeout's entry in
+// linked is the caller's to delete.
 func (b *epollBackend) removeTimer(i int) {
 	last := len(b.timers) - 1
-	b.timers[i] = b.timers[last]
+	t := b.timers[last]
 	b.timers = b.timers[:last]
 	if i < last {
+		b.setTimer(i, t)
 		b.timerDown(i)
 		b.timerUp(i)
 	}
 }
 
+func (b *epollBackend) setTimer(i int, t epTimer) {
+	b.timers[i] = t
+	if t.target != 0 {
+		b.linked[t.target] = i
+	}
+}
+
+func (b *epollBackend) swapTimers(i, j int) {
+	ti, tj := b.timers[i], b.timers[j]
+	b.setTimer(i, tj)
+	b.setTimer(j, ti)
+}
+
 func (b *epollBackend) timerUp(i int) {
-	h := b.timers
 	for i > 0 {
 		p := (i - 1) / 2
-		if h[p].at <= h[i].at {
+		if b.timers[p].at <= b.timers[i].at {
 			return
 		}
-		h[p], h[i] = h[i], h[p]
+		b.swapTimers(p, i)
 		i = p
 	}
 }
 
 func (b *epollBackend) timerDown(i int) {
-	h := b.timers
 	for {
 		l := 2*i + 1
-		if l >= len(h) {
+		if l >= len(b.timers) {
 			return
 		}
 		m := l
-		if r := l + 1; r < len(h) && h[r].at < h[l].at {
+		if r := l + 1; r < len(b.timers) && b.timers[r].at < b.timers[l].at {
 			m = r
 		}
-		if h[i].at <= h[m].at {
+		if b.timers[i].at <= b.timers[m].at {
 			return
 		}
-		h[i], h[m] = h[m], h[i]
+		b.swapTimers(i, m)
 		i = m
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"runtime"
 	"sync"
@@ -1238,4 +1239,125 @@ func TestEpollSendWithControlNotChunked(t *testing.T) {
 	<-done
 	require.NoError(t, rerr)
 	assert.True(t, bytes.Equal(msg, rcvd))
+}
+
+// BenchmarkEpollLinkedTimeout prices what a connect with a timeout costs
+// the epoll backend in timer bookkeeping while others are pending: one
+// linked timeout armed and disarmed (its connect completed in time) among
+// `pending` armed ones, as a load generator with many connects in flight
+// has. It should not grow with pending beyond the heap's log factor.
+//
+//	go test -run '^$' -bench EpollLinkedTimeout .
+func BenchmarkEpollLinkedTimeout(b *testing.B) {
+	for _, pending := range []int{0, 100, 10000} {
+		b.Run(fmt.Sprintf("pending=%d", pending), func(b *testing.B) {
+			be, err := newEpollBackend(smallBC(), true)
+			require.NoError(b, err)
+			defer be.close()
+			// Far deadlines (an hour), varied so the heap has some shape;
+			// the connect made last has the latest, as with one timeout.
+			mem, err := mapRegion((pending + 1) * 16)
+			require.NoError(b, err)
+			defer mem.unmap()
+			ts := unsafe.Slice((*[2]int64)(mem.ptr(0)), pending+1)
+			for i := range ts {
+				ts[i] = [2]int64{3600 + int64(i%97), 0}
+			}
+			ts[pending][0] = 3700
+			arm := func(i int, target uint64) {
+				be.armLinked(&sqOp{code: opLinkTimeout, ud: ud(udLinkTimeout, uint32(i)),
+					addr: mem.addr(i * 16)}, target)
+			}
+			for i := 0; i < pending; i++ {
+				arm(i, ud(udConnect, uint32(i)))
+			}
+			target := ud(udConnect, uint32(pending))
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				arm(pending, target)
+				be.disarmLinked(target)
+				be.out = be.out[:0]
+			}
+			b.StopTimer()
+			require.Len(b, be.timers, pending)
+		})
+	}
+}
+
+// The epoll backend keeps each linked timeout's place in its timer heap
+// (linked) as the heap moves entries: after every arm, disarm, cancel and
+// expiry among plain timeouts, each armed linked timeout is found where
+// linked says, the heap is ordered, and every timeout completes once.
+func TestEpollLinkedTimerPositions(t *testing.T) {
+	be, err := newEpollBackend(smallBC(), true)
+	require.NoError(t, err)
+	defer be.close()
+	rng := rand.New(rand.NewPCG(1, 2))
+	// Timespecs outside the Go heap, as the core stages them.
+	mem, err := mapRegion(4096 * 16)
+	require.NoError(t, err)
+	defer mem.unmap()
+	ts := unsafe.Slice((*[2]int64)(mem.ptr(0)), 4096)
+	armed := map[uint64]uint64{} // linked target -> its timeout's ud
+	plain := map[uint64]bool{}   // plain timeouts' uds
+	done := map[uint64]int{}
+	expired := 0
+	check := func(step int) {
+		for _, e := range be.out {
+			done[e.ud]++
+			require.Equal(t, 1, done[e.ud], "step %d: one completion per timeout", step)
+			if e.res == -int32(unix.ETIME) {
+				expired++
+				if udKind(e.ud) == udLinkTimeout {
+					delete(armed, ud(udConnect, udIdx(e.ud)))
+				} else {
+					delete(plain, e.ud)
+				}
+			}
+		}
+		be.out = be.out[:0]
+		require.Len(t, be.linked, len(armed), "step %d", step)
+		for target, i := range be.linked {
+			require.Less(t, i, len(be.timers), "step %d", step)
+			require.Equal(t, target, be.timers[i].target, "step %d: linked points at its timeout", step)
+			require.Equal(t, armed[target], be.timers[i].ud, "step %d", step)
+		}
+		require.Len(t, be.timers, len(armed)+len(plain), "step %d", step)
+		for i := 1; i < len(be.timers); i++ {
+			require.LessOrEqual(t, be.timers[(i-1)/2].at, be.timers[i].at, "step %d: heap order", step)
+		}
+	}
+	for step := 0; step < 3000; step++ {
+		idx := uint32(step + 1)
+		tsp := &ts[step%len(ts)]
+		*tsp = [2]int64{0, int64(rng.IntN(200)+1) * int64(time.Millisecond)}
+		addr := mem.addr(step % len(ts) * 16)
+		switch r := rng.IntN(10); {
+		case r < 4: // a connect with a linked timeout
+			target, lt := ud(udConnect, idx), ud(udLinkTimeout, idx)
+			be.armLinked(&sqOp{code: opLinkTimeout, ud: lt, addr: addr}, target)
+			armed[target] = lt
+		case r < 6: // a plain timeout
+			u := ud(udCancel, idx)
+			be.applyOps([]sqOp{{code: opTimeout, ud: u, addr: addr}})
+			plain[u] = true
+		case r < 8: // a connect completes in time
+			for target := range armed {
+				be.disarmLinked(target)
+				delete(armed, target)
+				break
+			}
+		case r < 9: // a plain timeout is cancelled
+			for u := range plain {
+				require.True(t, be.cancelTarget(u))
+				delete(plain, u)
+				break
+			}
+		default: // time passes: whatever is due expires
+			time.Sleep(time.Duration(rng.IntN(3)) * time.Millisecond)
+			be.expireTimers()
+		}
+		check(step)
+	}
+	assert.Greater(t, expired, 20, "some timeouts expired on the way")
 }
