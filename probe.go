@@ -147,7 +147,9 @@ func uringUsable(cfg *Config) error {
 	if mask == 0 {
 		mask = ^uint32(0)
 	}
-	kp := probeKernel(entries, mask)
+	// Without the zero-copy check: a worker learns that from its first
+	// zero-copy send, and the check costs a TCP connection.
+	kp := probeKernel(entries, mask, false)
 	return kp.usable()
 }
 
@@ -220,7 +222,7 @@ type ProbeResult struct {
 // down. It takes about a millisecond and is safe from any goroutine.
 func Probe() ProbeResult {
 	cfg := DefaultConfig()
-	kp := probeKernel(uint32(cfg.RingEntries), ^uint32(0))
+	kp := probeKernel(uint32(cfg.RingEntries), ^uint32(0), true)
 	r := ProbeResult{IOUringCompiled: kp.compiled}
 	if kp.compiled {
 		r.Liburing = fmt.Sprintf("%d.%d", kp.liburing/100, kp.liburing%100)

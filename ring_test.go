@@ -156,7 +156,7 @@ func TestRingLadderEveryRung(t *testing.T) {
 			mask := rungMask(rung)
 			fds := openFDs(t)
 			for i := 0; i < 10; i++ {
-				kp := probeKernel(256, mask)
+				kp := probeKernel(256, mask, false)
 				require.Zero(t, kp.setupErr)
 				require.Equal(t, flagNames(rung), flagNames(kp.setupFlags), "probe ring flags")
 				require.Zero(t, kp.bufRingErr)
@@ -370,4 +370,22 @@ func TestRingTinyCQOverflow(t *testing.T) {
 	t.Logf("CQ of 8: %d overflow flushes, %d dropped, %d enters", st.overflow_flushes, st.cq_dropped, st.enters)
 	assert.NotZero(t, uint64(st.overflow_flushes), "the CQ never overflowed: the test did not test")
 	assert.Zero(t, uint32(st.cq_dropped))
+}
+
+// Launch checks that io_uring is usable without the zero-copy send check
+// (a TCP connection and a SEND_ZC waited on to its notification, about a
+// millisecond): whether zero copy works is learnt by each worker's first
+// zero-copy send, so only Probe, which reports it, runs the check.
+func TestRingLaunchSkipsZeroCopyProbe(t *testing.T) {
+	needRing(t)
+	z0 := zcProbes.Load()
+	rt, err := New(testConfig(IOUring)).Bind("127.0.0.1:0").Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
+	require.NoError(t, err)
+	echoLoad(t, rt, 2, 2, 64)
+	stop(t, rt)
+	assert.Equal(t, z0, zcProbes.Load(), "Launch ran no zero-copy check")
+	p := Probe()
+	assert.Equal(t, z0+1, zcProbes.Load(), "Probe runs it")
+	assert.NoError(t, p.ZeroCopy, "Probe still reports zero copy (Linux 6.2+)")
+	assert.True(t, p.ZeroCopyLoopbackCopies, "and that loopback copies")
 }

@@ -54,6 +54,9 @@ var testHookNoGrow bool
 // check Launch runs before any worker exists), which belong to no worker.
 var probeCgoCalls atomic.Uint64
 
+// zcProbes counts the zero-copy send checks probes ran (tests).
+var zcProbes atomic.Uint64
+
 // uringBackend drives one worker's io_uring. Staged ops and copied-out
 // completions live in mmap'd regions, so one cgo call per enter moves a
 // whole batch without cgo pointer checks or copies.

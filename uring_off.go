@@ -9,9 +9,9 @@ package ringline
 const uringCompiled = false
 
 func newURing(bc backendConfig) (backend, error) {
-	kp := probeKernel(bc.ringEntries, bc.ringFlagMask)
+	kp := probeKernel(bc.ringEntries, bc.ringFlagMask, false)
 	return nil, kp.usable()
 }
 
 // probeKernel reports that io_uring is not compiled in.
-func probeKernel(entries, mask uint32) kernelProbe { return kernelProbe{} }
+func probeKernel(entries, mask uint32, zc bool) kernelProbe { return kernelProbe{} }

@@ -55,13 +55,17 @@ func newURing(bc backendConfig) (backend, error) {
 }
 
 // probeKernel runs the C layer's feature probe: a real ring set up under
-// mask with entries SQEs, then torn down. Its cgo calls (the probe, the two
-// build-info queries, one per opcode looked up) are counted in
-// probeCgoCalls.
-func probeKernel(entries, mask uint32) kernelProbe {
+// mask with entries SQEs, then torn down; with zc, a real zero-copy send
+// too. Its cgo calls (the probe, the two build-info queries, one per
+// opcode looked up) are counted in probeCgoCalls.
+func probeKernel(entries, mask uint32, zc bool) kernelProbe {
 	var info C.struct_rl_probe_info
+	var opts C.uint
+	if zc {
+		opts = C.RL_PROBE_SEND_ZC
+	}
 	probeCgoCalls.Add(3)
-	C.rl_probe(&info, C.uint(entries), C.uint(mask))
+	C.rl_probe(&info, C.uint(entries), C.uint(mask), opts)
 	kp := kernelProbe{compiled: true, liburing: int(C.rl_liburing_version()), compiledOut: uint32(C.rl_compiled_out())}
 	if info.setup_err < 0 {
 		kp.setupErr = syscall.Errno(-info.setup_err)
@@ -77,6 +81,9 @@ func probeKernel(entries, mask uint32) kernelProbe {
 	kp.sendmsgZC = info.sendmsg_zc != 0
 	kp.zcRes, kp.zcNotif, kp.zcCopied = int(info.zc_res), info.zc_notif != 0, info.zc_copied != 0
 	kp.zcSetupErr = int(info.zc_setup_err)
+	if info.zc_probed != 0 {
+		zcProbes.Add(1)
+	}
 	kp.ops = make(map[string]bool, len(uringOpNames)+2)
 	for op, name := range uringOpNames {
 		probeCgoCalls.Add(1)

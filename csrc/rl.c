@@ -667,6 +667,7 @@ static void probe_send_zc(struct io_uring *ring, struct rl_probe_info *info)
 	unsigned flags;
 	int a, b, ret, res;
 
+	info->zc_probed = 1;
 	ret = tcp_pair(&a, &b);
 	if (ret < 0) {
 		info->zc_setup_err = ret;
@@ -701,7 +702,7 @@ out:
 	close(b);
 }
 
-int rl_probe(struct rl_probe_info *info, unsigned entries, unsigned want_flags)
+int rl_probe(struct rl_probe_info *info, unsigned entries, unsigned want_flags, unsigned options)
 {
 	struct rl_ring *r = NULL;
 	struct io_uring_probe *p;
@@ -743,7 +744,7 @@ int rl_probe(struct rl_probe_info *info, unsigned entries, unsigned want_flags)
 		info->recv_multishot = info->buf_ring_err;
 	}
 	info->accept_multishot = probe_accept_multishot(&r->ring);
-	if (info->send_zc)
+	if (info->send_zc && (options & RL_PROBE_SEND_ZC))
 		probe_send_zc(&r->ring, info);
 	/* Unregisters the buffer ring and tears the ring down (cancelling the
 	 * probes still armed) before the buffer they might use is freed. */

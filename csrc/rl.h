@@ -212,15 +212,20 @@ struct rl_probe_info {
 	int zc_notif;
 	int zc_copied;
 	int zc_setup_err;
+	int zc_probed;           /* 1 when the SEND_ZC check ran */
 	unsigned char ops[256];  /* ops[i] = 1 when IORING_OP_* number i is supported */
 };
+
+/* rl_probe's options. */
+#define RL_PROBE_SEND_ZC (1u << 0) /* also run the SEND_ZC check (zc_* fields) */
 
 /* Probes what ringline needs from the kernel with a real ring (so a
  * seccomp filter or io_uring_disabled answers here, with its errno): the
  * setup ladder under want_flags with entries SQEs, the opcode table, a
  * provided buffer ring, and a multishot recv and a multishot accept on
- * AF_UNIX sockets, each checked by its first completion carrying F_MORE.
- * Returns info->setup_err. */
-int rl_probe(struct rl_probe_info *info, unsigned entries, unsigned want_flags);
+ * AF_UNIX sockets, each checked by its first completion carrying F_MORE;
+ * with RL_PROBE_SEND_ZC in options, a real SEND_ZC too. Returns
+ * info->setup_err. */
+int rl_probe(struct rl_probe_info *info, unsigned entries, unsigned want_flags, unsigned options);
 
 #endif

@@ -544,7 +544,7 @@ static void test_probe(void)
 {
 	struct rl_probe_info info;
 	unsigned i, k;
-	int rc = rl_probe(&info, 64, ~0u);
+	int rc = rl_probe(&info, 64, ~0u, RL_PROBE_SEND_ZC);
 
 	CHECK(rc == 0 && info.setup_err == 0, "rl_probe: %d", rc);
 	CHECK(info.setup_flags == (SI | DT | CQ), "flags %x, want SINGLE_ISSUER|DEFER_TASKRUN|CQSIZE on 6.x",
@@ -565,7 +565,7 @@ static void test_probe(void)
 		int fds0 = open_fds();
 
 		for (k = 0; k < 5; k++) {
-			rc = rl_probe(&info, 64, mask);
+			rc = rl_probe(&info, 64, mask, RL_PROBE_SEND_ZC);
 			CHECK(rc == 0, "rung %u: rl_probe %d", i, rc);
 			CHECK(info.setup_flags == rungs[i], "rung %u: flags %x", i, info.setup_flags);
 			CHECK(info.recv_multishot == 1, "rung %u (%x): multishot recv %d", i, rungs[i], info.recv_multishot);
@@ -576,7 +576,7 @@ static void test_probe(void)
 	}
 
 	/* A size the kernel refuses is reported, not fatal. */
-	rc = rl_probe(&info, 0, ~0u);
+	rc = rl_probe(&info, 0, ~0u, 0);
 	CHECK(rc < 0 && info.setup_err == rc, "entries=0 should fail, got %d", rc);
 	passed++;
 }
