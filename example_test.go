@@ -325,6 +325,53 @@ func ExampleConnCtx_SendParts() {
 	// released: 2
 }
 
+// ForwardRecvBuf sends bytes from the buffer the kernel received them
+// into, without copying them: an echo here, a proxy's relay in
+// examples/proxy. The buffer goes back to the receive ring only once the
+// kernel has sent it, so the task waits for its sends (Send(nil) resolves
+// when everything queued before it has gone) before reading more: what a
+// connection holds stays bounded, and a peer that stops reading throttles
+// only its own connection. Bytes that had to be accumulated are copied
+// instead (WorkerStats.ForwardCopies).
+func ExampleConnCtx_ForwardRecvBuf() {
+	rt := launch(ringline.Config{}, func(c ringline.ConnCtx) {
+		for {
+			var fut ringline.SendFuture
+			var err error
+			n := c.WithData(func(b []byte) ringline.ParseResult {
+				if err = c.ForwardRecvBuf(b); err == nil {
+					fut, err = c.Send(nil)
+				}
+				if err != nil {
+					c.Close()
+					return ringline.Consumed(0)
+				}
+				return ringline.Consumed(len(b)) // forwarding does not consume
+			})
+			if n == 0 || err != nil {
+				return
+			}
+			if _, err := fut.Await(); err != nil {
+				return
+			}
+		}
+	})
+
+	c := dial(rt)
+	fmt.Fprint(c, "hello, forwarded\n")
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Print(line)
+	c.Close()
+	stop(rt)
+	fmt.Println("sent from the receive buffer:", ringline.Total(rt.Stats()).ForwardedBuffers > 0)
+	// Output:
+	// hello, forwarded
+	// sent from the receive buffer: true
+}
+
 // SendWait waits for room in the send pool instead of failing: a task that
 // streams to a slow reader through a small pool suspends until slots free
 // up, while other connections' waiters are served in turn, first come,
