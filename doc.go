@@ -88,8 +88,8 @@
 //
 // A task that panics or calls runtime.Goexit (t.FailNow, require.* in
 // tests) closes its own connection only; the worker serves on. A task that
-// blocks stalls its worker: a watchdog reports loop iterations longer than
-// Config.StallThreshold. [ConnCtx.Err] says why a connection ended. No
+// blocks stalls its worker: a watchdog reports a task that runs longer
+// than Config.StallThreshold without yielding. [ConnCtx.Err] says why a connection ended. No
 // connection can take a worker's shared resources from the others: its
 // unparsed bytes are bounded (Config.MaxRecvAccumulator), its queued sends
 // are bounded (Config.MaxSendQueue, [ErrSendQueueFull]), a closed

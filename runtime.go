@@ -179,10 +179,10 @@ func (rt *Runtime) Done() <-chan struct{} { return rt.done }
 
 // ShutdownContext is Shutdown followed by a wait that ends when every
 // worker has stopped (it returns nil) or when ctx is done. Then it returns
-// an error naming each worker that has not stopped and for how long it has
-// been running one loop iteration without coming back (a task that blocks
-// or never yields cannot be preempted). The workers keep trying to stop;
-// a program that must exit can do so.
+// an error naming each worker that has not stopped and, with the watchdog
+// on, for how long the task it runs has gone without yielding (a task
+// that blocks or never yields cannot be preempted). The workers keep
+// trying to stop; a program that must exit can do so.
 func (rt *Runtime) ShutdownContext(ctx context.Context) error {
 	rt.Shutdown()
 	select {
@@ -196,7 +196,7 @@ func (rt *Runtime) ShutdownContext(ctx context.Context) error {
 			continue
 		}
 		msg := fmt.Sprintf("worker %d", w.id)
-		if w.busyIter.Load() != 0 {
+		if w.busyMark.Load() != 0 {
 			if since := w.stuckSince.Load(); since != 0 {
 				msg += fmt.Sprintf(" (a task has run at least %v without yielding)", time.Duration(w.now()-since).Round(time.Millisecond))
 			} else {

@@ -12,7 +12,7 @@ import (
 //
 // The handshake is a store then a load on each side (Go's atomics are
 // sequentially consistent): the watchdog sets asleep, then checks that
-// every worker is still waiting; a worker marks itself busy (busyIter),
+// every worker is still waiting; a worker marks itself busy (busyMark),
 // then checks asleep. Whichever comes second sees the other, so a worker
 // cannot turn busy unseen by a watchdog that goes to sleep.
 type stallWatch struct {
@@ -38,14 +38,17 @@ func (s *stallWatch) rouse() {
 	}
 }
 
-// watchdog runs off the workers' threads and reports a worker whose loop
-// iteration has lasted longer than Config.StallThreshold: in practice a
-// task that blocks (time.Sleep, a channel, a mutex, net) and stalls every
-// connection of its worker. Each stall is counted and logged once. It
-// looks every StallThreshold/4, and sleeps once two looks in a row find
-// every worker waiting in the kernel and, as far as the published loop
-// counts tell, idle since the look before; the first worker to begin an
-// iteration wakes it, and it looks at once.
+// watchdog runs off the workers' threads and reports a worker whose
+// progress mark (busyMark) has stayed the same for longer than
+// Config.StallThreshold: a task that has run that long without yielding,
+// in practice one that blocks (time.Sleep, a channel, a mutex, net) and
+// stalls every connection of its worker. A worker marks itself afresh at
+// each loop iteration and every markEvery task runs within one, so a long
+// iteration of short tasks is not a stall. Each stall is counted and
+// logged once. It looks every StallThreshold/4, and sleeps once two looks
+// in a row find every worker waiting in the kernel and, as far as the
+// published loop counts tell, idle since the look before; the first
+// worker to begin an iteration wakes it, and it looks at once.
 func (rt *Runtime) watchdog() {
 	limit := rt.cfg.StallThreshold
 	period := max(limit/4, time.Millisecond)
@@ -53,7 +56,7 @@ func (rt *Runtime) watchdog() {
 	defer tick.Stop()
 	// The loop counts the workers published at the last look: a worker
 	// publishes before each wait that may block, so an unchanged count and
-	// an idle busyIter suggest it has been waiting since then. It is only a
+	// an idle busyMark suggest it has been waiting since then. It is only a
 	// hint (a worker publishes every 64 iterations while busy, and not
 	// before a wait that cannot block); a wrong guess costs a sleep that
 	// the worker ends at once, as the handshake in watchdogSleep ensures.
@@ -75,15 +78,17 @@ func (rt *Runtime) watchdog() {
 		rt.wd.looks.Add(1)
 		idle := true
 		for i, w := range rt.workers {
-			it, now, n := w.busyIter.Load(), w.now(), w.pub.loops.Load()
-			if it != 0 || n != loops[i] {
+			mark, now, n := w.busyMark.Load(), w.now(), w.pub.loops.Load()
+			if mark != 0 || n != loops[i] {
 				idle = false
 			}
 			loops[i] = n
-			if it == 0 || it != w.wdIter {
-				// Waiting in the kernel, or a new iteration since the last
-				// look: nothing is stuck.
-				w.wdIter, w.wdSince, w.wdReported = it, now, false
+			if mark == 0 || mark != w.wdMark {
+				// Waiting in the kernel, or progress since the last look
+				// (a new iteration, or more task runs in this one):
+				// nothing is stuck. A stall is timed from the first look
+				// that saw its mark.
+				w.wdMark, w.wdSince, w.wdReported = mark, now, false
 				w.stuckSince.Store(0)
 				continue
 			}
@@ -121,7 +126,7 @@ func (rt *Runtime) watchdogSleep() bool {
 	s := rt.wd
 	s.asleep.Store(true)
 	for _, w := range rt.workers {
-		if w.busyIter.Load() != 0 {
+		if w.busyMark.Load() != 0 {
 			if s.asleep.CompareAndSwap(true, false) {
 				return true // busy before any worker saw asleep: no token
 			}
