@@ -186,13 +186,16 @@ func teardownWatchConfig(be Backend) (Config, *logSink) {
 	return cfg, logs
 }
 
-// stallServingText is how the watchdog words a stall while the worker
-// serves.
-const stallServingText = "every connection of this worker waits"
+// How the watchdog words a stall while the worker serves, and while it
+// stops: then its connections are closing, so what waits is the stop.
+const (
+	stallServingText  = "every connection of this worker waits"
+	stallStoppingText = "worker stalled while stopping"
+)
 
 func TestWatchdogSeesTeardown(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		cfg, _ := teardownWatchConfig(be)
+		cfg, logs := teardownWatchConfig(be)
 		h := teardownBlocker{started: make(chan struct{})}
 		rt, err := New(cfg).Launch(func(int) AsyncEventHandler { return h })
 		require.NoError(t, err)
@@ -202,6 +205,9 @@ func TestWatchdogSeesTeardown(t *testing.T) {
 		rt.Shutdown()
 		rt.Wait()
 		assert.NotZero(t, Total(rt.Stats()).Stalls, "a task's deferred call blocking at teardown was not reported")
+		assert.Contains(t, logs.String(), stallStoppingText)
+		assert.Contains(t, logs.String(), "a deferred call of a task being stopped")
+		assert.NotContains(t, logs.String(), stallServingText, "at teardown the connections are closing, not waiting")
 	})
 }
 
@@ -210,7 +216,7 @@ func TestWatchdogSeesTeardown(t *testing.T) {
 // stalls the stop like any blocking task code, and is reported.
 func TestWatchdogSeesBlockingReleaseAtTeardown(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		cfg, _ := teardownWatchConfig(be)
+		cfg, logs := teardownWatchConfig(be)
 		cfg.MaxSendQueue = cfg.SendPoolSlots * cfg.SendSlotSize
 		// The peer reads nothing: the last references are still queued
 		// when the worker stops.
@@ -223,6 +229,33 @@ func TestWatchdogSeesBlockingReleaseAtTeardown(t *testing.T) {
 		require.Zero(t, Total(rt.Stats()).Stalls, "no stall before the stop")
 		stop(t, rt)
 		assert.NotZero(t, Total(rt.Stats()).Stalls, "a release callback blocking at teardown was not reported")
+		assert.Contains(t, logs.String(), stallStoppingText)
+		assert.Contains(t, logs.String(), "release callback")
+		assert.NotContains(t, logs.String(), stallServingText, "at teardown the connections are closing, not waiting")
+	})
+}
+
+// A task that blocks once the stop has begun (told, while it winds down)
+// holds up the stop, and the connections still closing with it: the
+// warning says so, not that the worker's connections wait for it.
+func TestWatchdogWordsStallWhileDraining(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg, logs := teardownWatchConfig(be)
+		cfg.ShutdownTimeout = 2 * time.Second // the drain outlasts the block
+		rt := launchIdle(t, cfg)
+		started := make(chan struct{})
+		require.NoError(t, rt.Post(0, func(tc TaskCtx) {
+			close(started)
+			if tc.Sleep(time.Hour) == ErrShutdown {
+				time.Sleep(400 * time.Millisecond) // the misuse, while winding down
+			}
+		}))
+		<-started
+		stop(t, rt)
+		assert.Equal(t, uint64(1), Total(rt.Stats()).Stalls)
+		assert.Contains(t, logs.String(), stallStoppingText)
+		assert.Contains(t, logs.String(), "a task or a release callback has run without yielding")
+		assert.NotContains(t, logs.String(), stallServingText)
 	})
 }
 
@@ -362,6 +395,8 @@ func TestWatchdogQuietOnLongHealthyTeardown(t *testing.T) {
 					return
 				}
 				assert.Equal(t, uint64(1), Total(rt.Stats()).Stalls, "the blocking deferred call among them, once")
+				assert.Contains(t, logs.String(), stallStoppingText)
+				assert.Contains(t, logs.String(), "a deferred call of a task being stopped")
 			})
 		}
 	})

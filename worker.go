@@ -113,7 +113,8 @@ type worker struct {
 	// (progress), so an iteration that runs many short tasks keeps moving
 	// while one task that blocks holds the mark still. Two stores per
 	// iteration and one per markEvery runs, no clock read. Teardown marks
-	// itself too while it runs user code (watchUserCode).
+	// itself too while it runs user code (watchUserCode). Its low bits say
+	// what the worker runs (busyPart), for the watchdog's warning.
 	busyMark atomic.Uint64
 	// The loop's own side of the mark: markSeq numbers the marks (they
 	// never repeat, so the watchdog cannot take a new mark for one it saw
@@ -233,7 +234,7 @@ func (w *worker) run() {
 	// The first iteration (the start task, the first accepts) is watched
 	// too, and wakes a watchdog that found the worker not yet started
 	// and went to sleep.
-	w.markBusy()
+	w.markBusy(w.loopPart())
 	w.startTask()
 	w.armAccept()
 	// At resetAt, shortly before drainDeadline, connections whose
@@ -290,7 +291,7 @@ func (w *worker) run() {
 		w.markIdle()
 		cqes, err := w.be.enter(wait, timeout)
 		w.st.loops++
-		w.markBusy()
+		w.markBusy(w.loopPart())
 		if err != nil {
 			w.log.Error("ringline: backend enter failed; worker stopping", "worker", w.id, "err", err)
 			w.stopping.Store(true)
@@ -797,6 +798,9 @@ func (w *worker) resetZeroCopyAtStop() {
 // tasks that do not return when told are stopped.
 func (w *worker) beginStop() {
 	w.stopped = true
+	// From here the tasks wind down, the first of them in this very
+	// iteration: a stall is the stop's now (busyPart).
+	w.markBusy(partStopping)
 	if w.lfd >= 0 {
 		if w.acceptArmed {
 			w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, 0, 0, acceptCancelPayload), addr: packUD(udAccept, 0, 0, 0)})
@@ -845,12 +849,39 @@ func (w *worker) beginStop() {
 // (15 ms at the default), each a latency problem of its own.
 const markEvery = 16
 
-// markBusy gives the worker a fresh progress mark (never 0) and wakes a
-// sleeping watchdog: the store comes before the watchdog's flag is read
-// (stallWatch).
-func (w *worker) markBusy() {
+// busyPart says what a busy worker runs, for the watchdog's warning (and
+// ShutdownContext's error): while it serves, a stall holds up every
+// connection; once its stop has begun the connections are closing, and a
+// stall holds up the stop. It rides in the low partBits bits of the
+// progress mark, so one load gives the watchdog both, and a part costs
+// no store of its own.
+type busyPart uint64
+
+const (
+	partServing     busyPart = iota // the loop, serving
+	partStopping                    // the loop once the stop has begun: tasks told to wind down
+	partEndingTasks                 // teardown: the tasks still alive are ended, their deferred calls run
+	partReleasing                   // teardown: the release callbacks of references still queued run
+
+	partBits = 2
+	partMask = 1<<partBits - 1
+)
+
+// loopPart is what the loop's iterations run: serving, or winding down
+// once the stop has begun.
+func (w *worker) loopPart() busyPart {
+	if w.stopped {
+		return partStopping
+	}
+	return partServing
+}
+
+// markBusy gives the worker a fresh progress mark (never 0) for part p
+// and wakes a sleeping watchdog: the store comes before the watchdog's
+// flag is read (stallWatch).
+func (w *worker) markBusy(p busyPart) {
 	w.markSeq++
-	w.curMark = w.markSeq
+	w.curMark = w.markSeq<<partBits | uint64(p)
 	w.untilMark = markEvery
 	w.busyMark.Store(w.curMark)
 	if w.wd != nil {
@@ -887,24 +918,25 @@ func (w *worker) remark() {
 		w.untilMark = markEvery
 		return
 	}
-	w.markBusy()
+	w.markBusy(busyPart(w.curMark & partMask))
 }
 
-// watchUserCode runs f, a part of teardown that runs user code (a stopped
-// task's deferred calls, SendParts release callbacks), with the worker
-// marked busy, so the watchdog reports a call that blocks there as it
-// would in the loop; the runs and callbacks in f mark progress as they do
-// in the loop (progress). The rest of teardown (closes, the ring's
-// teardown) is the runtime's own and is not timed.
-func (w *worker) watchUserCode(f func()) {
-	w.markBusy()
+// watchUserCode runs f, a part p of teardown that runs user code (a
+// stopped task's deferred calls, SendParts release callbacks), with the
+// worker marked busy, so the watchdog reports a call that blocks there as
+// it would in the loop, and says which part it is; the runs and callbacks
+// in f mark progress as they do in the loop (progress). The rest of
+// teardown (closes, the ring's teardown) is the runtime's own and is not
+// timed.
+func (w *worker) watchUserCode(p busyPart, f func()) {
+	w.markBusy(p)
 	defer w.markIdle()
 	f()
 }
 
 // teardown releases everything the worker owns. Runs on the worker thread.
 func (w *worker) teardown() {
-	w.watchUserCode(func() {
+	w.watchUserCode(partEndingTasks, func() {
 		for t := w.allTasks; t != nil; t = w.allTasks {
 			w.kill(t)
 		}
@@ -941,7 +973,7 @@ func (w *worker) teardown() {
 	}
 	// After the ring: no operation reads memory any more, but a zero-copy
 	// send's socket may (its references stay pinned).
-	w.watchUserCode(w.releaseSendsAtStop)
+	w.watchUserCode(partReleasing, w.releaseSendsAtStop)
 	if w.be != nil {
 		w.publish() // after close, so its C calls are counted too
 	}
