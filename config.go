@@ -93,14 +93,20 @@ type Config struct {
 	// await the peer's acknowledgement are reset, so the kernel lets go
 	// of their memory before the workers end. Default 2s.
 	ShutdownTimeout time.Duration
-	// StallThreshold is how long one loop iteration (in practice, one
-	// task running without yielding: a handler that blocks) may take
-	// before the watchdog logs that the worker is stalled and counts it
-	// in WorkerStats.Stalls. Default 250ms; negative disables the
-	// watchdog. The watchdog looks every StallThreshold/4 while a worker
-	// is busy, and sleeps while every worker waits in the kernel (a
-	// worker that turns busy wakes it), so it does not wake an idle
-	// runtime.
+	// StallThreshold is how long one task may run without yielding (a
+	// handler that blocks, say) before the watchdog logs that its worker
+	// is stalled and counts it in WorkerStats.Stalls. It is measured from
+	// the worker's last progress mark, which the worker makes at the
+	// start of each loop iteration and again every 16 task runs within
+	// one, so an iteration that runs a great many short tasks (a stop
+	// ending every task, a burst of wake-ups) is not a stall. Release
+	// callbacks count like task runs, and so do the deferred calls of the
+	// tasks a stop ends; a stall during a stop is logged as holding up
+	// the stop rather than the connections. Default 250ms; negative
+	// disables the watchdog. The watchdog looks every StallThreshold/4
+	// while a worker is busy, and sleeps while every worker waits in the
+	// kernel (a worker that turns busy wakes it), so it does not wake an
+	// idle runtime.
 	StallThreshold time.Duration
 	// ReusePort lets other sockets (another process's, for a hot restart
 	// or a multi-process server) share the bound port. Off by default:

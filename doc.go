@@ -88,15 +88,17 @@
 //
 // A task that panics or calls runtime.Goexit (t.FailNow, require.* in
 // tests) closes its own connection only; the worker serves on. A task that
-// blocks stalls its worker: a watchdog reports loop iterations longer than
-// Config.StallThreshold. [ConnCtx.Err] says why a connection ended. No
-// connection can take a worker's shared resources from the others: its
-// unparsed bytes are bounded (Config.MaxRecvAccumulator), its queued sends
-// are bounded (Config.MaxSendQueue, [ErrSendQueueFull]), a closed
-// connection's unsent bytes have Config.CloseDrainTimeout to drain, and
-// provided receive buffers are shared fairly when they run out. Accept
-// errors are counted and rate-limited in the log; out of descriptors, the
-// waiting clients are refused at once. [Runtime.ShutdownContext] bounds a
+// blocks stalls its worker: a watchdog reports a task that runs longer
+// than Config.StallThreshold without yielding (and, at a stop, a deferred
+// call or release callback that holds the stop up). [ConnCtx.Err] says
+// why a connection ended. No connection can take a worker's shared
+// resources from the others: its unparsed bytes are bounded
+// (Config.MaxRecvAccumulator), its queued sends are bounded
+// (Config.MaxSendQueue, [ErrSendQueueFull]), a closed connection's
+// unsent bytes have Config.CloseDrainTimeout to drain, and provided
+// receive buffers are shared fairly when they run out. Accept errors are
+// counted and rate-limited in the log; out of descriptors, the waiting
+// clients are refused at once. [Runtime.ShutdownContext] bounds a
 // shutdown that a stuck task would otherwise hold up. By default [Bind]
 // refuses a port another socket holds (Config.ReusePort shares it).
 //

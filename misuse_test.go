@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -174,19 +175,27 @@ func (b teardownBlocker) OnStart(t TaskCtx) {
 }
 
 // teardownWatchConfig is the config of the teardown stall tests: one
-// worker, a 100 ms threshold, a 200 ms drain.
-func teardownWatchConfig(be Backend) Config {
+// worker, a 100 ms threshold, a 200 ms drain; what the runtime logs goes
+// to the returned sink.
+func teardownWatchConfig(be Backend) (Config, *logSink) {
 	cfg := testConfig(be)
 	cfg.Workers = 1
-	cfg.Logger = newTestLogger(&syncBuffer{})
+	logs := captureLog(&cfg)
 	cfg.StallThreshold = 100 * time.Millisecond
 	cfg.ShutdownTimeout = 200 * time.Millisecond
-	return cfg
+	return cfg, logs
 }
+
+// How the watchdog words a stall while the worker serves, and while it
+// stops: then its connections are closing, so what waits is the stop.
+const (
+	stallServingText  = "every connection of this worker waits"
+	stallStoppingText = "worker stalled while stopping"
+)
 
 func TestWatchdogSeesTeardown(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		cfg := teardownWatchConfig(be)
+		cfg, logs := teardownWatchConfig(be)
 		h := teardownBlocker{started: make(chan struct{})}
 		rt, err := New(cfg).Launch(func(int) AsyncEventHandler { return h })
 		require.NoError(t, err)
@@ -196,6 +205,9 @@ func TestWatchdogSeesTeardown(t *testing.T) {
 		rt.Shutdown()
 		rt.Wait()
 		assert.NotZero(t, Total(rt.Stats()).Stalls, "a task's deferred call blocking at teardown was not reported")
+		assert.Contains(t, logs.String(), stallStoppingText)
+		assert.Contains(t, logs.String(), "a deferred call of a task being stopped")
+		assert.NotContains(t, logs.String(), stallServingText, "at teardown the connections are closing, not waiting")
 	})
 }
 
@@ -204,7 +216,7 @@ func TestWatchdogSeesTeardown(t *testing.T) {
 // stalls the stop like any blocking task code, and is reported.
 func TestWatchdogSeesBlockingReleaseAtTeardown(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		cfg := teardownWatchConfig(be)
+		cfg, logs := teardownWatchConfig(be)
 		cfg.MaxSendQueue = cfg.SendPoolSlots * cfg.SendSlotSize
 		// The peer reads nothing: the last references are still queued
 		// when the worker stops.
@@ -217,5 +229,175 @@ func TestWatchdogSeesBlockingReleaseAtTeardown(t *testing.T) {
 		require.Zero(t, Total(rt.Stats()).Stalls, "no stall before the stop")
 		stop(t, rt)
 		assert.NotZero(t, Total(rt.Stats()).Stalls, "a release callback blocking at teardown was not reported")
+		assert.Contains(t, logs.String(), stallStoppingText)
+		assert.Contains(t, logs.String(), "release callback")
+		assert.NotContains(t, logs.String(), stallServingText, "at teardown the connections are closing, not waiting")
+	})
+}
+
+// A task that blocks once the stop has begun (told, while it winds down)
+// holds up the stop, and the connections still closing with it: the
+// warning says so, not that the worker's connections wait for it.
+func TestWatchdogWordsStallWhileDraining(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg, logs := teardownWatchConfig(be)
+		cfg.ShutdownTimeout = 2 * time.Second // the drain outlasts the block
+		rt := launchIdle(t, cfg)
+		started := make(chan struct{})
+		require.NoError(t, rt.Post(0, func(tc TaskCtx) {
+			close(started)
+			if tc.Sleep(time.Hour) == ErrShutdown {
+				time.Sleep(400 * time.Millisecond) // the misuse, while winding down
+			}
+		}))
+		<-started
+		stop(t, rt)
+		assert.Equal(t, uint64(1), Total(rt.Stats()).Stalls)
+		assert.Contains(t, logs.String(), stallStoppingText)
+		assert.Contains(t, logs.String(), "a task or a release callback has run without yielding")
+		assert.NotContains(t, logs.String(), stallServingText)
+	})
+}
+
+// spinFor keeps the calling task busy for d without yielding: short,
+// healthy work (a parse, an encode), not a block.
+func spinFor(d time.Duration) {
+	for start := time.Now(); time.Since(start) < d; {
+	}
+}
+
+// healthyTasks tasks that each run healthySpin: 600 ms of work in one
+// loop iteration or one teardown step, six times the 100 ms threshold of
+// teardownWatchConfig (a look every 25 ms), though no task runs for more
+// than a fraction of a millisecond. The watchdog reports a task that runs
+// too long, not a worker that does a lot of short work: it must stay
+// quiet (before, it timed the whole iteration or teardown step and
+// reported it), and still see a task among them that blocks. The
+// threshold is not lower: on a loaded 2-core host a worker's thread can
+// be kept off its CPU for tens of milliseconds, which no watchdog tells
+// from a task that runs.
+const (
+	healthyTasks = 6000
+	healthySpin  = 100 * time.Microsecond
+	healthyBlock = 400 * time.Millisecond // the misuse, in the variants that block
+)
+
+// healthyVariants are the two runs of each test: healthy work only, and
+// the same with one task among them that blocks.
+var healthyVariants = []struct {
+	name   string
+	blocks bool
+}{{"healthy", false}, {"one_blocks", true}}
+
+// spawnHealthy spawns healthyTasks tasks running f(tc, i), from tc, all
+// in the current loop iteration (a spawned task is queued, and the loop
+// runs its queue empty before it goes back to the kernel). They are
+// spawned by a tree of tasks that spawn at most 8 each: one task spawning
+// them all would itself run for tens of milliseconds (more under -race)
+// without yielding, a true stall, and so would a run of tasks spawning
+// 100 each.
+func spawnHealthy(tc TaskCtx, f func(tc TaskCtx, i int)) {
+	const fanout = 8
+	var tree func(tc TaskCtx, lo, hi int)
+	tree = func(tc TaskCtx, lo, hi int) {
+		step := max((hi-lo+fanout-1)/fanout, 1)
+		for a := lo; a < hi; a += step {
+			b := min(a+step, hi)
+			_, err := tc.Spawn(func(tc TaskCtx) {
+				if b-a == 1 {
+					f(tc, a)
+				} else {
+					tree(tc, a, b)
+				}
+			})
+			if err != nil {
+				panic(err)
+			}
+		}
+	}
+	tree(tc, 0, healthyTasks)
+}
+
+// One loop iteration resumes every task of a large batch: the batch
+// spawned by one task runs before the loop goes back to the kernel.
+func TestWatchdogQuietOnLongHealthyIteration(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		for _, v := range healthyVariants {
+			blocks := v.blocks
+			t.Run(v.name, func(t *testing.T) {
+				cfg, logs := teardownWatchConfig(be)
+				rt := launchIdle(t, cfg)
+				var ran atomic.Int32
+				done := make(chan struct{})
+				looks := rt.wd.looks.Load()
+				require.NoError(t, rt.Post(0, func(tc TaskCtx) {
+					spawnHealthy(tc, func(_ TaskCtx, i int) {
+						if blocks && i == healthyTasks/2 {
+							time.Sleep(healthyBlock)
+						}
+						spinFor(healthySpin)
+						if ran.Add(1) == healthyTasks {
+							close(done)
+						}
+					})
+				}))
+				select {
+				case <-done:
+				case <-time.After(30 * time.Second):
+					t.Fatalf("only %d of %d tasks ran", ran.Load(), healthyTasks)
+				}
+				assert.GreaterOrEqual(t, rt.wd.looks.Load()-looks, uint64(4), "the watchdog looked during the work")
+				stop(t, rt)
+				if !blocks {
+					assert.Zero(t, Total(rt.Stats()).Stalls, "many short tasks in one iteration were reported as a stall: %s", logs.String())
+					return
+				}
+				assert.Equal(t, uint64(1), Total(rt.Stats()).Stalls, "the blocking task among them, once")
+				assert.Contains(t, logs.String(), stallServingText)
+			})
+		}
+	})
+}
+
+// A worker's stop ends every task still alive at the drain's deadline,
+// and their deferred calls run then, one after the other.
+func TestWatchdogQuietOnLongHealthyTeardown(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		for _, v := range healthyVariants {
+			blocks := v.blocks
+			t.Run(v.name, func(t *testing.T) {
+				cfg, logs := teardownWatchConfig(be)
+				rt := launchIdle(t, cfg)
+				var started, ended atomic.Int32
+				require.NoError(t, rt.Post(0, func(tc TaskCtx) {
+					spawnHealthy(tc, func(tc TaskCtx, i int) {
+						defer func() {
+							if blocks && i == healthyTasks/2 {
+								time.Sleep(healthyBlock)
+							}
+							spinFor(healthySpin)
+							ended.Add(1)
+						}()
+						started.Add(1)
+						for {
+							_ = tc.Sleep(time.Hour) // ignores the shutdown
+						}
+					})
+				}))
+				require.True(t, settle(30*time.Second, func() bool { return started.Load() == healthyTasks }),
+					"only %d of %d tasks started", started.Load(), healthyTasks)
+				time.Sleep(2 * cfg.StallThreshold) // the spawning iteration is over
+				require.Zero(t, Total(rt.Stats()).Stalls, "no stall before the stop")
+				stop(t, rt)
+				assert.Equal(t, int32(healthyTasks), ended.Load(), "every task was ended at teardown")
+				if !blocks {
+					assert.Zero(t, Total(rt.Stats()).Stalls, "ending many tasks at teardown was reported as a stall: %s", logs.String())
+					return
+				}
+				assert.Equal(t, uint64(1), Total(rt.Stats()).Stalls, "the blocking deferred call among them, once")
+				assert.Contains(t, logs.String(), stallStoppingText)
+				assert.Contains(t, logs.String(), "a deferred call of a task being stopped")
+			})
+		}
 	})
 }

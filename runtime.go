@@ -179,10 +179,11 @@ func (rt *Runtime) Done() <-chan struct{} { return rt.done }
 
 // ShutdownContext is Shutdown followed by a wait that ends when every
 // worker has stopped (it returns nil) or when ctx is done. Then it returns
-// an error naming each worker that has not stopped and for how long it has
-// been running one loop iteration without coming back (a task that blocks
-// or never yields cannot be preempted). The workers keep trying to stop;
-// a program that must exit can do so.
+// an error naming each worker that has not stopped, what it is stuck in
+// (a task that does not yield, or at teardown a task's deferred call or a
+// release callback that does not return: none can be preempted) and,
+// with the watchdog on, for how long. The workers keep trying to stop; a
+// program that must exit can do so.
 func (rt *Runtime) ShutdownContext(ctx context.Context) error {
 	rt.Shutdown()
 	select {
@@ -196,11 +197,12 @@ func (rt *Runtime) ShutdownContext(ctx context.Context) error {
 			continue
 		}
 		msg := fmt.Sprintf("worker %d", w.id)
-		if w.busyIter.Load() != 0 {
+		if mark := w.busyMark.Load(); mark != 0 {
+			c := stallCulprit[mark&partMask]
 			if since := w.stuckSince.Load(); since != 0 {
-				msg += fmt.Sprintf(" (a task has run at least %v without yielding)", time.Duration(w.now()-since).Round(time.Millisecond))
+				msg += fmt.Sprintf(" (%s has run at least %v without %s)", c.who, time.Duration(w.now()-since).Round(time.Millisecond), c.without)
 			} else {
-				msg += " (a task is running without yielding)"
+				msg += fmt.Sprintf(" (%s is running without %s)", c.who, c.without)
 			}
 		}
 		stuck = append(stuck, msg)

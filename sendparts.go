@@ -150,6 +150,7 @@ func (w *worker) runReleases() {
 		w.relq, w.relq2 = w.relq2[:0], q
 		for i, f := range q {
 			q[i] = nil
+			w.progress()
 			w.callRelease(f)
 		}
 	}

@@ -172,8 +172,9 @@ type WorkerStats struct {
 	Wakeups uint64
 	// ForeignCalls counts ConnCtx calls refused with ErrNotInWorker.
 	ForeignCalls uint64
-	// Stalls counts loop iterations the watchdog saw run longer than
-	// Config.StallThreshold (a task that blocks instead of yielding).
+	// Stalls counts the times the watchdog saw a task (or a release
+	// callback) run longer than Config.StallThreshold without yielding:
+	// one that blocks.
 	Stalls uint64
 	// TLSHandshakes counts TLS handshakes completed (server and client);
 	// TLSHandshakeErrors counts those that failed (a plaintext or broken

@@ -278,8 +278,11 @@ func (w *worker) resume(t *task) {
 // step switches into a task through next (or stop) and reports whether it
 // is still alive. curG names the running coroutine for the ownership
 // check while it runs; a task that Goexited surfaces here as a
-// taskGoexited panic and counts as ended.
+// taskGoexited panic and counts as ended. Each step is a task run for
+// the watchdog's progress marks (a resume, or an end that runs the
+// task's deferred calls).
 func (w *worker) step(next func() (struct{}, bool)) (alive bool) {
+	w.progress()
 	w.curG.Store(w.cur.g)
 	defer func() {
 		w.curG.Store(0)

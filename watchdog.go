@@ -12,7 +12,7 @@ import (
 //
 // The handshake is a store then a load on each side (Go's atomics are
 // sequentially consistent): the watchdog sets asleep, then checks that
-// every worker is still waiting; a worker marks itself busy (busyIter),
+// every worker is still waiting; a worker marks itself busy (busyMark),
 // then checks asleep. Whichever comes second sees the other, so a worker
 // cannot turn busy unseen by a watchdog that goes to sleep.
 type stallWatch struct {
@@ -38,14 +38,19 @@ func (s *stallWatch) rouse() {
 	}
 }
 
-// watchdog runs off the workers' threads and reports a worker whose loop
-// iteration has lasted longer than Config.StallThreshold: in practice a
-// task that blocks (time.Sleep, a channel, a mutex, net) and stalls every
-// connection of its worker. Each stall is counted and logged once. It
-// looks every StallThreshold/4, and sleeps once two looks in a row find
-// every worker waiting in the kernel and, as far as the published loop
-// counts tell, idle since the look before; the first worker to begin an
-// iteration wakes it, and it looks at once.
+// watchdog runs off the workers' threads and reports a worker whose
+// progress mark (busyMark) has stayed the same for longer than
+// Config.StallThreshold: a task that has run that long without yielding,
+// in practice one that blocks (time.Sleep, a channel, a mutex, net) and
+// stalls every connection of its worker, or, once the worker stops, its
+// stop (the warning says which, from the mark's busyPart). A worker
+// marks itself afresh at each loop iteration and every markEvery task
+// runs within one, so a long iteration of short tasks is not a stall.
+// Each stall is counted and logged once. It looks every
+// StallThreshold/4, and sleeps once two looks in a row find every worker
+// waiting in the kernel and, as far as the published loop counts tell,
+// idle since the look before; the first worker to begin an iteration
+// wakes it, and it looks at once.
 func (rt *Runtime) watchdog() {
 	limit := rt.cfg.StallThreshold
 	period := max(limit/4, time.Millisecond)
@@ -53,7 +58,7 @@ func (rt *Runtime) watchdog() {
 	defer tick.Stop()
 	// The loop counts the workers published at the last look: a worker
 	// publishes before each wait that may block, so an unchanged count and
-	// an idle busyIter suggest it has been waiting since then. It is only a
+	// an idle busyMark suggest it has been waiting since then. It is only a
 	// hint (a worker publishes every 64 iterations while busy, and not
 	// before a wait that cannot block); a wrong guess costs a sleep that
 	// the worker ends at once, as the handshake in watchdogSleep ensures.
@@ -75,15 +80,17 @@ func (rt *Runtime) watchdog() {
 		rt.wd.looks.Add(1)
 		idle := true
 		for i, w := range rt.workers {
-			it, now, n := w.busyIter.Load(), w.now(), w.pub.loops.Load()
-			if it != 0 || n != loops[i] {
+			mark, now, n := w.busyMark.Load(), w.now(), w.pub.loops.Load()
+			if mark != 0 || n != loops[i] {
 				idle = false
 			}
 			loops[i] = n
-			if it == 0 || it != w.wdIter {
-				// Waiting in the kernel, or a new iteration since the last
-				// look: nothing is stuck.
-				w.wdIter, w.wdSince, w.wdReported = it, now, false
+			if mark == 0 || mark != w.wdMark {
+				// Waiting in the kernel, or progress since the last look
+				// (a new iteration, or more task runs in this one):
+				// nothing is stuck. A stall is timed from the first look
+				// that saw its mark.
+				w.wdMark, w.wdSince, w.wdReported = mark, now, false
 				w.stuckSince.Store(0)
 				continue
 			}
@@ -93,7 +100,7 @@ func (rt *Runtime) watchdog() {
 			}
 			w.wdReported = true
 			w.pub.stalls.Add(1)
-			rt.cfg.Logger.Warn("ringline: worker stalled: a task has run without yielding, so every connection of this worker waits (a task must not block: no time.Sleep, channel waits, long mutex holds or net calls)",
+			rt.cfg.Logger.Warn(stallWarning(busyPart(mark&partMask)),
 				"worker", w.id, "running_for_at_least", time.Duration(now-w.wdSince).Round(time.Millisecond), "threshold", limit)
 		}
 		if !idle {
@@ -121,7 +128,7 @@ func (rt *Runtime) watchdogSleep() bool {
 	s := rt.wd
 	s.asleep.Store(true)
 	for _, w := range rt.workers {
-		if w.busyIter.Load() != 0 {
+		if w.busyMark.Load() != 0 {
 			if s.asleep.CompareAndSwap(true, false) {
 				return true // busy before any worker saw asleep: no token
 			}
@@ -134,4 +141,31 @@ func (rt *Runtime) watchdogSleep() bool {
 	case <-s.wake:
 		return true
 	}
+}
+
+// stallCulprit names, per busyPart, what has run too long, for the
+// watchdog's warning and ShutdownContext's error, and the rule it broke.
+// The loop runs tasks and release callbacks between two marks and cannot
+// tell which one stalled; teardown runs one kind at a time.
+var stallCulprit = [...]struct{ who, without, rule string }{
+	partServing:     {"a task or a release callback", "yielding", "a task must not block: no time.Sleep, channel waits, long mutex holds or net calls"},
+	partStopping:    {"a task or a release callback", "yielding", "a task must not block, also while it winds down"},
+	partEndingTasks: {"a deferred call of a task being stopped", "returning", "a task's deferred calls must not block either"},
+	partReleasing:   {"a SendBuilder.Ref release callback", "returning", "a release callback must not block"},
+}
+
+// stallWarning is the watchdog's warning for a stall in part p. While the
+// worker serves, every connection of the worker waits on it; once the
+// stop has begun the connections are closing, and what waits is the
+// stop (and, during the drain, the connections still closing).
+func stallWarning(p busyPart) string {
+	c := stallCulprit[p]
+	head, waits := "ringline: worker stalled while stopping: ", "so the worker's stop is held up"
+	switch p {
+	case partServing:
+		head, waits = "ringline: worker stalled: ", "so every connection of this worker waits"
+	case partStopping:
+		waits = "so the worker's stop waits, and every connection still closing with it"
+	}
+	return head + c.who + " has run without " + c.without + ", " + waits + " (" + c.rule + ")"
 }

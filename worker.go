@@ -105,16 +105,28 @@ type worker struct {
 	posts2      []func()
 	postClosed  bool
 
-	// busyIter numbers the loop iteration running now, 0 while the loop
-	// waits in the kernel: the watchdog samples it to spot an iteration
-	// (a task that does not yield) that lasts too long. Two stores per
-	// iteration, no clock read. Teardown sets it too while it runs user
-	// code (watchUserCode).
-	busyIter atomic.Uint64
-	// Watchdog state: the iteration it last saw and since when (worker
-	// clock); stuckSince is that time while the same busy iteration has
-	// been seen twice, for ShutdownContext.
-	wdIter     uint64
+	// busyMark is the worker's progress mark, 0 while the loop waits in
+	// the kernel: the watchdog reports a mark that stays the same for
+	// longer than StallThreshold, in practice a task that does not yield.
+	// The loop marks itself afresh at the start of each iteration and
+	// again every markEvery task runs and release callbacks within one
+	// (progress), so an iteration that runs many short tasks keeps moving
+	// while one task that blocks holds the mark still. Two stores per
+	// iteration and one per markEvery runs, no clock read. Teardown marks
+	// itself too while it runs user code (watchUserCode). Its low bits say
+	// what the worker runs (busyPart), for the watchdog's warning.
+	busyMark atomic.Uint64
+	// The loop's own side of the mark: markSeq numbers the marks (they
+	// never repeat, so the watchdog cannot take a new mark for one it saw
+	// before), curMark is the one published now (0: idle), untilMark
+	// counts the task runs and callbacks left before the next.
+	markSeq   uint64
+	curMark   uint64
+	untilMark uint32
+	// Watchdog state: the mark it last saw and since when (worker clock);
+	// stuckSince is that time while the same busy mark has been seen
+	// twice, for ShutdownContext.
+	wdMark     uint64
 	wdSince    int64
 	wdReported bool
 	stuckSince atomic.Int64
@@ -218,11 +230,11 @@ func (w *worker) pin() {
 // run is the worker loop. It returns once shutdown was requested and every
 // connection and operation has wound down.
 func (w *worker) run() {
-	defer w.busyIter.Store(0) // a stopped worker is not a stalled one
+	defer w.markIdle() // a stopped worker is not a stalled one
 	// The first iteration (the start task, the first accepts) is watched
 	// too, and wakes a watchdog that found the worker not yet started
 	// and went to sleep.
-	w.markBusy(1)
+	w.markBusy(w.loopPart())
 	w.startTask()
 	w.armAccept()
 	// At resetAt, shortly before drainDeadline, connections whose
@@ -276,10 +288,10 @@ func (w *worker) run() {
 			w.yieldToScheduler()
 		}
 		w.maybePublish(wait)
-		w.busyIter.Store(0)
+		w.markIdle()
 		cqes, err := w.be.enter(wait, timeout)
 		w.st.loops++
-		w.markBusy(w.st.loops + 1)
+		w.markBusy(w.loopPart())
 		if err != nil {
 			w.log.Error("ringline: backend enter failed; worker stopping", "worker", w.id, "err", err)
 			w.stopping.Store(true)
@@ -786,6 +798,9 @@ func (w *worker) resetZeroCopyAtStop() {
 // tasks that do not return when told are stopped.
 func (w *worker) beginStop() {
 	w.stopped = true
+	// From here the tasks wind down, the first of them in this very
+	// iteration: a stall is the stop's now (busyPart).
+	w.markBusy(partStopping)
 	if w.lfd >= 0 {
 		if w.acceptArmed {
 			w.be.stage(sqOp{code: opCancel, ud: packUD(udCancel, 0, 0, acceptCancelPayload), addr: packUD(udAccept, 0, 0, 0)})
@@ -826,31 +841,102 @@ func (w *worker) beginStop() {
 	w.closePosts()
 }
 
-// teardown releases everything the worker owns. Runs on the worker thread.
-// markBusy marks the worker as running iteration it (never 0) and wakes
-// a sleeping watchdog: the store comes before the watchdog's flag is read
-// (stallWatch).
-func (w *worker) markBusy(it uint64) {
-	w.busyIter.Store(it)
+// markEvery is how many task runs and release callbacks one progress
+// mark covers. A mark is an atomic store (plus a load to see whether the
+// watchdog sleeps): one per 16 runs is a small share of what each run
+// already costs (its switches in and out, two atomic stores of curG). A
+// false stall would take 16 runs in a row averaging StallThreshold/16
+// (15 ms at the default), each a latency problem of its own.
+const markEvery = 16
+
+// busyPart says what a busy worker runs, for the watchdog's warning (and
+// ShutdownContext's error): while it serves, a stall holds up every
+// connection; once its stop has begun the connections are closing, and a
+// stall holds up the stop. It rides in the low partBits bits of the
+// progress mark, so one load gives the watchdog both, and a part costs
+// no store of its own.
+type busyPart uint64
+
+const (
+	partServing     busyPart = iota // the loop, serving
+	partStopping                    // the loop once the stop has begun: tasks told to wind down
+	partEndingTasks                 // teardown: the tasks still alive are ended, their deferred calls run
+	partReleasing                   // teardown: the release callbacks of references still queued run
+
+	partBits = 2
+	partMask = 1<<partBits - 1
+)
+
+// loopPart is what the loop's iterations run: serving, or winding down
+// once the stop has begun.
+func (w *worker) loopPart() busyPart {
+	if w.stopped {
+		return partStopping
+	}
+	return partServing
+}
+
+// markBusy gives the worker a fresh progress mark (never 0) for part p
+// and wakes a sleeping watchdog: the store comes before the watchdog's
+// flag is read (stallWatch).
+func (w *worker) markBusy(p busyPart) {
+	w.markSeq++
+	w.curMark = w.markSeq<<partBits | uint64(p)
+	w.untilMark = markEvery
+	w.busyMark.Store(w.curMark)
 	if w.wd != nil {
 		w.wd.rouse()
 	}
 }
 
-// watchUserCode runs f, a part of teardown that runs user code (a stopped
-// task's deferred calls, SendParts release callbacks), with the worker
-// marked busy under iteration number it (one no iteration used), so the
-// watchdog reports a call that blocks there as it would in the loop. The
-// rest of teardown (closes, the ring's teardown) is the runtime's own and
-// is not timed.
-func (w *worker) watchUserCode(it uint64, f func()) {
-	w.markBusy(it)
-	defer w.busyIter.Store(0)
+// markIdle clears the mark while the worker waits in the kernel or once
+// it has stopped: nothing it runs then can stall it.
+func (w *worker) markIdle() {
+	w.curMark = 0
+	w.busyMark.Store(0)
+}
+
+// progress counts a task run or release callback about to start and
+// marks the worker afresh every markEvery of them, so the watchdog times
+// a task from at most markEvery runs before it, not from the start of
+// an iteration that may run a great many healthy ones (every task is
+// resumed once when a stop begins, and ended at teardown). On the hot
+// path it is a decrement and a test.
+func (w *worker) progress() {
+	if w.untilMark--; w.untilMark == 0 {
+		w.remark()
+	}
+}
+
+// remark is progress's slow path, out of line so that progress inlines.
+//
+//go:noinline
+func (w *worker) remark() {
+	if w.curMark == 0 {
+		// Not marked busy: nothing to move on (every run is watched today,
+		// but a mark made here would stay set and read as a stall).
+		w.untilMark = markEvery
+		return
+	}
+	w.markBusy(busyPart(w.curMark & partMask))
+}
+
+// watchUserCode runs f, a part p of teardown that runs user code (a
+// stopped task's deferred calls, SendParts release callbacks), with the
+// worker marked busy, so the watchdog reports a call that blocks there as
+// it would in the loop, and says which part it is; the runs and callbacks
+// in f mark progress as they do in the loop (progress). The rest of
+// teardown (closes, the ring's teardown) is the runtime's own and is not
+// timed.
+func (w *worker) watchUserCode(p busyPart, f func()) {
+	w.markBusy(p)
+	defer w.markIdle()
 	f()
 }
 
+// teardown releases everything the worker owns. Runs on the worker thread.
 func (w *worker) teardown() {
-	w.watchUserCode(w.st.loops+2, func() {
+	w.watchUserCode(partEndingTasks, func() {
 		for t := w.allTasks; t != nil; t = w.allTasks {
 			w.kill(t)
 		}
@@ -887,7 +973,7 @@ func (w *worker) teardown() {
 	}
 	// After the ring: no operation reads memory any more, but a zero-copy
 	// send's socket may (its references stay pinned).
-	w.watchUserCode(w.st.loops+3, w.releaseSendsAtStop)
+	w.watchUserCode(partReleasing, w.releaseSendsAtStop)
 	if w.be != nil {
 		w.publish() // after close, so its C calls are counted too
 	}
