@@ -126,6 +126,10 @@ type backend interface {
 	// counters
 	cgoCalls() uint64
 	enters() uint64
+	// holds counts the blocking waits that held the worker's P
+	// (Config.HoldWait), and those of them that timed out and went on to
+	// wait the ordinary way.
+	holds() (waits, timeouts uint64)
 	// describe names the features in use, for logs and the examples.
 	describe() string
 	close() error
@@ -143,6 +147,8 @@ type backendConfig struct {
 	plainFDs bool
 	// batchWait: Config.BatchWait.
 	batchWait time.Duration
+	// hold: Config.HoldWait, 0 when off.
+	hold time.Duration
 }
 
 // testHookFixedFiles, when set by a test, replaces the size of the

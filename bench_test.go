@@ -331,8 +331,11 @@ func benchLaunchSpec(b *testing.B, s benchServerSpec) *Runtime {
 	// One worker; every other field at its default, as in examples/echo.
 	// RINGLINE_BENCH_BATCHWAIT (a duration) sets Config.BatchWait.
 	bw, _ := time.ParseDuration(os.Getenv("RINGLINE_BENCH_BATCHWAIT"))
+	// RINGLINE_BENCH_HOLDWAIT (a duration; negative: off) sets
+	// Config.HoldWait.
+	hold, _ := time.ParseDuration(os.Getenv("RINGLINE_BENCH_HOLDWAIT"))
 	// RINGLINE_BENCH_PLAINFDS=1 skips the fixed-file table (to measure it).
-	cfg := Config{Workers: 1, Backend: s.be, BatchWait: bw, plainFDs: os.Getenv("RINGLINE_BENCH_PLAINFDS") == "1"}
+	cfg := Config{Workers: 1, Backend: s.be, BatchWait: bw, HoldWait: hold, plainFDs: os.Getenv("RINGLINE_BENCH_PLAINFDS") == "1"}
 	// Warnings and errors only: an informational line (a worker turning
 	// zero copy off) printed mid-row would break the benchmark's output.
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))

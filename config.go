@@ -133,6 +133,24 @@ type Config struct {
 	// first completion as usual.
 	// Default 0: off. At most 10ms.
 	BatchWait time.Duration
+	// HoldWait is how long a worker that has run out of work first waits
+	// for more while keeping its P: a raw system call (epoll_pwait2,
+	// io_uring_enter), which the Go scheduler does not see as one. Only
+	// when nothing comes within HoldWait does the worker wait the
+	// ordinary way, as a system call that lets Go lend its P to other
+	// goroutines. Why: a goroutine blocked in an ordinary system call
+	// keeps its P, and when no other P is idle (GOMAXPROCS no larger than
+	// the workers, or the spare Ps busy) Go's sysmon takes that P after
+	// 20 µs and wakes another thread for it, at a cost of several
+	// microseconds of CPU each time, every time a busy loop waits; a held
+	// wait pays none of that, and wakes as fast (docs/BENCHMARKS.md §7.6).
+	// The price: while a worker holds its P, other goroutines can run only
+	// on other Ps, so with no P to spare they may wait up to HoldWait more
+	// (they wait for a busy worker the same way: it yields its P every
+	// 2ms). Timers, Post and every I/O completion end a held wait at once.
+	// Not combined with BatchWait (a worker that batches waits the
+	// ordinary way). Default 200µs; negative turns holding off. At most 1s.
+	HoldWait time.Duration
 	// Logger receives connection-level errors (panics, limit closes) and
 	// backend selection notes. Default slog.Default().
 	Logger *slog.Logger
@@ -227,6 +245,9 @@ func (c *Config) fill() {
 	if c.StallThreshold == 0 {
 		c.StallThreshold = 250 * time.Millisecond
 	}
+	if c.HoldWait == 0 {
+		c.HoldWait = 200 * time.Microsecond
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -287,6 +308,8 @@ func (c *Config) validate() error {
 		return bad("ListenBacklog", c.ListenBacklog, "must be positive")
 	case c.BatchWait < 0 || c.BatchWait > 10*time.Millisecond:
 		return bad("BatchWait", c.BatchWait, "must be 0..10ms")
+	case c.HoldWait > time.Second:
+		return bad("HoldWait", c.HoldWait, "must be at most 1s (negative: off)")
 	case c.CloseDrainTimeout < 0:
 		return bad("CloseDrainTimeout", c.CloseDrainTimeout, "must not be negative")
 	case c.ShutdownTimeout < 0:

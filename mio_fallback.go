@@ -192,6 +192,12 @@ type epollBackend struct {
 	smsg msghdr
 	// sendChunkMax is epSendChunks (tests lower it).
 	sendChunkMax int
+	// hold is Config.HoldWait (0: off); holdTS is holdWait's timeout,
+	// kept here so that it does not escape per call. nHeld and
+	// nHoldTimeouts count held waits and those that timed out.
+	hold                 time.Duration
+	holdTS               unix.Timespec
+	nHeld, nHoldTimeouts uint64
 
 	skipped bool // the last enter returned completions without polling
 	// An epoll worker whose goroutine is not locked to its thread may
@@ -239,7 +245,7 @@ func newEpoll(bc backendConfig) (backend, error) {
 
 func newEpollBackend(bc backendConfig, edge bool) (_ *epollBackend, err error) {
 	b := &epollBackend{epfd: -1, wakeFd: -1, edge: edge, bufSize: bc.bufSize, bufCount: bc.bufCount, t0: time.Now(),
-		parkAfter: epParkAfter, parkSwitch: epParkSwitch, parkCap: epParkCap, sendChunkMax: epSendChunks}
+		parkAfter: epParkAfter, parkSwitch: epParkSwitch, parkCap: epParkCap, sendChunkMax: epSendChunks, hold: bc.hold}
 	defer func() {
 		if err != nil {
 			b.close()
@@ -325,9 +331,22 @@ func (b *epollBackend) poll(block bool, timeout time.Duration) error {
 	}
 	var n int
 	var err error
-	if ms != 0 && b.canPark {
-		n, err = b.waitAdaptive(ms)
-	} else {
+	t0 := b.now()
+	held := false
+	if ms != 0 && b.hold > 0 {
+		n, held, err = b.holdWait(wait)
+		if !held && wait >= 0 {
+			ms = durMillis(wait - b.hold)
+		}
+	}
+	switch {
+	case held:
+		if b.canPark {
+			b.adaptTo(false)
+		}
+	case ms != 0 && b.canPark:
+		n, err = b.waitAdaptive(ms, t0)
+	default:
 		b.nWait++
 		n, err = unix.EpollWait(b.epfd, b.events, ms)
 	}
@@ -350,8 +369,10 @@ func (b *epollBackend) poll(block bool, timeout time.Duration) error {
 // stays at its 20 µs period while that keeps succeeding; on 16 KiB echo
 // that cost 40-55% of the server's CPU. A parked goroutine leaves its P
 // idle, and sysmon backs off.
-func (b *epollBackend) waitAdaptive(ms int) (n int, err error) {
-	t0 := b.now()
+//
+// t0 is when the wait began, a hold included (holdWait): a wait that went
+// on past the hold is a long one.
+func (b *epollBackend) waitAdaptive(ms int, t0 int64) (n int, err error) {
 	if b.park == nil {
 		b.nWait++
 		n, err = unix.EpollWait(b.epfd, b.events, ms)
@@ -361,14 +382,53 @@ func (b *epollBackend) waitAdaptive(ms int) (n int, err error) {
 	if !b.canPark {
 		return n, err // parkWait gave up parking
 	}
-	if b.adapt(b.now()-t0 > int64(b.parkAfter)) {
+	b.adaptTo(b.now()-t0 > int64(b.parkAfter))
+	return n, err
+}
+
+// adaptTo records a wait (adapt) and starts or stops parking when the way
+// of waiting switches.
+func (b *epollBackend) adaptTo(long bool) {
+	if b.adapt(long) {
 		if b.parking {
 			b.startParking()
 		} else {
 			b.stopParking()
 		}
 	}
-	return n, err
+}
+
+// holdWait is the first part of a blocking wait (Config.HoldWait): a raw
+// epoll_pwait2 of at most b.hold, which leaves the goroutine running as
+// far as the scheduler can tell, so sysmon does not take the P and wake
+// another thread for it. It reports done when the wait is over: events
+// came, a signal or an error ended it, or wait (negative: no limit) was
+// no longer than the hold. Otherwise the caller waits the ordinary way
+// for the rest. A kernel without epoll_pwait2 (before 5.11) turns
+// holding off for the backend.
+func (b *epollBackend) holdWait(wait time.Duration) (n int, done bool, err error) {
+	d := b.hold
+	whole := wait >= 0 && wait <= d
+	if whole {
+		d = wait
+	}
+	b.holdTS = unix.NsecToTimespec(int64(d))
+	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT2, uintptr(b.epfd), uintptr(unsafe.Pointer(&b.events[0])),
+		uintptr(len(b.events)), uintptr(unsafe.Pointer(&b.holdTS)), 0, 0)
+	if e == unix.ENOSYS {
+		b.hold = 0
+		return 0, false, nil
+	}
+	b.nWait++
+	b.nHeld++
+	switch {
+	case e != 0:
+		return 0, true, e
+	case r > 0 || whole:
+		return int(r), true, nil
+	}
+	b.nHoldTimeouts++
+	return 0, false, nil
 }
 
 // adapt records whether the last blocking wait was long and reports
@@ -1518,6 +1578,8 @@ func (b *epollBackend) wake() {
 func (b *epollBackend) cgoCalls() uint64 { return 0 }
 
 func (b *epollBackend) enters() uint64 { return b.nWait }
+
+func (b *epollBackend) holds() (uint64, uint64) { return b.nHeld, b.nHoldTimeouts }
 
 // syscalls counts every system call the backend made, epoll_wait
 // included, up to the end of its last enter; safe from any goroutine.

@@ -33,6 +33,15 @@ func parkSettings(t *testing.T, after time.Duration, sw [2]int) {
 	t.Cleanup(func() { epParkAfter, epParkSwitch, epParkCap = prevAfter, prevSwitch, prevCap })
 }
 
+// parkConfig is testConfig(Epoll) without held waits (Config.HoldWait),
+// so that every blocking wait goes the way the park settings say (a held
+// wait would catch the short ones before they block or park).
+func parkConfig() Config {
+	cfg := testConfig(Epoll)
+	cfg.HoldWait = -1
+	return cfg
+}
+
 // epollOf returns rt's first worker's epoll backend. Read its counters
 // only once the runtime is done (the worker owns them until then).
 func epollOf(t *testing.T, rt *Runtime) *epollBackend {
@@ -47,7 +56,7 @@ func epollOf(t *testing.T, rt *Runtime) *epollBackend {
 // worker did park.
 func TestEpollParkedWorkerEchoes(t *testing.T) {
 	alwaysPark(t)
-	rt := serve(t, testConfig(Epoll), echoTask)
+	rt := serve(t, parkConfig(), echoTask)
 	b := epollOf(t, rt)
 	require.True(t, b.canPark, "an epoll worker without PinCPUs may park")
 	c := dial(t, rt)
@@ -69,7 +78,7 @@ func TestEpollParkedWorkerEchoes(t *testing.T) {
 // the client times out.
 func TestEpollParkedPingPong(t *testing.T) {
 	alwaysPark(t)
-	rt := serve(t, testConfig(Epoll), echoTask)
+	rt := serve(t, parkConfig(), echoTask)
 	b := epollOf(t, rt)
 	c := dial(t, rt)
 	var one [1]byte
@@ -90,7 +99,7 @@ func TestEpollParkedPingPong(t *testing.T) {
 // a goroutine's Post, and for shutdown.
 func TestEpollParkedWorkerWakes(t *testing.T) {
 	alwaysPark(t)
-	rt := launchIdle(t, testConfig(Epoll))
+	rt := launchIdle(t, parkConfig())
 	b := epollOf(t, rt)
 	slept := make(chan time.Duration, 1)
 	require.NoError(t, rt.Post(0, func(tc TaskCtx) {
@@ -125,7 +134,7 @@ func TestEpollParkLeavesNoFd(t *testing.T) {
 	alwaysPark(t)
 	before := allFDs(t)
 	for i := 0; i < 5; i++ {
-		cfg := testConfig(Epoll)
+		cfg := parkConfig()
 		cfg.Workers = 2
 		rt := serve(t, cfg, echoTask)
 		c := dial(t, rt)
@@ -141,7 +150,7 @@ func TestEpollParkLeavesNoFd(t *testing.T) {
 // that parks hands its thread to another on every wait.
 func TestEpollPinnedWorkerDoesNotPark(t *testing.T) {
 	alwaysPark(t)
-	cfg := testConfig(Epoll)
+	cfg := parkConfig()
 	cfg.PinCPUs = true
 	rt := serve(t, cfg, echoTask)
 	b := epollOf(t, rt)
@@ -182,7 +191,7 @@ func TestEpollParkAdapts(t *testing.T) {
 // event of its sockets would also wake a thread blocked in the netpoller).
 func TestEpollParkRegistersOnlyWhileParking(t *testing.T) {
 	parkSettings(t, 100*time.Millisecond, [2]int{1, 1})
-	rt := serve(t, testConfig(Epoll), echoTask)
+	rt := serve(t, parkConfig(), echoTask)
 	b := epollOf(t, rt)
 	parked := func() bool {
 		ch := make(chan bool, 1)
@@ -220,7 +229,7 @@ func TestEpollParkSeesEventsFromBeforeIt(t *testing.T) {
 		}
 	}
 	t.Cleanup(func() { testHookBeforePark = nil })
-	rt := serve(t, testConfig(Epoll), echoTask)
+	rt := serve(t, parkConfig(), echoTask)
 	c = dial(t, rt)
 	roundTrip(t, c, []byte("warm"))
 	var got [1]byte
@@ -288,7 +297,7 @@ func TestEpollWaitingWorkerLeavesThePShared(t *testing.T) {
 // next switch: it parks once descriptors are available again.
 func TestEpollParkOutOfDescriptorsRetries(t *testing.T) {
 	parkSettings(t, 50*time.Millisecond, [2]int{1, 1}) // one long wait parks, one short one stops
-	rt := serve(t, testConfig(Epoll), echoTask)
+	rt := serve(t, parkConfig(), echoTask)
 	b := epollOf(t, rt)
 	state := func() (parked, canPark bool) {
 		ch := make(chan [2]bool, 1)
@@ -327,7 +336,7 @@ func TestEpollParkOutOfDescriptorsRetries(t *testing.T) {
 func TestEpollParkCapIsNoTurn(t *testing.T) {
 	alwaysPark(t)
 	epParkCap = 20 * time.Millisecond
-	cfg := testConfig(Epoll)
+	cfg := parkConfig()
 	cfg.Workers = 1
 	cfg.StallThreshold = 40 * time.Millisecond
 	rt := serve(t, cfg, echoTask)

@@ -40,6 +40,7 @@ func newBackend(kind Backend, cfg *Config) (backend, error) {
 		ringFlagMask: cfg.ringFlagMask,
 		plainFDs:     cfg.plainFDs,
 		batchWait:    cfg.BatchWait,
+		hold:         max(cfg.HoldWait, 0),
 	}
 	switch kind {
 	case IOUring:

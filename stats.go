@@ -33,7 +33,7 @@ type publishedCounters struct {
 	forwarded, forwardCopies                                      atomic.Uint64
 	connects, connectErrors                                       atomic.Uint64
 	tlsHandshakes, tlsHandshakeErrors, tlsHandshakeTimeouts       atomic.Uint64
-	cgoCalls, enters                                              atomic.Uint64
+	cgoCalls, enters, held, holdTimeouts                          atomic.Uint64
 	poolInUse                                                     atomic.Uint64
 	// stalls is written by the watchdog goroutine, not by publish.
 	stalls atomic.Uint64
@@ -45,6 +45,9 @@ func (w *worker) publish() {
 	pub(&p.poolInUse, uint64(w.pool.inUse()))
 	pub(&p.cgoCalls, w.be.cgoCalls())
 	pub(&p.enters, w.be.enters())
+	held, timeouts := w.be.holds()
+	pub(&p.held, held)
+	pub(&p.holdTimeouts, timeouts)
 }
 
 // set publishes the counters of s.
@@ -122,6 +125,11 @@ type WorkerStats struct {
 	// may enter more than once, e.g. to submit more operations than the
 	// SQ holds or to drain an overflowed CQ.
 	CgoCalls, RingEnters uint64
+	// HeldWaits counts the loop's blocking waits that kept the worker's P
+	// (Config.HoldWait); HoldTimeouts those of them that ended with
+	// nothing to do and went on to wait the ordinary way, letting Go lend
+	// the P. Held waits count in RingEnters too.
+	HeldWaits, HoldTimeouts uint64
 	// ENOBUFS counts receives that found no provided buffer and parked.
 	ENOBUFS uint64
 	// SendPoolExhausted counts sends refused with ErrSendPoolExhausted.
@@ -195,6 +203,7 @@ func (rt *Runtime) Stats() []WorkerStats {
 			BytesIn: p.bytesIn.Load(), BytesOut: p.bytesOut.Load(),
 			LoopIterations: p.loops.Load(), TaskResumes: p.resumes.Load(),
 			CgoCalls: p.cgoCalls.Load(), RingEnters: p.enters.Load(),
+			HeldWaits: p.held.Load(), HoldTimeouts: p.holdTimeouts.Load(),
 			ENOBUFS: p.enobufs.Load(), SendPoolExhausted: p.poolExhausted.Load(),
 			SendSlotsInUse: p.poolInUse.Load(), SendQueueFull: p.sendQueueFull.Load(),
 			BytesCopied: p.bytesCopied.Load(), SendWaits: p.sendWaits.Load(),
@@ -224,6 +233,8 @@ func Total(stats []WorkerStats) WorkerStats {
 		t.TaskResumes += s.TaskResumes
 		t.CgoCalls += s.CgoCalls
 		t.RingEnters += s.RingEnters
+		t.HeldWaits += s.HeldWaits
+		t.HoldTimeouts += s.HoldTimeouts
 		t.ENOBUFS += s.ENOBUFS
 		t.SendPoolExhausted += s.SendPoolExhausted
 		t.SendSlotsInUse += s.SendSlotsInUse

@@ -102,9 +102,33 @@ type uringBackend struct {
 	batchWaitUs uint32
 
 	// nCgo counts every call this backend makes into the C layer:
-	// setup, one rl_tick per enter, and the ring's release.
+	// setup, one rl_tick per enter (two or three for an enter that
+	// holds), and the ring's release.
 	nCgo uint64
+
+	// hold is Config.HoldWait (0: off, or BatchWait on); ringFd and
+	// holdArg serve holdEnter (kept here so that they do not escape per
+	// call). nHeld and nHoldTimeouts count held waits and those that
+	// timed out.
+	hold                 time.Duration
+	ringFd               int
+	holdArg              geteventsArg
+	holdTS               unix.Timespec
+	nHeld, nHoldTimeouts uint64
 }
+
+// geteventsArg mirrors struct io_uring_getevents_arg (IORING_ENTER_EXT_ARG).
+type geteventsArg struct {
+	sigmask     uint64
+	sigmaskSz   uint32
+	minWaitUsec uint32
+	ts          uint64
+}
+
+const (
+	enterGetevents = 1 << 0 // IORING_ENTER_GETEVENTS
+	enterExtArg    = 1 << 3 // IORING_ENTER_EXT_ARG
+)
 
 func newURingBackend(cfg backendConfig) (_ *uringBackend, err error) {
 	b := &uringBackend{wakeFd: -1, bufSize: cfg.bufSize, bufCount: cfg.bufCount, batchNr: 1}
@@ -137,6 +161,12 @@ func newURingBackend(cfg backendConfig) (_ *uringBackend, err error) {
 			b.batchNr = batchWaitNr
 			b.batchWaitUs = uint32(max(cfg.batchWait/time.Microsecond, 1))
 		}
+	}
+
+	if b.batchWaitUs == 0 && cfg.hold > 0 {
+		b.nCgo++
+		b.hold, b.ringFd = cfg.hold, int(C.rl_ring_fd(ring))
+		b.holdArg.sigmaskSz = 8 // _NSIG/8; no mask is passed
 	}
 
 	if err = b.growOps(int(cfg.ringEntries)); err != nil {
@@ -258,6 +288,61 @@ func (b *uringBackend) growOps(n int) error {
 }
 
 func (b *uringBackend) enter(wait bool, timeout time.Duration) ([]cqEntry, error) {
+	if wait && b.hold > 0 {
+		// Held (Config.HoldWait): the C layer places the staged ops in
+		// the SQ (or, with completions already there, takes them as a
+		// tick without a wait does), and the wait is a raw io_uring_enter
+		// from here that also submits them: a cgo call is a system call
+		// to the scheduler, and its P would be taken like any other's.
+		// Then one more crossing takes what the wait brought, or, when
+		// the hold ran out, waits on the ordinary way.
+		b.maxStaged, b.iterOps = max(b.maxStaged, b.iterOps), 0
+		b.nCgo++
+		rc := C.rl_tick_prep(b.ring, (*C.struct_rl_op)(b.opsMem.ptr(0)), C.uint(b.nops),
+			(*C.struct_rl_cqe)(b.cqMem.ptr(0)), cqBatch, C.int32_t(b.brTail))
+		b.keepUntaken()
+		if rc != 0 {
+			return b.completions(rc)
+		}
+		d, whole := b.hold, timeout >= 0 && timeout <= b.hold
+		if whole {
+			d = timeout
+		}
+		if b.holdEnter(uint32(b.status.pending), d, whole) {
+			return b.tick(false, 0)
+		}
+		if timeout >= 0 {
+			timeout -= b.hold
+		}
+	}
+	return b.tick(wait, timeout)
+}
+
+// holdEnter waits up to d for a completion in an io_uring_enter made as a
+// raw system call (the scheduler sees a running goroutine, so sysmon does
+// not take the P). It reports false only when d passed with nothing
+// (-ETIME) and the caller's wait goes on (!whole).
+//
+// It submits the toSubmit SQEs rl_tick_prep left in the SQ; any the
+// kernel does not take (it refused them for now, or a signal came first)
+// stay there for the next rl_tick to submit.
+func (b *uringBackend) holdEnter(toSubmit uint32, d time.Duration, whole bool) bool {
+	b.holdTS = unix.NsecToTimespec(int64(d))
+	b.holdArg.ts = uint64(uintptr(unsafe.Pointer(&b.holdTS)))
+	b.nHeld++
+	_, _, e := unix.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(b.ringFd), uintptr(toSubmit), 1, enterGetevents|enterExtArg,
+		uintptr(unsafe.Pointer(&b.holdArg)), unsafe.Sizeof(b.holdArg))
+	if e == unix.ETIME && !whole {
+		b.nHoldTimeouts++
+		return false
+	}
+	// Completions, a signal, the caller's whole wait over, or an error
+	// the next rl_tick meets and reports.
+	return true
+}
+
+// tick is one rl_tick: the staged ops, and a wait when wait is set.
+func (b *uringBackend) tick(wait bool, timeout time.Duration) ([]cqEntry, error) {
 	waitNr := C.uint(0)
 	if wait {
 		waitNr = C.uint(b.batchNr)
@@ -270,6 +355,12 @@ func (b *uringBackend) enter(wait bool, timeout time.Duration) ([]cqEntry, error
 		(*C.struct_rl_cqe)(b.cqMem.ptr(0)), cqBatch, waitNr, C.int64_t(timeout), C.uint(b.batchWaitUs),
 		C.int32_t(b.brTail))
 	b.keepUntaken()
+	return b.completions(rc)
+}
+
+// completions turns what an rl_tick returned into the completions copied
+// out, or the error.
+func (b *uringBackend) completions(rc C.int) ([]cqEntry, error) {
 	if rc < 0 {
 		err := fmt.Errorf("ringline: io_uring enter: %w", syscall.Errno(-rc))
 		if syscall.Errno(-rc) == syscall.EBADR {
@@ -357,8 +448,10 @@ func (b *uringBackend) cgoCalls() uint64 { return b.nCgo }
 func (b *uringBackend) enters() uint64 {
 	// Read in place: publish runs every loop iteration, and a cgo call
 	// there would double the loop's cgo cost. Same thread as the writer.
-	return uint64(b.ringStatus().enters)
+	return uint64(b.ringStatus().enters) + b.nHeld
 }
+
+func (b *uringBackend) holds() (uint64, uint64) { return b.nHeld, b.nHoldTimeouts }
 
 // ringStatus is the C layer's status block: live while the ring exists,
 // its last value after close.

@@ -259,6 +259,10 @@ static int injected(struct rl_ring *r)
 	return 0;
 }
 
+/* Whether injected failures are pending (rl_tick_prep then takes the
+ * path that meets them). */
+static int injected_pending(struct rl_ring *r) { return __atomic_load_n(&r->fail_n, __ATOMIC_ACQUIRE) != 0; }
+
 unsigned rl_test_fail_submits(struct rl_ring *r, int err, unsigned n)
 {
 	__atomic_store_n(&r->fail_err, err, __ATOMIC_RELAXED);
@@ -296,16 +300,19 @@ static int submit_sq(struct rl_ring *r, int getevents)
 	return ret;
 }
 
-int rl_tick(struct rl_ring *r, const struct rl_op *ops, unsigned nops,
-	    struct rl_cqe *out, unsigned cap, unsigned wait_nr, int64_t timeout_ns,
-	    unsigned min_wait_usec, int32_t buf_tail)
+/* place_ops is rl_tick's first half: it publishes the buffer ring's tail
+ * and places ops in the SQ (submitting when the SQ fills). Returns 0, 1
+ * when the kernel refused a submission for now (the ops not placed stay
+ * the caller's), or a negative errno. */
+static int place_ops(struct rl_ring *r, const struct rl_op *ops, unsigned nops, int32_t buf_tail)
 {
 	struct io_uring *ring = &r->ring;
 	unsigned i, taken = 0;
-	int ret, refused = 0;
+	int ret;
 
 	r->st.taken = 0;
 	r->st.submitted = 0;
+	r->st.pending = 0;
 	/* Go wrote the returned buffers' entries before this call; the
 	 * release store orders them before the tail the kernel reads. */
 	if (buf_tail >= 0 && r->br)
@@ -324,11 +331,8 @@ int rl_tick(struct rl_ring *r, const struct rl_op *ops, unsigned nops,
 			ret = submit_sq(r, 0);
 			if (ret < 0 && !refusal(ret))
 				return ret;
-			if (ret <= 0 && io_uring_sq_space_left(ring) < chain) {
-				/* Refused: the rest stays the caller's. */
-				refused = 1;
-				break;
-			}
+			if (ret <= 0 && io_uring_sq_space_left(ring) < chain)
+				return 1; /* refused: the rest stays the caller's */
 			continue;
 		}
 		for (i = 0; i < chain; i++)
@@ -336,6 +340,15 @@ int rl_tick(struct rl_ring *r, const struct rl_op *ops, unsigned nops,
 		taken += chain;
 		r->st.taken = taken;
 	}
+	return 0;
+}
+
+/* finish_tick is rl_tick's second half, after place_ops. */
+static int finish_tick(struct rl_ring *r, struct rl_cqe *out, unsigned cap, unsigned wait_nr,
+		       int64_t timeout_ns, unsigned min_wait_usec, int refused)
+{
+	struct io_uring *ring = &r->ring;
+	int ret;
 
 	if (refused) {
 		/* Nothing to submit now: consume completions instead. */
@@ -415,6 +428,49 @@ waited:
 		}
 	}
 	return (int)reap_all(r, out, cap);
+}
+
+int rl_tick(struct rl_ring *r, const struct rl_op *ops, unsigned nops,
+	    struct rl_cqe *out, unsigned cap, unsigned wait_nr, int64_t timeout_ns,
+	    unsigned min_wait_usec, int32_t buf_tail)
+{
+	int refused = place_ops(r, ops, nops, buf_tail);
+
+	if (refused < 0)
+		return refused;
+	return finish_tick(r, out, cap, wait_nr, timeout_ns, min_wait_usec, refused);
+}
+
+/* Makes the SQEs placed since the last submission visible to the kernel
+ * (the SQ tail) without entering: the enter that submits them is the
+ * caller's. liburing does this inside its submit calls and does not export
+ * it. Returns how many SQEs the SQ holds for the kernel to take. */
+static unsigned flush_sq(struct io_uring *ring)
+{
+	struct io_uring_sq *sq = &ring->sq;
+	unsigned tail = sq->sqe_tail;
+
+	if (sq->sqe_head != tail) {
+		sq->sqe_head = tail;
+		io_uring_smp_store_release(sq->ktail, tail);
+	}
+	return tail - io_uring_smp_load_acquire(sq->khead);
+}
+
+int rl_tick_prep(struct rl_ring *r, const struct rl_op *ops, unsigned nops,
+		 struct rl_cqe *out, unsigned cap, int32_t buf_tail)
+{
+	struct io_uring *ring = &r->ring;
+	int refused = place_ops(r, ops, nops, buf_tail);
+
+	if (refused < 0)
+		return refused;
+	if (refused || io_uring_cq_ready(ring) > 0 ||
+	    (IO_URING_READ_ONCE(*ring->sq.kflags) & IORING_SQ_CQ_OVERFLOW) ||
+	    (ring->flags & IORING_SETUP_SQPOLL) || injected_pending(r))
+		return finish_tick(r, out, cap, 0, 0, 0, refused);
+	r->st.pending = flush_sq(ring);
+	return 0;
 }
 
 unsigned rl_last_submitted(struct rl_ring *r) { return r->st.submitted; }

@@ -98,6 +98,7 @@ struct rl_status {
 	uint64_t overflow_flushes; /* enters made to move an overflowed CQ's backlog in */
 	uint32_t taken;            /* ops of the last rl_tick placed in the SQ; the rest stay the caller's */
 	uint32_t submitted;        /* SQEs the kernel consumed during the last rl_tick */
+	uint32_t pending;          /* SQEs rl_tick_prep left in the SQ for the caller's enter */
 	uint32_t setup_flags;      /* RL_SETUP_* the kernel accepted */
 	uint32_t features;         /* IORING_FEAT_* the kernel reported */
 	uint32_t cq_entries;       /* completion queue size the kernel granted */
@@ -160,6 +161,19 @@ int rl_files_sparse(struct rl_ring *r, unsigned n);
 int rl_tick(struct rl_ring *r, const struct rl_op *ops, unsigned nops,
 	    struct rl_cqe *out, unsigned cap, unsigned wait_nr, int64_t timeout_ns,
 	    unsigned min_wait_usec, int32_t buf_tail);
+
+/* rl_tick_prep is rl_tick for a caller that makes the wait itself, with
+ * an io_uring_enter of its own (Go's held wait, which must not be a cgo
+ * call): it places ops as rl_tick does, and then, when completions are
+ * already there (or anything else needs the ring's attention: a refused
+ * submission, an overflowed CQ, task work to run, injected failures),
+ * finishes exactly as rl_tick with wait_nr 0 does and returns what it
+ * copied. Otherwise it enters nothing: the placed SQEs are made visible to
+ * the kernel, rl_status.pending says how many the SQ holds, and it returns
+ * 0; the caller's enter submits them (to_submit = pending) and waits, and
+ * a later rl_tick copies the completions out. */
+int rl_tick_prep(struct rl_ring *r, const struct rl_op *ops, unsigned nops,
+		 struct rl_cqe *out, unsigned cap, int32_t buf_tail);
 
 /* Ops submitted by the last rl_tick. */
 unsigned rl_last_submitted(struct rl_ring *r);
