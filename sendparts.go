@@ -463,7 +463,11 @@ func (cn *conn) forward(bid uint16, off uint32, n int, hold int) error {
 //
 // A builder comes from ConnCtx.SendParts and is valid until its Submit or
 // Send: use it from the task that made it, on the worker's goroutine, and
-// do not suspend (Await, WithData, SendWait) before submitting. It is the
+// do not suspend (Await, WithData, SendWait) before submitting. Called
+// from any other goroutine its methods leave the batch alone, as ConnCtx's
+// do: Copy adds nothing, Ref adds nothing and calls its release at once
+// (on that goroutine), Submit and Send return ErrNotInWorker; each call is
+// logged and counted in WorkerStats.ForeignCalls. It is the
 // connection's own builder, reused by the next SendParts, so a batch costs
 // no allocation once the connection has made one. A second SendParts on
 // the connection before Submit abandons the first batch (its references
@@ -531,15 +535,16 @@ func (c ConnCtx) SendParts() *SendBuilder {
 	return sb
 }
 
-// usable reports whether a part may be added now.
-func (sb *SendBuilder) usable() bool {
-	if sb.err != nil {
+// foreign reports, and counts as a foreign call, a call on a connection's
+// builder from off its worker. Such a call must not touch the builder: it
+// is the connection's, and its tasks may have a batch open in it. (A
+// builder without a worker is the one SendParts made for a refused
+// caller, that caller's alone; its err is set.)
+func (sb *SendBuilder) foreign(method string) bool {
+	if sb.w == nil || sb.w.onWorker() {
 		return false
 	}
-	if sb.w == nil || !sb.w.onWorker() {
-		sb.err = ErrNotInWorker
-		return false
-	}
+	sb.w.foreignCall(method)
 	return true
 }
 
@@ -549,7 +554,7 @@ func (sb *SendBuilder) usable() bool {
 // buffers and batches, so small parts between references take a slot per
 // Config.SendSlotSize bytes, not one each.
 func (sb *SendBuilder) Copy(p []byte) *SendBuilder {
-	if !sb.open || len(p) == 0 || !sb.usable() {
+	if sb.foreign("SendBuilder.Copy") || !sb.open || len(p) == 0 || sb.err != nil {
 		return sb
 	}
 	if sb.parts++; sb.parts > SendPartsMaxParts {
@@ -593,15 +598,16 @@ func (sb *SendBuilder) Copy(p []byte) *SendBuilder {
 // nor moves it while the kernel reads it. An empty p is not sent; its
 // release is called at Submit.
 func (sb *SendBuilder) Ref(p []byte, release func()) *SendBuilder {
-	if !sb.open {
-		// Nothing will send it: the release is due now.
+	if sb.foreign("SendBuilder.Ref") || !sb.open {
+		// Nothing will send it: the release is due now (off the worker,
+		// on the caller's goroutine).
 		if release != nil {
 			release()
 		}
 		return sb
 	}
 	sb.refs = append(sb.refs, builderRef{b: p, release: release})
-	if len(p) == 0 || !sb.usable() {
+	if len(p) == 0 || sb.err != nil {
 		return sb
 	}
 	sb.parts++
@@ -635,6 +641,9 @@ func (sb *SendBuilder) Send() (SendFuture, error) {
 }
 
 func (sb *SendBuilder) submit() (SendFuture, error) {
+	if sb.foreign("SendBuilder.Submit") {
+		return SendFuture{}, ErrNotInWorker
+	}
 	if !sb.open {
 		return SendFuture{}, ErrSendBuilderDone
 	}
