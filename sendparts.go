@@ -71,6 +71,9 @@ type sendState struct {
 	bufDone []bool
 	// pw are the tasks waiting in SendWait, first come first served.
 	pw []poolWaiter
+	// [rbufLo, rbufHi) is the provided receive buffers' memory: what a
+	// Ref must not leave the kernel to read later (recvMemory).
+	rbufLo, rbufHi uintptr
 }
 
 // sendRef is one referenced part in the queue.
@@ -98,6 +101,35 @@ func (w *worker) setupSend() {
 	if w.cfg.SendZCThreshold > 0 && w.be.kind() == IOUring {
 		w.zcMin = w.cfg.SendZCThreshold
 	}
+	if w.cfg.BufferCount > 0 {
+		w.rbufLo = uintptr(unsafe.Pointer(unsafe.SliceData(w.be.buffer(0))))
+		w.rbufHi = w.rbufLo + uintptr(w.cfg.BufferCount)*uintptr(w.cfg.BufferSize)
+	}
+}
+
+// recvMemory reports whether p overlaps memory the receive side reuses
+// while a send may still read it: a provided receive buffer (lent to a
+// WithData closure, it goes back to the ring when the closure is done
+// with it and carries other connections' bytes next), or the accumulator
+// of a connection whose WithData or TryWithData closure is running (its
+// consumed bytes are overwritten by the ones that follow). Bytes shown to
+// WithBytes are never overwritten and may be referenced.
+func (w *worker) recvMemory(p []byte) bool {
+	lo := uintptr(unsafe.Pointer(unsafe.SliceData(p)))
+	hi := lo + uintptr(len(p))
+	if lo < w.rbufHi && hi > w.rbufLo {
+		return true
+	}
+	for _, pc := range w.parsing {
+		if pc.accShared || cap(pc.acc) == 0 {
+			continue
+		}
+		a := uintptr(unsafe.Pointer(unsafe.SliceData(pc.acc)))
+		if lo < a+uintptr(cap(pc.acc)) && hi > a {
+			return true
+		}
+	}
+	return false
 }
 
 // serveSendWaits runs the release callbacks that are due and hands freed
@@ -597,6 +629,15 @@ func (sb *SendBuilder) Copy(p []byte) *SendBuilder {
 // runtime.Pinner until release, so the garbage collector neither frees
 // nor moves it while the kernel reads it. An empty p is not sent; its
 // release is called at Submit.
+//
+// Bytes a WithData or TryWithData closure is shown are not the caller's:
+// they may be the kernel's receive buffer, which goes back to the ring
+// (and fills with other connections' bytes) once the closure is done with
+// it, or the accumulator, which the bytes that follow overwrite. A Ref of
+// them (or of a receive buffer at any time) is taken as a Copy: the bytes
+// are copied now and release is called at Submit. ForwardRecvBuf sends a
+// lent receive buffer without a copy; bytes shown to WithBytes may be
+// referenced.
 func (sb *SendBuilder) Ref(p []byte, release func()) *SendBuilder {
 	if sb.foreign("SendBuilder.Ref") || !sb.open {
 		// Nothing will send it: the release is due now (off the worker,
@@ -609,6 +650,12 @@ func (sb *SendBuilder) Ref(p []byte, release func()) *SendBuilder {
 	sb.refs = append(sb.refs, builderRef{b: p, release: release})
 	if len(p) == 0 || sb.err != nil {
 		return sb
+	}
+	if sb.w.recvMemory(p) {
+		// Received bytes are ringline's memory, reused once the closure
+		// is done: copied now, the release due at Submit.
+		sb.refs[len(sb.refs)-1].b = nil
+		return sb.Copy(p)
 	}
 	sb.parts++
 	sb.nrefs++

@@ -3,7 +3,11 @@ package ringline
 import (
 	"bytes"
 	"io"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ringline-go/ringline/internal/assert"
 	"github.com/ringline-go/ringline/internal/require"
@@ -57,5 +61,149 @@ func TestSendBuilderOffWorkerLeavesBatchAlone(t *testing.T) {
 		stop(t, rt)
 		rel.exactlyOnce(t)
 		assert.Zero(t, Total(rt.Stats()).SendSlotsInUse, "pool slots all returned")
+	})
+}
+
+// A Ref of the bytes a WithData closure is shown, when they lie in the
+// kernel's receive buffer lent to it, must not let the kernel read that
+// buffer after the closure returned: the buffer goes back to the ring
+// then and carries other connections' bytes, which would reach this
+// connection's peer. Here the referenced send waits behind a full socket
+// while another connection receives through every buffer of the ring; the
+// peer must still read exactly the bytes it was sent.
+func TestSendPartsRefOfLentBufferSendsItsBytes(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be)
+		cfg.BufferCount = 16
+		cfg.BufferSize = 1024
+		cfg.SendZCThreshold = -1
+		const filler, payload, other = 256 << 10, 1000, 256 << 10
+		filled := make(chan struct{}, 1)
+		refd := make(chan error, 1)
+		var refs, released atomic.Int32
+		rt := serve(t, cfg, func(c ConnCtx) {
+			var role byte
+			if c.WithData(func(b []byte) ParseResult { role = b[0]; return Consumed(1) }) == 0 {
+				return
+			}
+			if role == 'B' {
+				for c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) }) > 0 {
+				}
+				return
+			}
+			// A: fill the socket, so what is queued next waits.
+			if err := c.SendNowait(pattern(filler, 'f')); err != nil {
+				panic(err)
+			}
+			filled <- struct{}{}
+			var err error
+			for got := 0; got < payload && err == nil; {
+				got += c.WithData(func(b []byte) ParseResult {
+					refs.Add(1)
+					err = c.SendParts().Ref(b, func() { released.Add(1) }).Submit()
+					return Consumed(len(b))
+				})
+			}
+			refd <- err
+			c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
+		})
+		require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4096))
+		a := dialRcvbuf(t, rt, 4096)
+		_, err := a.Write([]byte("A"))
+		require.NoError(t, err)
+		<-filled
+		msg := pattern(payload, 'p')
+		_, err = a.Write(msg)
+		require.NoError(t, err)
+		require.NoError(t, <-refd)
+		// Another connection's bytes pass through every receive buffer.
+		b := dial(t, rt)
+		_, err = b.Write(append([]byte("B"), bytes.Repeat([]byte{0xEE}, other)...))
+		require.NoError(t, err)
+		require.True(t, settle(10*time.Second, func() bool { return Total(rt.Stats()).BytesIn >= uint64(1+payload+1+other) }),
+			"the other connection's bytes were not all received")
+		got := make([]byte, filler+payload)
+		_, err = io.ReadFull(a, got)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(pattern(filler, 'f'), got[:filler]), "the filler")
+		if !bytes.Equal(msg, got[filler:]) {
+			t.Fatalf("the referenced bytes changed before they were sent: %d of %d differ (0xEE: another connection's)",
+				countDiff(msg, got[filler:]), payload)
+		}
+		a.Close()
+		stop(t, rt)
+		assert.Equal(t, refs.Load(), released.Load(), "every release ran once")
+	})
+}
+
+func countDiff(a, b []byte) int {
+	n := 0
+	for i := range a {
+		if a[i] != b[i] {
+			n++
+		}
+	}
+	return n
+}
+
+// The same for accumulated bytes: a WithData closure shown bytes joined in
+// the connection's accumulator may Ref them, and the peer still reads
+// them as they were, though the accumulator is reused for the bytes that
+// follow while the send waits behind a full socket.
+func TestSendPartsRefOfAccumulatedBytesSendsThem(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be)
+		cfg.BufferSize = 1024
+		cfg.SendZCThreshold = -1
+		const filler, frame, more = 256 << 10, 3000, 64 << 10
+		filled := make(chan struct{}, 1)
+		refd := make(chan error, 1)
+		rt := serve(t, cfg, func(c ConnCtx) {
+			if c.WithData(func(b []byte) ParseResult { return Consumed(1) }) == 0 {
+				return
+			}
+			if err := c.SendNowait(pattern(filler, 'f')); err != nil {
+				panic(err)
+			}
+			filled <- struct{}{}
+			var err error
+			c.WithData(func(b []byte) ParseResult {
+				if len(b) < frame {
+					return NeedAtLeast(frame) // joined across receive buffers
+				}
+				err = c.SendParts().Ref(b[:frame], nil).Submit()
+				return Consumed(frame)
+			})
+			refd <- err
+			// Frames of 8 KiB: joined in the accumulator too.
+			for c.WithData(func(b []byte) ParseResult {
+				if len(b) < 8<<10 {
+					return NeedAtLeast(8 << 10)
+				}
+				return Consumed(8 << 10)
+			}) > 0 {
+			}
+		})
+		require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4096))
+		a := dialRcvbuf(t, rt, 4096)
+		_, err := a.Write([]byte("A"))
+		require.NoError(t, err)
+		<-filled
+		msg := pattern(frame, 'p')
+		_, err = a.Write(msg)
+		require.NoError(t, err)
+		require.NoError(t, <-refd)
+		before := Total(rt.Stats()).BytesIn
+		_, err = a.Write(bytes.Repeat([]byte{0xEE}, more))
+		require.NoError(t, err)
+		require.True(t, settle(10*time.Second, func() bool { return Total(rt.Stats()).BytesIn >= before+more }),
+			"the bytes that follow were not all received")
+		got := make([]byte, filler+frame)
+		_, err = io.ReadFull(a, got)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(pattern(filler, 'f'), got[:filler]), "the filler")
+		if !bytes.Equal(msg, got[filler:]) {
+			t.Fatalf("the referenced bytes changed before they were sent: %d of %d differ", countDiff(msg, got[filler:]), frame)
+		}
 	})
 }
