@@ -45,11 +45,12 @@ func TestSendBuilderOffWorkerLeavesBatchAlone(t *testing.T) {
 		sb.Ref([]byte("foreign"), rel.fn(1))
 		ferr := sb.Submit()
 		_, ferr2 := sb.Send()
+		// Checked while the task still waits: its batch is not sent yet.
+		assert.Equal(t, int32(1), rel.n[1].Load(), "the foreign Ref's release ran once, at once")
+		assert.Zero(t, rel.n[0].Load(), "the task's reference released by the foreign goroutine")
 		back <- nil
 		require.ErrorIs(t, ferr, ErrNotInWorker)
 		assert.ErrorIs(t, ferr2, ErrNotInWorker)
-		assert.Equal(t, int32(1), rel.n[1].Load(), "the foreign Ref's release ran once, at once")
-		assert.Zero(t, rel.n[0].Load(), "the task's reference released by the foreign goroutine")
 		assert.NoError(t, <-submitted, "the task's batch survives the foreign calls")
 		want := append(append([]byte("head"), value...), "tail"...)
 		got := make([]byte, len(want))
