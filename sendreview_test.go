@@ -3,6 +3,7 @@ package ringline
 import (
 	"bytes"
 	"io"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -206,5 +207,107 @@ func TestSendPartsRefOfAccumulatedBytesSendsThem(t *testing.T) {
 		if !bytes.Equal(msg, got[filler:]) {
 			t.Fatalf("the referenced bytes changed before they were sent: %d of %d differ", countDiff(msg, got[filler:]), frame)
 		}
+	})
+}
+
+// A release callback that calls runtime.Goexit (as t.FailNow and require.*
+// do in a test's callback) is survived like a panic in one: it runs on the
+// worker's loop, which must not end with it. The worker keeps serving,
+// the other releases still run once, and the runtime stops.
+func TestSendPartsReleaseGoexitKeepsWorker(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be)
+		logs := captureLog(&cfg)
+		rel := newReleases(3)
+		sent := make(chan error, 1)
+		var conns atomic.Int32
+		rt := serve(t, cfg, func(c ConnCtx) {
+			if conns.Add(1) == 1 {
+				if c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) }) == 0 {
+					return
+				}
+				f, err := c.SendParts().Ref([]byte("one"), rel.fn(0)).
+					Ref([]byte("two"), func() { rel.fn(1)(); runtime.Goexit() }).
+					Ref([]byte("three"), rel.fn(2)).Send()
+				if err == nil {
+					_, err = f.Await()
+				}
+				sent <- err
+			}
+			echoTask(c)
+		})
+		cl := dial(t, rt)
+		_, err := cl.Write([]byte("go"))
+		require.NoError(t, err)
+		select {
+		case err := <-sent:
+			require.NoError(t, err)
+		case <-time.After(10 * time.Second):
+			t.Fatal("the batch's future never resolved: the worker is gone")
+		}
+		got := make([]byte, len("onetwothree"))
+		_, err = io.ReadFull(cl, got)
+		require.NoError(t, err)
+		require.Equal(t, "onetwothree", string(got))
+		require.True(t, settle(5*time.Second, func() bool { return rel.total() == 3 }), "releases run: %d of 3", rel.total())
+		// The worker still serves: a new connection echoes, the first one too.
+		require.NoError(t, echoCheck(rt.Addr().String(), pattern(5000, 1)))
+		msg := pattern(3000, 2)
+		require.True(t, bytes.Equal(msg, roundTrip(t, cl, msg)))
+		cl.Close()
+		stop(t, rt)
+		rel.exactlyOnce(t)
+		assert.Contains(t, logs.String(), "Goexit")
+	})
+}
+
+// Releases run inside a task (those of a batch refused or abandoned inside
+// it) that end the task still let every other release of the batch run
+// exactly once: one that calls runtime.Goexit ends its task alone, and
+// one that suspends (which it must not) is stopped with its task at the
+// shutdown deadline instead of swallowing the stop and running the task
+// on.
+func TestSendPartsReleaseEndingItsTask(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be)
+		cfg.ShutdownTimeout = 300 * time.Millisecond
+		rel := newReleases(5)
+		var ranOn atomic.Bool
+		sleeping := make(chan struct{})
+		rt := serve(t, cfg, func(c ConnCtx) {
+			var role byte
+			if c.WithData(func(b []byte) ParseResult { role = b[0]; return Consumed(len(b)) }) == 0 {
+				return
+			}
+			switch role {
+			case 'G':
+				c.SendParts().Ref([]byte("a"), rel.fn(0)).Ref([]byte("b"), func() { rel.fn(1)(); runtime.Goexit() }).Ref([]byte("c"), rel.fn(2))
+				c.SendParts() // abandons the batch: its releases run here
+				ranOn.Store(true)
+			case 'S':
+				c.SendParts().Ref([]byte("d"), func() {
+					rel.fn(3)()
+					close(sleeping)
+					for {
+						_ = c.Task().Sleep(time.Hour)
+					}
+				}).Ref([]byte("e"), rel.fn(4))
+				c.SendParts()
+				ranOn.Store(true)
+			}
+		})
+		g := dial(t, rt)
+		_, err := g.Write([]byte("G"))
+		require.NoError(t, err)
+		_, err = g.Read(make([]byte, 1)) // EOF: the task ended, its connection closed
+		require.ErrorIs(t, err, io.EOF)
+		assert.Equal(t, int32(1), rel.n[2].Load(), "the release after the Goexit ran")
+		s := dial(t, rt)
+		_, err = s.Write([]byte("S"))
+		require.NoError(t, err)
+		<-sleeping
+		stop(t, rt)
+		rel.exactlyOnce(t)
+		assert.False(t, ranOn.Load(), "a task ran on past its end inside a release")
 	})
 }

@@ -888,6 +888,7 @@ func (w *worker) teardown() {
 	// After the ring: no operation reads memory any more, but a zero-copy
 	// send's socket may (its references stay pinned).
 	w.watchUserCode(w.st.loops+3, w.releaseSendsAtStop)
+	w.stopReleases()
 	if w.be != nil {
 		w.publish() // after close, so its C calls are counted too
 	}
