@@ -80,6 +80,10 @@ type sendState struct {
 	// both are). Allocated on the first forward.
 	bufHold []uint32
 	bufDone []bool
+	// bufsHeld is how many provided buffers forwards hold (bufHold not
+	// 0): out of the ring for as long as their sends take, which a peer
+	// that does not read makes for ever (rearmParked).
+	bufsHeld int
 	// pw are the tasks waiting in SendWait, first come first served.
 	pw []poolWaiter
 	// [rbufLo, rbufHi) is the provided receive buffers' memory: what a
@@ -393,6 +397,9 @@ func (w *worker) holdBuf(bid uint16) {
 		w.bufHold = make([]uint32, w.cfg.BufferCount)
 		w.bufDone = make([]bool, w.cfg.BufferCount)
 	}
+	if w.bufHold[bid] == 0 {
+		w.bufsHeld++
+	}
 	w.bufHold[bid]++
 }
 
@@ -415,7 +422,11 @@ func (w *worker) holdRecycle(bid uint16) bool {
 // unholdBuf drops a connection's hold; the buffer returns to the ring
 // when no hold is left and the receive side is done with it.
 func (w *worker) unholdBuf(bid uint16) {
-	if w.bufHold[bid]--; w.bufHold[bid] == 0 && w.bufDone[bid] {
+	if w.bufHold[bid]--; w.bufHold[bid] != 0 {
+		return
+	}
+	w.bufsHeld--
+	if w.bufDone[bid] {
 		w.bufDone[bid] = false
 		w.recycle(bid)
 	}

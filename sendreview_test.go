@@ -311,3 +311,77 @@ func TestSendPartsReleaseEndingItsTask(t *testing.T) {
 		assert.False(t, ranOn.Load(), "a task ran on past its end inside a release")
 	})
 }
+
+// A connection forwarding to a peer that does not read holds a receive
+// buffer for as long as that peer does not read (bounded: BufferCount/16
+// per connection). The ring's other buffers must keep serving the worker's
+// other connections: one whose socket holds more than the free buffers,
+// parked on ENOBUFS at the head of the queue, must still be re-armed with
+// what the ring can give, or every parked connection waits for a buffer
+// that never comes back.
+func TestForwardHoldDoesNotStallParkedConnections(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be)
+		cfg.BufferCount = 16 // one held by the forward; a burst needs more than the other 15
+		cfg.BufferSize = 1024
+		cfg.SendZCThreshold = -1
+		const bulk = 1 << 20
+		held := make(chan error, 1)
+		rt := serve(t, cfg, func(c ConnCtx) {
+			var role byte
+			if c.WithData(func(b []byte) ParseResult { role = b[0]; return Consumed(1) }) == 0 {
+				return
+			}
+			switch role {
+			case 'H':
+				// Fill the socket of a peer that does not read, then
+				// forward one received buffer behind it: the buffer stays
+				// held.
+				if err := c.SendNowait(pattern(256<<10, 'f')); err != nil {
+					panic(err)
+				}
+				var err error
+				c.WithData(func(b []byte) ParseResult {
+					err = c.ForwardRecvBuf(b)
+					return Consumed(len(b))
+				})
+				held <- err
+				for c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) }) > 0 {
+				}
+			case 'B':
+				// Read a burst larger than the ring, then answer.
+				for got := 0; got < bulk; {
+					n := c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
+					if n == 0 {
+						return
+					}
+					got += n
+				}
+				_ = c.SendNowait([]byte("k"))
+				c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
+			}
+		})
+		require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4096))
+		h := dialRcvbuf(t, rt, 4096)
+		_, err := h.Write([]byte("H"))
+		require.NoError(t, err)
+		time.Sleep(50 * time.Millisecond) // the filler queued first
+		_, err = h.Write([]byte("held"))
+		require.NoError(t, err)
+		require.NoError(t, <-held)
+		_, holds := freeBuffers(t, rt)
+		require.Equal(t, 1, holds, "the forward holds its buffer")
+
+		for i := 0; i < 3; i++ {
+			b := dial(t, rt)
+			_ = b.SetDeadline(time.Now().Add(10 * time.Second))
+			werr := writeAsync(b, append([]byte("B"), pattern(bulk, byte(i))...))
+			ack := make([]byte, 1)
+			_, err = io.ReadFull(b, ack)
+			require.NoError(t, err, "burst %d: the connection stalled (ENOBUFS %d)", i, Total(rt.Stats()).ENOBUFS)
+			require.NoError(t, <-werr)
+			b.Close()
+		}
+		assert.Greater(t, Total(rt.Stats()).ENOBUFS, uint64(0), "the bursts ran the ring dry")
+	})
+}
