@@ -385,3 +385,47 @@ func TestForwardHoldDoesNotStallParkedConnections(t *testing.T) {
 		assert.Greater(t, Total(rt.Stats()).ENOBUFS, uint64(0), "the bursts ran the ring dry")
 	})
 }
+
+// Release callbacks may use the connection (they run on the worker,
+// outside any task, in the release coroutine): one that sends, submits a
+// batch whose own release sends and closes, all reach the peer in the
+// order they were made, then the FIN; a panicking one is logged, and
+// none of their calls is refused as foreign.
+func TestSendPartsReleaseCallsBack(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		for _, mode := range zcModes(be) {
+			t.Run(mode, func(t *testing.T) {
+				cfg := zcConfig(testConfig(be), mode)
+				cfg.SendZCThreshold = min(cfg.SendZCThreshold, 1) // zero copy for every send in that mode
+				logs := captureLog(&cfg)
+				errs := make(chan error, 8)
+				rt := serve(t, cfg, func(c ConnCtx) {
+					if c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) }) == 0 {
+						return
+					}
+					errs <- c.SendParts().Ref([]byte("A"), func() {
+						errs <- c.SendNowait([]byte("B"))
+						errs <- c.SendParts().Ref([]byte("C"), func() {
+							_, err := c.SendParts().Copy([]byte("D")).Send()
+							errs <- err
+							c.Close()
+							panic("after the close")
+						}).Submit()
+					}).Submit()
+					c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
+				})
+				cl := dial(t, rt)
+				_, err := cl.Write([]byte("go"))
+				require.NoError(t, err)
+				got, err := io.ReadAll(cl)
+				require.NoError(t, err)
+				assert.Equal(t, "ABCD", string(got))
+				for range 4 {
+					assert.NoError(t, <-errs)
+				}
+				assert.Zero(t, Total(rt.Stats()).ForeignCalls)
+				assert.Contains(t, logs.String(), "after the close")
+			})
+		}
+	})
+}
