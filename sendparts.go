@@ -72,8 +72,6 @@ type sendState struct {
 	relNext func() (struct{}, bool)
 	relStop func()
 	relG    uintptr
-	// inRel: the release coroutine is running.
-	inRel bool
 	// bufHold counts, per provided buffer, the connections whose queued
 	// or held segments forward it (conn.fwdHeld); bufDone says the
 	// receive side is done with it too (it goes back to the ring when
@@ -221,7 +219,6 @@ func (w *worker) stepReleases() {
 	prev := w.curG.Load()
 	defer func() {
 		w.curG.Store(prev)
-		w.inRel = false
 		if r := recover(); r != nil {
 			if _, ok := r.(releaseGoexited); !ok {
 				panic(r)
@@ -232,15 +229,25 @@ func (w *worker) stepReleases() {
 		}
 	}()
 	w.curG.Store(w.relG) // 0 before its first run, which sets it
-	w.inRel = true
 	w.relNext()
 }
 
 // releaseLoop is the release coroutine: it runs the due callbacks and
-// yields when none is left.
+// yields when none is left. A callback's runtime.Goexit cannot be stopped:
+// it unwinds the coroutine, whose end turns it into releaseGoexited (as
+// task.ended does for a task), whatever the callback recovered on the way.
 func (w *worker) releaseLoop(yield func(struct{}) bool) {
 	w.relG = gid.Get()
 	w.curG.Store(w.relG)
+	stopped := false
+	defer func() {
+		if !stopped {
+			if r := recover(); r != nil {
+				panic(r)
+			}
+			panic(releaseGoexited{})
+		}
+	}()
 	for {
 		for w.relHead < len(w.relq) {
 			f := w.relq[w.relHead]
@@ -249,6 +256,7 @@ func (w *worker) releaseLoop(yield func(struct{}) bool) {
 			w.callRelease(f)
 		}
 		if !yield(struct{}{}) {
+			stopped = true
 			return
 		}
 	}
@@ -265,20 +273,13 @@ func (w *worker) stopReleases() {
 
 // callRelease runs a release callback; a panic in it is logged and does
 // not stop the others. The worker's stopping of a task (taskKilled) goes
-// on unwinding it, and a Goexit in the release coroutine becomes
-// releaseGoexited; in a task (a refused batch's releases) a Goexit ends
-// the task, as anywhere in it.
+// on unwinding it, and a runtime.Goexit goes on too: in the release
+// coroutine it ends the coroutine (releaseLoop), in a task (a refused
+// batch's releases) the task, as anywhere in it.
 func (w *worker) callRelease(f func()) {
-	returned := false
 	defer func() {
-		if returned {
-			return
-		}
 		switch r := recover().(type) {
 		case nil:
-			if w.inRel && w.cur == nil {
-				panic(releaseGoexited{}) // Goexit: it goes on ending the coroutine
-			}
 		case taskKilled:
 			panic(r)
 		default:
@@ -286,7 +287,6 @@ func (w *worker) callRelease(f func()) {
 		}
 	}()
 	f()
-	returned = true
 }
 
 // leakedRefs keeps, for the life of the process, the references whose

@@ -218,7 +218,7 @@ func TestSendPartsReleaseGoexitKeepsWorker(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
 		cfg := testConfig(be)
 		logs := captureLog(&cfg)
-		rel := newReleases(3)
+		rel := newReleases(5)
 		sent := make(chan error, 1)
 		var conns atomic.Int32
 		rt := serve(t, cfg, func(c ConnCtx) {
@@ -228,7 +228,13 @@ func TestSendPartsReleaseGoexitKeepsWorker(t *testing.T) {
 				}
 				f, err := c.SendParts().Ref([]byte("one"), rel.fn(0)).
 					Ref([]byte("two"), func() { rel.fn(1)(); runtime.Goexit() }).
-					Ref([]byte("three"), rel.fn(2)).Send()
+					Ref([]byte("three"), func() {
+						rel.fn(2)()
+						// A batch abandoned inside the release: its own
+						// releases run there, and one of them Goexits.
+						c.SendParts().Ref([]byte("x"), func() { rel.fn(3)(); runtime.Goexit() }).Ref([]byte("y"), rel.fn(4))
+						c.SendParts()
+					}).Send()
 				if err == nil {
 					_, err = f.Await()
 				}
@@ -249,7 +255,7 @@ func TestSendPartsReleaseGoexitKeepsWorker(t *testing.T) {
 		_, err = io.ReadFull(cl, got)
 		require.NoError(t, err)
 		require.Equal(t, "onetwothree", string(got))
-		require.True(t, settle(5*time.Second, func() bool { return rel.total() == 3 }), "releases run: %d of 3", rel.total())
+		require.True(t, settle(5*time.Second, func() bool { return rel.total() == 5 }), "releases run: %d of 5", rel.total())
 		// The worker still serves: a new connection echoes, the first one too.
 		require.NoError(t, echoCheck(rt.Addr().String(), pattern(5000, 1)))
 		msg := pattern(3000, 2)
