@@ -2,9 +2,14 @@ package ringline
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"io"
+	"math/rand"
+	"net"
 	"runtime"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -431,6 +436,157 @@ func TestSendPartsReleaseCallsBack(t *testing.T) {
 				}
 				assert.Zero(t, Total(rt.Stats()).ForeignCalls)
 				assert.Contains(t, logs.String(), "after the close")
+			})
+		}
+	})
+}
+
+// mixedEcho echoes each piece of what arrives by a send chosen at random
+// (seeded by the connection's slot): SendNowait, a SendParts batch (a
+// copied byte and a referenced copy, scrubbed on release; or the received
+// bytes referenced), ForwardRecvBuf, or SendWait; a send refused for room
+// is made again with SendWait. A quarter of the connections are cancelled
+// part way.
+func mixedEcho(refs, rels *atomic.Int64) func(c ConnCtx) {
+	return func(c ConnCtx) {
+		rng := rand.New(rand.NewSource(int64(c.Index())))
+		cancelAt := -1 // a quarter of them, at a random piece
+		if rng.Intn(4) == 0 {
+			cancelAt = 20 + rng.Intn(200)
+		}
+		for piece := 0; ; piece++ {
+			if piece == cancelAt {
+				_ = c.Cancel()
+			}
+			var err error
+			var later []byte
+			n := c.WithData(func(b []byte) ParseResult {
+				k := rng.Intn(min(len(b), 16<<10)) + 1
+				p := b[:k]
+				switch rng.Intn(5) {
+				case 0:
+					err = c.SendNowait(p)
+				case 1:
+					own := append([]byte(nil), p[1:]...)
+					refs.Add(1)
+					err = c.SendParts().Copy(p[:1]).Ref(own, func() {
+						for i := range own {
+							own[i] = 0xAA
+						}
+						rels.Add(1)
+					}).Submit()
+				case 2:
+					err = c.ForwardRecvBuf(p)
+				case 3:
+					refs.Add(1)
+					err = c.SendParts().Ref(p, func() { rels.Add(1) }).Submit()
+				case 4:
+					later = append([]byte(nil), p...)
+				}
+				if err == ErrSendPoolExhausted || err == ErrSendQueueFull {
+					later, err = append([]byte(nil), p...), nil
+				}
+				return Consumed(k)
+			})
+			if n == 0 || err != nil && c.Err() != nil {
+				return // the peer or the server cut the connection
+			}
+			if err != nil {
+				panic(err)
+			}
+			if later != nil {
+				if err := c.SendWait(later); err != nil {
+					if c.Err() == nil {
+						panic(err)
+					}
+					return
+				}
+			}
+		}
+	}
+}
+
+// Connections of one worker echoing through every kind of send at random,
+// beside peers that never read (holding pool slots, forwarded buffers and,
+// on zero copy, unacknowledged bytes), peers that reset mid-stream,
+// pipelining peers and connections the server cancels, on a small pool
+// and ring: each peer reads exactly its own bytes (a prefix of them where
+// its connection was cut), every release runs once and every pool slot
+// comes back. (It found one forward held by a peer that never reads
+// stalling every parked connection: TestForwardHoldDoesNotStallParkedConnections.)
+func TestMixedSendsIsolateConnections(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		for _, mode := range zcModes(be) {
+			t.Run(mode, func(t *testing.T) {
+				cfg := zcConfig(testConfig(be), mode)
+				cfg.SendZCThreshold = min(cfg.SendZCThreshold, 512)
+				cfg.BufferCount, cfg.BufferSize = 32, 2048
+				cfg.SendPoolSlots, cfg.SendSlotSize = 32, 4096
+				cfg.MaxSendQueue = 24 << 10
+				cfg.ShutdownTimeout = 300 * time.Millisecond // the peers that never read
+				var refs, rels, whole, cut atomic.Int64
+				errCut := errors.New("cut")
+				rt := serve(t, cfg, mixedEcho(&refs, &rels))
+				for range 3 {
+					hog := dialRcvbuf(t, rt, 4096)
+					go func() { _, _ = hog.Write(make([]byte, 1<<20)) }()
+				}
+				// What a peer read of what it sent: all of it, or a
+				// prefix where the connection was cut (reset or cancelled).
+				check := func(sent []byte, cl net.Conn) error {
+					werr := writeAsync(cl, sent)
+					got := make([]byte, len(sent))
+					n, err := io.ReadFull(cl, got)
+					if !bytes.Equal(got[:n], sent[:n]) {
+						return fmt.Errorf("%d of the first %d bytes differ", countDiff(sent[:n], got[:n]), n)
+					}
+					if err != nil {
+						if errors.Is(err, syscall.ECONNRESET) || err == io.ErrUnexpectedEOF || err == io.EOF {
+							cut.Add(1)
+							return errCut
+						}
+						return err
+					}
+					whole.Add(int64(n))
+					return <-werr
+				}
+				runClients(t, 16, func(i int) error {
+					cl, err := dialTCP(rt.Addr().String())
+					if err != nil {
+						return err
+					}
+					defer cl.Close()
+					rng := rand.New(rand.NewSource(int64(i) + 100))
+					if i%3 == 1 { // pipelined
+						var all []byte
+						for r := 0; r < 20; r++ {
+							all = append(all, pattern(rng.Intn(20000)+1, byte(i*31+r))...)
+						}
+						if err := check(all, cl); err != errCut {
+							return err
+						}
+						return nil
+					}
+					for r := 0; r < 20; r++ {
+						msg := pattern(rng.Intn(20000)+1, byte(i*31+r))
+						if i%4 == 3 && r == 10 { // reset mid-stream
+							_, _ = cl.Write(msg)
+							return cl.SetLinger(0)
+						}
+						if err := check(msg, cl); err == errCut {
+							return nil
+						} else if err != nil {
+							return fmt.Errorf("round %d: %w", r, err)
+						}
+					}
+					return nil
+				})
+				st := Total(rt.Stats())
+				t.Logf("%d bytes echoed whole, %d cut; forwarded %d, SendWait %d, zero copy %d", whole.Load(), cut.Load(), st.ForwardedBuffers, st.SendWaits, st.ZeroCopySends)
+				stop(t, rt)
+				assert.Zero(t, st.TaskPanics)
+				assert.Equal(t, refs.Load(), rels.Load(), "releases")
+				assert.Zero(t, Total(rt.Stats()).SendSlotsInUse, "pool slots all returned")
 			})
 		}
 	})
