@@ -221,6 +221,8 @@ func TestSendPartsRefOfAccumulatedBytesSendsThem(t *testing.T) {
 // the other releases still run once, and the runtime stops.
 func TestSendPartsReleaseGoexitKeepsWorker(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
+		runtime.GC()
+		g0 := runtime.NumGoroutine()
 		cfg := testConfig(be)
 		logs := captureLog(&cfg)
 		rel := newReleases(5)
@@ -269,6 +271,10 @@ func TestSendPartsReleaseGoexitKeepsWorker(t *testing.T) {
 		stop(t, rt)
 		rel.exactlyOnce(t)
 		assert.Contains(t, logs.String(), "Goexit")
+		// The release coroutines (the one a Goexit ended, the one after
+		// it) are gone too.
+		assert.True(t, settle(5*time.Second, func() bool { return runtime.NumGoroutine() <= g0 }),
+			"goroutines: before %d, after %d", g0, runtime.NumGoroutine())
 	})
 }
 
