@@ -3,10 +3,13 @@ package ringline
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"runtime"
 	"sync"
 	"syscall"
 	"unsafe"
+
+	"github.com/ringline-go/ringline/internal/gid"
 )
 
 // Scatter-gather and zero-copy sends: SendParts (copied and referenced
@@ -61,16 +64,29 @@ type sendState struct {
 	refs    []sendRef
 	refFree []uint32
 	// relq are release callbacks due, run by runReleases from the loop
-	// (never in the middle of a queue update).
-	relq, relq2 []func()
+	// (never in the middle of a queue update); relq[:relHead] have run.
+	relq    []func()
+	relHead int
+	// The coroutine release callbacks run in (runReleases): made on
+	// first need, again after a callback ended it with runtime.Goexit.
+	relNext func() (struct{}, bool)
+	relStop func()
+	relG    uintptr
 	// bufHold counts, per provided buffer, the connections whose queued
 	// or held segments forward it (conn.fwdHeld); bufDone says the
 	// receive side is done with it too (it goes back to the ring when
 	// both are). Allocated on the first forward.
 	bufHold []uint32
 	bufDone []bool
+	// bufsHeld is how many provided buffers forwards hold (bufHold not
+	// 0): out of the ring for as long as their sends take, which a peer
+	// that does not read makes for ever (rearmParked).
+	bufsHeld int
 	// pw are the tasks waiting in SendWait, first come first served.
 	pw []poolWaiter
+	// [rbufLo, rbufHi) is the provided receive buffers' memory: what a
+	// Ref must not leave the kernel to read later (recvMemory).
+	rbufLo, rbufHi uintptr
 }
 
 // sendRef is one referenced part in the queue.
@@ -98,6 +114,35 @@ func (w *worker) setupSend() {
 	if w.cfg.SendZCThreshold > 0 && w.be.kind() == IOUring {
 		w.zcMin = w.cfg.SendZCThreshold
 	}
+	if w.cfg.BufferCount > 0 {
+		w.rbufLo = uintptr(unsafe.Pointer(unsafe.SliceData(w.be.buffer(0))))
+		w.rbufHi = w.rbufLo + uintptr(w.cfg.BufferCount)*uintptr(w.cfg.BufferSize)
+	}
+}
+
+// recvMemory reports whether p overlaps memory the receive side reuses
+// while a send may still read it: a provided receive buffer (lent to a
+// WithData closure, it goes back to the ring when the closure is done
+// with it and carries other connections' bytes next), or the accumulator
+// of a connection whose WithData or TryWithData closure is running (its
+// consumed bytes are overwritten by the ones that follow). Bytes shown to
+// WithBytes are never overwritten and may be referenced.
+func (w *worker) recvMemory(p []byte) bool {
+	lo := uintptr(unsafe.Pointer(unsafe.SliceData(p)))
+	hi := lo + uintptr(len(p))
+	if lo < w.rbufHi && hi > w.rbufLo {
+		return true
+	}
+	for _, pc := range w.parsing {
+		if pc.accShared || cap(pc.acc) == 0 {
+			continue
+		}
+		a := uintptr(unsafe.Pointer(unsafe.SliceData(pc.acc)))
+		if lo < a+uintptr(cap(pc.acc)) && hi > a {
+			return true
+		}
+	}
+	return false
 }
 
 // serveSendWaits runs the release callbacks that are due and hands freed
@@ -142,25 +187,103 @@ func (w *worker) releaseRef(id uint32) {
 }
 
 // runReleases calls the release callbacks that are due, in order. They run
-// on the worker's goroutine, outside any task, between two queue updates;
-// a callback may send (what it queues goes out this iteration).
+// on the worker, outside any task, between two queue updates; a callback
+// may send (what it queues goes out this iteration), and its releases
+// join the queue. They run in a coroutine of the worker's rather than on
+// the loop's own goroutine, which a runtime.Goexit in one (t.FailNow or
+// require.* in a test's callback) would end, the worker with it: a
+// Goexit ends the coroutine instead, and the next callback runs in a new
+// one. A switch into it costs about as much as a task's resume (80 ns),
+// once per loop iteration that has releases due.
 func (w *worker) runReleases() {
-	for len(w.relq) > 0 {
-		q := w.relq
-		w.relq, w.relq2 = w.relq2[:0], q
-		for i, f := range q {
-			q[i] = nil
+	for w.relHead < len(w.relq) {
+		w.stepReleases()
+	}
+	clear(w.relq[:w.relHead])
+	w.relq, w.relHead = w.relq[:0], 0
+}
+
+// releaseGoexited is what a release callback that called runtime.Goexit
+// turns into (see taskGoexited): iter.Pull re-raises it on the loop,
+// which recovers it.
+type releaseGoexited struct{}
+
+// stepReleases runs the release coroutine until the queue is done or a
+// callback ended it with Goexit. While it runs it is the worker's running
+// code for the ownership check (a callback may send), outside any task.
+func (w *worker) stepReleases() {
+	if w.relNext == nil {
+		w.relNext, w.relStop = iter.Pull(w.releaseLoop)
+		w.relG = 0
+	}
+	prev := w.curG.Load()
+	defer func() {
+		w.curG.Store(prev)
+		if r := recover(); r != nil {
+			if _, ok := r.(releaseGoexited); !ok {
+				panic(r)
+			}
+			w.relNext, w.relStop = nil, nil
+			w.log.Error("ringline: a SendBuilder.Ref release callback called runtime.Goexit (t.FailNow, require.*?); the other releases run, the worker goes on",
+				"worker", w.id)
+		}
+	}()
+	w.curG.Store(w.relG) // 0 before its first run, which sets it
+	w.relNext()
+}
+
+// releaseLoop is the release coroutine: it runs the due callbacks and
+// yields when none is left. A callback's runtime.Goexit cannot be stopped:
+// it unwinds the coroutine, whose end turns it into releaseGoexited (as
+// task.ended does for a task), whatever the callback recovered on the way.
+func (w *worker) releaseLoop(yield func(struct{}) bool) {
+	w.relG = gid.Get()
+	w.curG.Store(w.relG)
+	stopped := false
+	defer func() {
+		if !stopped {
+			if r := recover(); r != nil {
+				panic(r)
+			}
+			panic(releaseGoexited{})
+		}
+	}()
+	for {
+		for w.relHead < len(w.relq) {
+			f := w.relq[w.relHead]
+			w.relq[w.relHead] = nil
+			w.relHead++
 			w.progress()
 			w.callRelease(f)
+		}
+		if !yield(struct{}{}) {
+			stopped = true
+			return
 		}
 	}
 }
 
+// stopReleases ends the release coroutine (at teardown, after the last
+// releases ran).
+func (w *worker) stopReleases() {
+	if w.relStop != nil {
+		w.relStop()
+		w.relNext, w.relStop = nil, nil
+	}
+}
+
 // callRelease runs a release callback; a panic in it is logged and does
-// not stop the others.
+// not stop the others. The worker's stopping of a task (taskKilled) goes
+// on unwinding it, and a runtime.Goexit goes on too: in the release
+// coroutine it ends the coroutine (releaseLoop), in a task (a refused
+// batch's releases) the task, as anywhere in it.
 func (w *worker) callRelease(f func()) {
 	defer func() {
-		if r := recover(); r != nil {
+		switch r := recover().(type) {
+		case nil:
+		case taskKilled:
+			panic(r)
+		default:
 			w.log.Error("ringline: a SendBuilder.Ref release callback panicked", "worker", w.id, "panic", fmt.Sprint(r))
 		}
 	}()
@@ -275,6 +398,9 @@ func (w *worker) holdBuf(bid uint16) {
 		w.bufHold = make([]uint32, w.cfg.BufferCount)
 		w.bufDone = make([]bool, w.cfg.BufferCount)
 	}
+	if w.bufHold[bid] == 0 {
+		w.bufsHeld++
+	}
 	w.bufHold[bid]++
 }
 
@@ -297,7 +423,11 @@ func (w *worker) holdRecycle(bid uint16) bool {
 // unholdBuf drops a connection's hold; the buffer returns to the ring
 // when no hold is left and the receive side is done with it.
 func (w *worker) unholdBuf(bid uint16) {
-	if w.bufHold[bid]--; w.bufHold[bid] == 0 && w.bufDone[bid] {
+	if w.bufHold[bid]--; w.bufHold[bid] != 0 {
+		return
+	}
+	w.bufsHeld--
+	if w.bufDone[bid] {
 		w.bufDone[bid] = false
 		w.recycle(bid)
 	}
@@ -464,7 +594,11 @@ func (cn *conn) forward(bid uint16, off uint32, n int, hold int) error {
 //
 // A builder comes from ConnCtx.SendParts and is valid until its Submit or
 // Send: use it from the task that made it, on the worker's goroutine, and
-// do not suspend (Await, WithData, SendWait) before submitting. It is the
+// do not suspend (Await, WithData, SendWait) before submitting. Called
+// from any other goroutine its methods leave the batch alone, as ConnCtx's
+// do: Copy adds nothing, Ref adds nothing and calls its release at once
+// (on that goroutine), Submit and Send return ErrNotInWorker; each call is
+// logged and counted in WorkerStats.ForeignCalls. It is the
 // connection's own builder, reused by the next SendParts, so a batch costs
 // no allocation once the connection has made one. A second SendParts on
 // the connection before Submit abandons the first batch (its references
@@ -532,15 +666,16 @@ func (c ConnCtx) SendParts() *SendBuilder {
 	return sb
 }
 
-// usable reports whether a part may be added now.
-func (sb *SendBuilder) usable() bool {
-	if sb.err != nil {
+// foreign reports, and counts as a foreign call, a call on a connection's
+// builder from off its worker. Such a call must not touch the builder: it
+// is the connection's, and its tasks may have a batch open in it. (A
+// builder without a worker is the one SendParts made for a refused
+// caller, that caller's alone; its err is set.)
+func (sb *SendBuilder) foreign(method string) bool {
+	if sb.w == nil || sb.w.onWorker() {
 		return false
 	}
-	if sb.w == nil || !sb.w.onWorker() {
-		sb.err = ErrNotInWorker
-		return false
-	}
+	sb.w.foreignCall(method)
 	return true
 }
 
@@ -550,7 +685,7 @@ func (sb *SendBuilder) usable() bool {
 // buffers and batches, so small parts between references take a slot per
 // Config.SendSlotSize bytes, not one each.
 func (sb *SendBuilder) Copy(p []byte) *SendBuilder {
-	if !sb.open || len(p) == 0 || !sb.usable() {
+	if sb.foreign("SendBuilder.Copy") || !sb.open || len(p) == 0 || sb.err != nil {
 		return sb
 	}
 	if sb.parts++; sb.parts > SendPartsMaxParts {
@@ -572,13 +707,16 @@ func (sb *SendBuilder) Copy(p []byte) *SendBuilder {
 
 // Ref adds p to the batch without copying it: the kernel reads p itself,
 // after Submit has returned, so p must not be modified until release is
-// called. release (nil for none) is called exactly once, on the worker's
-// goroutine outside any task, when the kernel no longer reads p: after
-// the send that took its last byte completed, or, for a zero-copy send,
-// after the kernel's notification; also when the batch is refused (then
-// inside Submit or Send), when the connection fails or resets before p
-// went out, when the batch is abandoned, and at shutdown. release must
-// not block or suspend; it may send. A panic in it is logged.
+// called. release (nil for none) is called exactly once, on the worker
+// outside any task, when the kernel no longer reads p: after the send
+// that took its last byte completed, or, for a zero-copy send, after the
+// kernel's notification; also when the batch is refused (then inside
+// Submit or Send), when the connection fails or resets before p went out,
+// when the batch is abandoned, and at shutdown. release must not block or
+// suspend; it may send. A panic in it is logged; a runtime.Goexit in it
+// (t.FailNow or require.* in a test) ends only that call when it runs on
+// the loop, and the task when it runs inside Submit: either way every
+// other release still runs once and the worker goes on.
 //
 // The one exception is a zero-copy send whose notification has not come
 // when the worker stops (shutdown resets such connections shortly before
@@ -593,17 +731,33 @@ func (sb *SendBuilder) Copy(p []byte) *SendBuilder {
 // runtime.Pinner until release, so the garbage collector neither frees
 // nor moves it while the kernel reads it. An empty p is not sent; its
 // release is called at Submit.
+//
+// Bytes a WithData or TryWithData closure is shown are not the caller's:
+// they may be the kernel's receive buffer, which goes back to the ring
+// (and fills with other connections' bytes) once the closure is done with
+// it, or the accumulator, which the bytes that follow overwrite. A Ref of
+// them (or of a receive buffer at any time) is taken as a Copy: the bytes
+// are copied now and release is called at Submit. ForwardRecvBuf sends a
+// lent receive buffer without a copy; bytes shown to WithBytes may be
+// referenced.
 func (sb *SendBuilder) Ref(p []byte, release func()) *SendBuilder {
-	if !sb.open {
-		// Nothing will send it: the release is due now.
+	if sb.foreign("SendBuilder.Ref") || !sb.open {
+		// Nothing will send it: the release is due now (off the worker,
+		// on the caller's goroutine).
 		if release != nil {
 			release()
 		}
 		return sb
 	}
 	sb.refs = append(sb.refs, builderRef{b: p, release: release})
-	if len(p) == 0 || !sb.usable() {
+	if len(p) == 0 || sb.err != nil {
 		return sb
+	}
+	if sb.w.recvMemory(p) {
+		// Received bytes are ringline's memory, reused once the closure
+		// is done: copied now, the release due at Submit.
+		sb.refs[len(sb.refs)-1].b = nil
+		return sb.Copy(p)
 	}
 	sb.parts++
 	sb.nrefs++
@@ -636,6 +790,9 @@ func (sb *SendBuilder) Send() (SendFuture, error) {
 }
 
 func (sb *SendBuilder) submit() (SendFuture, error) {
+	if sb.foreign("SendBuilder.Submit") {
+		return SendFuture{}, ErrNotInWorker
+	}
 	if !sb.open {
 		return SendFuture{}, ErrSendBuilderDone
 	}
@@ -716,12 +873,21 @@ func (sb *SendBuilder) finish() {
 	sb.open = false
 	sb.segs = sb.segs[:0]
 	sb.parts, sb.nrefs, sb.bytes, sb.copied = 0, 0, 0, 0
+	i := 0
 	defer func() {
+		// A callback that ended the task (Goexit, or the worker stopping
+		// a task that suspended in it) leaves the rest to the loop.
+		for ; i < len(refs) && sb.w != nil; i++ {
+			if f := refs[i].release; f != nil {
+				sb.w.relq = append(sb.w.relq, f)
+			}
+			refs[i] = builderRef{}
+		}
 		if sb.refs == nil {
 			sb.refs = refs[:0]
 		}
 	}()
-	for i := range refs {
+	for ; i < len(refs); i++ {
 		f := refs[i].release
 		refs[i] = builderRef{}
 		if f == nil {

@@ -350,13 +350,18 @@ func (w *worker) flushSends() {
 // (that is how it met ENOBUFS), and a re-armed multishot recv takes as
 // many buffers as that data fills, so each is charged what its socket
 // holds (SIOCINQ, at least one buffer); the oldest is re-armed whatever
-// it needs, so the queue always moves. Re-arming more would only meet
+// it needs once every buffer that can come back has (all of the ring but
+// those forwards hold: a forward to a peer that does not read holds its
+// buffer for as long, and waiting for it stalled every parked connection
+// behind one whose socket held more than the rest of the ring), so the
+// queue always moves. Re-arming more would only meet
 // ENOBUFS again (with every buffer back between iterations, the loop
 // used to re-arm every parked connection each time: six ENOBUFS per
 // buffer filled). The rest stay parked until buffers come back, so an
 // exhausted ring never spins the loop.
 func (w *worker) rearmParked() {
 	budget := w.be.buffersFree()
+	attainable := w.cfg.BufferCount - w.bufsHeld
 	bufSize := w.cfg.BufferSize
 	for w.parkHead < len(w.parked) && budget > 0 {
 		cn := w.conns[w.parked[w.parkHead]]
@@ -370,7 +375,7 @@ func (w *worker) rearmParked() {
 				need = (n + bufSize - 1) / bufSize
 			}
 		}
-		if need > budget && budget < w.cfg.BufferCount {
+		if need > budget && budget < attainable {
 			break // wait for more buffers rather than starve the rest
 		}
 		w.parkHead++
@@ -974,6 +979,7 @@ func (w *worker) teardown() {
 	// After the ring: no operation reads memory any more, but a zero-copy
 	// send's socket may (its references stay pinned).
 	w.watchUserCode(partReleasing, w.releaseSendsAtStop)
+	w.stopReleases()
 	if w.be != nil {
 		w.publish() // after close, so its C calls are counted too
 	}
