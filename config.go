@@ -133,23 +133,28 @@ type Config struct {
 	// first completion as usual.
 	// Default 0: off. At most 10ms.
 	BatchWait time.Duration
-	// HoldWait is how long a worker that has run out of work first waits
-	// for more while keeping its P: a raw system call (epoll_pwait2,
-	// io_uring_enter), which the Go scheduler does not see as one. Only
-	// when nothing comes within HoldWait does the worker wait the
-	// ordinary way, as a system call that lets Go lend its P to other
-	// goroutines. Why: a goroutine blocked in an ordinary system call
-	// keeps its P, and when no other P is idle (GOMAXPROCS no larger than
-	// the workers, or the spare Ps busy) Go's sysmon takes that P after
-	// 20 µs and wakes another thread for it, at a cost of several
-	// microseconds of CPU each time, every time a busy loop waits; a held
-	// wait pays none of that, and wakes as fast (docs/BENCHMARKS.md §7.6).
-	// The price: while a worker holds its P, other goroutines can run only
-	// on other Ps, so with no P to spare they may wait up to HoldWait more
-	// (they wait for a busy worker the same way: it yields its P every
-	// 2ms). Timers, Post and every I/O completion end a held wait at once.
-	// Not combined with BatchWait (a worker that batches waits the
-	// ordinary way). Default 200µs; negative turns holding off. At most 1s.
+	// HoldWait is how long a worker whose waits have been long (over
+	// 100µs, two in a row) first waits for more while keeping its P: a raw
+	// system call (epoll_pwait2, io_uring_enter), which the Go scheduler
+	// does not see as one. Only when nothing comes within HoldWait does it
+	// wait the ordinary way, as a system call that lets Go lend its P to
+	// other goroutines. Why: a goroutine blocked in an ordinary system
+	// call keeps its P, and when no other P is idle (GOMAXPROCS no larger
+	// than the workers, or the spare Ps busy) Go's sysmon takes that P
+	// after 20 µs and wakes another thread for it, at a cost of several
+	// microseconds of CPU each time; a loop that waits long and often pays
+	// it on most waits, and a held wait pays none of it
+	// (docs/BENCHMARKS.md §7.6). Short waits (a busy loop, a ping-pong)
+	// stay ordinary ones: they are seldom taken, and a hold's timer would
+	// cost more. Holding is for workers locked to their threads: io_uring
+	// workers, and epoll workers with PinCPUs; an unpinned epoll worker
+	// parks in Go's netpoller instead, holding no P. The price: while a
+	// worker holds its P, other goroutines can run only on other Ps, so
+	// with none to spare they may wait up to HoldWait more (they wait for
+	// a busy worker the same way: it yields its P every 2ms). Timers,
+	// Post, every I/O completion and the shutdown end a hold at once. Not
+	// combined with BatchWait (a worker that batches waits the ordinary
+	// way). Default 1ms; negative turns holding off. At most 1s.
 	HoldWait time.Duration
 	// Logger receives connection-level errors (panics, limit closes) and
 	// backend selection notes. Default slog.Default().
@@ -246,7 +251,7 @@ func (c *Config) fill() {
 		c.StallThreshold = 250 * time.Millisecond
 	}
 	if c.HoldWait == 0 {
-		c.HoldWait = 200 * time.Microsecond
+		c.HoldWait = time.Millisecond
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -202,28 +202,24 @@ type epollBackend struct {
 	skipped bool // the last enter returned completions without polling
 	// An epoll worker whose goroutine is not locked to its thread may
 	// park in Go's netpoller while its waits are long (waitAdaptive):
-	// canPark says it may, parking that it does, park is then the dup of
-	// epfd registered in the netpoller. parkN, parkErr and parkWaited
-	// carry parkCheck's results; streak counts waits in a row that did
-	// not match parking; parkAfter, parkSwitch and parkCap are
-	// epParkAfter, epParkSwitch and epParkCap as they were when the
+	// canPark says it may, mode.long that it does (a worker that may not
+	// park holds instead: waitHeld), park is then the dup of epfd
+	// registered in the netpoller. parkN, parkErr and parkWaited carry
+	// parkCheck's results; parkCap is epParkCap as it was when the
 	// backend was made.
 	canPark    bool
-	parking    bool
+	mode       waitMode
 	park       *os.File
 	parkRC     syscall.RawConn
 	parkFn     func(uintptr) bool // parkCheck, bound once
 	parkWaited bool
 	parkN      int
 	parkErr    error
-	streak     int
 	parks      uint64 // waits that parked
 	// parkAgain: the park renews one that reached parkCap (parkWait),
 	// so it is not another wait or park in the counts.
 	parkAgain    bool
 	parksRenewed uint64 // parks renewed at parkCap (tests)
-	parkAfter    time.Duration
-	parkSwitch   [2]int
 	parkCap      time.Duration
 	log          *slog.Logger
 	t0           time.Time
@@ -245,7 +241,7 @@ func newEpoll(bc backendConfig) (backend, error) {
 
 func newEpollBackend(bc backendConfig, edge bool) (_ *epollBackend, err error) {
 	b := &epollBackend{epfd: -1, wakeFd: -1, edge: edge, bufSize: bc.bufSize, bufCount: bc.bufCount, t0: time.Now(),
-		parkAfter: epParkAfter, parkSwitch: epParkSwitch, parkCap: epParkCap, sendChunkMax: epSendChunks, hold: bc.hold}
+		mode: newWaitMode(), parkCap: epParkCap, sendChunkMax: epSendChunks, hold: bc.hold}
 	defer func() {
 		if err != nil {
 			b.close()
@@ -331,21 +327,11 @@ func (b *epollBackend) poll(block bool, timeout time.Duration) error {
 	}
 	var n int
 	var err error
-	t0 := b.now()
-	held := false
-	if ms != 0 && b.hold > 0 {
-		n, held, err = b.holdWait(wait)
-		if !held && wait >= 0 {
-			ms = durMillis(wait - b.hold)
-		}
-	}
 	switch {
-	case held:
-		if b.canPark {
-			b.adaptTo(false)
-		}
 	case ms != 0 && b.canPark:
-		n, err = b.waitAdaptive(ms, t0)
+		n, err = b.waitAdaptive(ms)
+	case ms != 0 && b.hold > 0:
+		n, err = b.waitHeld(wait, ms)
 	default:
 		b.nWait++
 		n, err = unix.EpollWait(b.epfd, b.events, ms)
@@ -368,11 +354,9 @@ func (b *epollBackend) poll(block bool, timeout time.Duration) error {
 // sysmon takes that P after 20 µs and wakes another thread for it, and
 // stays at its 20 µs period while that keeps succeeding; on 16 KiB echo
 // that cost 40-55% of the server's CPU. A parked goroutine leaves its P
-// idle, and sysmon backs off.
-//
-// t0 is when the wait began, a hold included (holdWait): a wait that went
-// on past the hold is a long one.
-func (b *epollBackend) waitAdaptive(ms int, t0 int64) (n int, err error) {
+// idle, and sysmon backs off (waitMode).
+func (b *epollBackend) waitAdaptive(ms int) (n int, err error) {
+	t0 := b.now()
 	if b.park == nil {
 		b.nWait++
 		n, err = unix.EpollWait(b.epfd, b.events, ms)
@@ -382,23 +366,38 @@ func (b *epollBackend) waitAdaptive(ms int, t0 int64) (n int, err error) {
 	if !b.canPark {
 		return n, err // parkWait gave up parking
 	}
-	b.adaptTo(b.now()-t0 > int64(b.parkAfter))
-	return n, err
-}
-
-// adaptTo records a wait (adapt) and starts or stops parking when the way
-// of waiting switches.
-func (b *epollBackend) adaptTo(long bool) {
-	if b.adapt(long) {
-		if b.parking {
+	if b.mode.recordSince(t0, b.now()) {
+		if b.mode.long {
 			b.startParking()
 		} else {
 			b.stopParking()
 		}
 	}
+	return n, err
 }
 
-// holdWait is the first part of a blocking wait (Config.HoldWait): a raw
+// waitHeld is a blocking epoll_wait of a worker that may not park (it is
+// locked to its thread: PinCPUs) while its waits are long (waitMode): it
+// holds its P for the first Config.HoldWait of the wait (holdWait), and
+// waits the ordinary way only past that. Its short waits are ordinary
+// ones: a hold's timer costs more than the wait would lose.
+func (b *epollBackend) waitHeld(wait time.Duration, ms int) (n int, err error) {
+	t0 := b.now()
+	held := false
+	if b.mode.long {
+		if n, held, err = b.holdWait(wait); !held && wait >= 0 {
+			ms = durMillis(wait - b.hold)
+		}
+	}
+	if !held {
+		b.nWait++
+		n, err = unix.EpollWait(b.epfd, b.events, ms)
+	}
+	b.mode.recordSince(t0, b.now())
+	return n, err
+}
+
+// holdWait is the first part of a held wait (Config.HoldWait): a raw
 // epoll_pwait2 of at most b.hold, which leaves the goroutine running as
 // far as the scheduler can tell, so sysmon does not take the P and wake
 // another thread for it. It reports done when the wait is over: events
@@ -431,47 +430,10 @@ func (b *epollBackend) holdWait(wait time.Duration) (n int, done bool, err error
 	return 0, false, nil
 }
 
-// adapt records whether the last blocking wait was long and reports
-// whether the way of waiting switches, with some hysteresis: two long
-// waits in a row make the worker park, eight short ones make it block
-// again (epParkSwitch). Switching on every wait would leave half the waits
-// to be retaken, and sysmon at its 20 µs period.
-func (b *epollBackend) adapt(long bool) bool {
-	if long == b.parking {
-		b.streak = 0
-		return false
-	}
-	b.streak++
-	if b.streak < b.parkSwitch[btoi(b.parking)] {
-		return false
-	}
-	b.parking, b.streak = !b.parking, 0
-	return true
-}
-
-// epParkAfter: a blocking wait that lasts longer counts as long (adapt).
-// sysmon may take the P of a wait longer than 20 µs, but below 100 µs a
-// loop is busy or in a ping-pong, where waking from epoll_wait costs less
-// than a wake-up through the netpoller (docs/BENCHMARKS.md §7.2).
-// epParkSwitch is how many waits in a row of the other kind switch the
-// way of waiting: [blocking] long ones, [parking] short ones. A backend
-// copies both when it is made.
-var (
-	epParkAfter  = 100 * time.Microsecond
-	epParkSwitch = [2]int{2, 8}
-)
-
 // epParkCap bounds one park: a wake-up the kernel failed to pass from the
 // epoll set to the netpoller (nested epoll has had such bugs) then costs
 // at most this much latency, not a hung worker. A backend copies it.
 var epParkCap = time.Second
-
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
 
 // rawWait is a non-blocking epoll_wait made as a raw syscall (the
 // scheduler sees no thread in a syscall). The caller counts it.
@@ -497,7 +459,7 @@ func (b *epollBackend) startParking() {
 	b.nSys++
 	if err != nil {
 		if err == unix.EMFILE || err == unix.ENFILE {
-			b.parking, b.streak = false, 0
+			b.mode.long, b.mode.streak = false, 0
 			return
 		}
 		b.giveUpParking("dup", err)
@@ -542,7 +504,7 @@ func (b *epollBackend) stopParking() {
 // says why.
 func (b *epollBackend) giveUpParking(what string, err error) {
 	b.stopParking()
-	b.canPark, b.parking, b.streak = false, false, 0
+	b.canPark, b.mode.long, b.mode.streak = false, false, 0
 	if b.log != nil {
 		b.log.Warn("ringline: epoll worker cannot park in the netpoller; it blocks in epoll_wait from now on", "what", what, "err", err)
 	}

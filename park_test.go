@@ -28,9 +28,9 @@ func neverPark(t *testing.T) { parkSettings(t, time.Hour, [2]int{1 << 30, 1}) }
 // parkSettings sets what backends made during the test copy (before
 // Launch: the workers read them as they start).
 func parkSettings(t *testing.T, after time.Duration, sw [2]int) {
-	prevAfter, prevSwitch, prevCap := epParkAfter, epParkSwitch, epParkCap
-	epParkAfter, epParkSwitch, epParkCap = after, sw, time.Hour
-	t.Cleanup(func() { epParkAfter, epParkSwitch, epParkCap = prevAfter, prevSwitch, prevCap })
+	prevAfter, prevSwitch, prevCap := longWaitAfter, longWaitSwitch, epParkCap
+	longWaitAfter, longWaitSwitch, epParkCap = after, sw, time.Hour
+	t.Cleanup(func() { longWaitAfter, longWaitSwitch, epParkCap = prevAfter, prevSwitch, prevCap })
 }
 
 // parkConfig is testConfig(Epoll) without held waits (Config.HoldWait),
@@ -163,10 +163,11 @@ func TestEpollPinnedWorkerDoesNotPark(t *testing.T) {
 }
 
 // The way of waiting follows the waits, with hysteresis: two long waits in
-// a row make the worker park, eight short ones make it block again, and a
-// wait of the current kind resets the count.
+// a row make the worker park (or hold: waitMode), and so do long waits
+// that outweigh the short ones between them two to one; eight short ones
+// in a row make it block again, and a long one resets that count.
 func TestEpollParkAdapts(t *testing.T) {
-	b := epollBackend{parkSwitch: [2]int{2, 8}}
+	b := struct{ mode waitMode }{waitMode{sw: [2]int{2, 8}}}
 	steps := []struct {
 		long, parking bool
 	}{
@@ -177,11 +178,19 @@ func TestEpollParkAdapts(t *testing.T) {
 		{true, true}, // a long one resets the run of short ones
 		{false, true}, {false, true}, {false, true}, {false, true},
 		{false, true}, {false, true}, {false, true}, {false, false}, // the eighth switches back
+		// Long waits with a short one after each (an io_uring worker's
+		// own send completions) switch after the third long one.
+		{true, false}, {false, false}, {true, false}, {false, false}, {true, true},
+		{false, true}, {false, true}, {false, true}, {false, true},
+		{false, true}, {false, true}, {false, true}, {false, false},
+		// One long wait in five does not.
+		{true, false}, {false, false}, {false, false}, {false, false}, {false, false},
+		{true, false}, {false, false}, {false, false}, {false, false}, {false, false},
 	}
 	for i, s := range steps {
-		was := b.parking
-		switched := b.adapt(s.long)
-		require.Equal(t, s.parking, b.parking, "step %d (long=%v)", i, s.long)
+		was := b.mode.long
+		switched := b.mode.record(s.long)
+		require.Equal(t, s.parking, b.mode.long, "step %d (long=%v)", i, s.long)
 		require.Equal(t, was != s.parking, switched, "step %d reports the switch", i)
 	}
 }

@@ -111,6 +111,7 @@ type uringBackend struct {
 	// call). nHeld and nHoldTimeouts count held waits and those that
 	// timed out.
 	hold                 time.Duration
+	mode                 waitMode
 	ringFd               int
 	holdArg              geteventsArg
 	holdTS               unix.Timespec
@@ -165,7 +166,7 @@ func newURingBackend(cfg backendConfig) (_ *uringBackend, err error) {
 
 	if b.batchWaitUs == 0 && cfg.hold > 0 {
 		b.nCgo++
-		b.hold, b.ringFd = cfg.hold, int(C.rl_ring_fd(ring))
+		b.hold, b.ringFd, b.mode = cfg.hold, int(C.rl_ring_fd(ring)), newWaitMode()
 		b.holdArg.sigmaskSz = 8 // _NSIG/8; no mask is passed
 	}
 
@@ -288,14 +289,29 @@ func (b *uringBackend) growOps(n int) error {
 }
 
 func (b *uringBackend) enter(wait bool, timeout time.Duration) ([]cqEntry, error) {
-	if wait && b.hold > 0 {
-		// Held (Config.HoldWait): the C layer places the staged ops in
-		// the SQ (or, with completions already there, takes them as a
-		// tick without a wait does), and the wait is a raw io_uring_enter
-		// from here that also submits them: a cgo call is a system call
-		// to the scheduler, and its P would be taken like any other's.
-		// Then one more crossing takes what the wait brought, or, when
-		// the hold ran out, waits on the ordinary way.
+	if !wait || b.hold == 0 {
+		return b.tick(wait, timeout)
+	}
+	// A worker whose waits are long holds its P for the first HoldWait of
+	// each (waitMode); its short waits are ordinary ones, which wake as
+	// fast and need no timer.
+	t0 := time.Now()
+	cq, err := b.waitHeld(timeout)
+	b.mode.recordSince(0, int64(time.Since(t0)))
+	return cq, err
+}
+
+// waitHeld is a blocking enter of a worker that holds its P while its
+// waits are long (Config.HoldWait).
+func (b *uringBackend) waitHeld(timeout time.Duration) ([]cqEntry, error) {
+	if b.mode.long {
+		// Held: the C layer places the staged ops in the SQ (or, with
+		// completions already there, takes them as a tick without a wait
+		// does), and the wait is a raw io_uring_enter from here that also
+		// submits them: a cgo call is a system call to the scheduler, and
+		// its P would be taken like any other's. Then one more crossing
+		// takes what the wait brought, or, when the hold ran out, waits
+		// on the ordinary way.
 		b.maxStaged, b.iterOps = max(b.maxStaged, b.iterOps), 0
 		b.nCgo++
 		rc := C.rl_tick_prep(b.ring, (*C.struct_rl_op)(b.opsMem.ptr(0)), C.uint(b.nops),
@@ -315,7 +331,7 @@ func (b *uringBackend) enter(wait bool, timeout time.Duration) ([]cqEntry, error
 			timeout -= b.hold
 		}
 	}
-	return b.tick(wait, timeout)
+	return b.tick(true, timeout)
 }
 
 // holdEnter waits up to d for a completion in an io_uring_enter made as a

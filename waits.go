@@ -1,0 +1,83 @@
+package ringline
+
+import "time"
+
+// waitMode follows how long a worker's blocking waits last and says when
+// its way of waiting should switch, with some hysteresis: long waits
+// (longer than longWaitAfter) switch it to the way for long waits when
+// they outweigh the short ones between them (each long wait counts two,
+// each short one takes one back, and two long waits in a row are enough),
+// and eight short waits in a row switch it back (longWaitSwitch).
+// Switching on every wait would leave half the waits to be taken by
+// sysmon, and keep sysmon at its 20 µs period. The short waits are
+// weighed rather than reset the count because an io_uring worker's long
+// waits come with short ones between them (its own sends' completions).
+//
+// Why waits are sorted at all: a goroutine in an ordinary system call (or
+// a cgo call) keeps its P, and when no other P is idle sysmon takes that
+// P once the call has lasted 20 µs or so and wakes another thread for it;
+// a busy loop whose waits are long pays that on most of them (40-50% of
+// the server's CPU on 16 KiB forwarding with one P). Short waits (a busy
+// loop, a ping-pong) wake fastest and cheapest from an ordinary blocking
+// wait. For long ones an unlocked epoll worker parks in Go's netpoller,
+// holding no P; a worker locked to its thread (io_uring, or epoll with
+// PinCPUs), which would hand its thread over if it parked, holds its P
+// instead for up to Config.HoldWait in a raw system call the scheduler
+// does not see (docs/ARCHITECTURE.md, "How a worker waits").
+type waitMode struct {
+	long   bool          // the waits have been long
+	streak int           // the weight of recent long waits (short mode), or short waits in a row (long mode)
+	after  time.Duration // longWaitAfter when the backend was made
+	sw     [2]int        // longWaitSwitch when the backend was made
+}
+
+func newWaitMode() waitMode { return waitMode{after: longWaitAfter, sw: longWaitSwitch} }
+
+// record notes whether the last blocking wait was long and reports
+// whether the way of waiting switches.
+func (m *waitMode) record(long bool) bool {
+	if !m.long {
+		switch {
+		case long:
+			m.streak += 2
+		case m.streak > 0:
+			m.streak--
+		}
+		if m.streak < 2*m.sw[0] {
+			return false
+		}
+	} else {
+		if long {
+			m.streak = 0
+			return false
+		}
+		if m.streak++; m.streak < m.sw[1] {
+			return false
+		}
+	}
+	m.long, m.streak = !m.long, 0
+	return true
+}
+
+// recordSince records a wait that began at t0 and ended at now
+// (nanoseconds on one clock).
+func (m *waitMode) recordSince(t0, now int64) bool { return m.record(now-t0 > int64(m.after)) }
+
+// longWaitAfter: a blocking wait that lasts longer counts as long. sysmon
+// may take the P of a wait longer than 20 µs, but below 100 µs a loop is
+// busy or in a ping-pong, where waking from an ordinary wait costs less
+// than a wake-up through the netpoller (docs/BENCHMARKS.md §7.2) or a held
+// wait's timer (§7.6). longWaitSwitch is how many waits in a row of the
+// other kind switch the way of waiting: [short mode] long ones, [long
+// mode] short ones. A backend copies both when it is made.
+var (
+	longWaitAfter  = 100 * time.Microsecond
+	longWaitSwitch = [2]int{2, 8}
+)
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
