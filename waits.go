@@ -74,10 +74,3 @@ var (
 	longWaitAfter  = 100 * time.Microsecond
 	longWaitSwitch = [2]int{2, 8}
 )
-
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
