@@ -196,7 +196,7 @@ type epollBackend struct {
 	// kept here so that it does not escape per call. nHeld and
 	// nHoldTimeouts count held waits and those that timed out.
 	hold                 time.Duration
-	holdTS               unix.Timespec
+	holdTS               kernelTimespec
 	nHeld, nHoldTimeouts uint64
 
 	skipped bool // the last enter returned completions without polling
@@ -411,18 +411,32 @@ func (b *epollBackend) holdWait(wait time.Duration) (n int, done bool, err error
 	if whole {
 		d = wait
 	}
-	b.holdTS = unix.NsecToTimespec(int64(d))
-	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT2, uintptr(b.epfd), uintptr(unsafe.Pointer(&b.events[0])),
-		uintptr(len(b.events)), uintptr(unsafe.Pointer(&b.holdTS)), 0, 0)
-	if e == unix.ENOSYS {
+	b.holdTS = toKernelTimespec(d)
+	beforeHold()
+	var r uintptr
+	var e syscall.Errno
+	if testHookHoldErrno != nil {
+		e = testHookHoldErrno()
+	}
+	if e == 0 {
+		r, _, e = unix.RawSyscall6(unix.SYS_EPOLL_PWAIT2, uintptr(b.epfd), uintptr(unsafe.Pointer(&b.events[0])),
+			uintptr(len(b.events)), uintptr(unsafe.Pointer(&b.holdTS)), 0, 0)
+	}
+	if e != 0 && e != unix.EINTR {
+		// The kernel or a seccomp profile refuses epoll_pwait2 (ENOSYS
+		// before 5.11; EPERM from profiles older than it): wait the
+		// ordinary way from now on.
 		b.hold = 0
+		if b.log != nil {
+			b.log.Warn(holdUnavailable, "err", fmt.Errorf("epoll_pwait2: %w", e))
+		}
 		return 0, false, nil
 	}
 	b.nWait++
 	b.nHeld++
 	switch {
 	case e != 0:
-		return 0, true, e
+		return 0, true, nil // EINTR: the caller's loop goes round
 	case r > 0 || whole:
 		return int(r), true, nil
 	}

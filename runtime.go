@@ -397,8 +397,11 @@ func (b *Builder) start(cfg Config, kind Backend, factory func(workerID int) Asy
 				}
 				return
 			}
-			if eb, ok := w.be.(*epollBackend); ok && !w.locked {
-				eb.canPark, eb.log = true, w.log.With("worker", w.id)
+			switch be := w.be.(type) {
+			case *epollBackend:
+				be.canPark, be.log = !w.locked, w.log.With("worker", w.id)
+			case holdLogger:
+				be.setLog(w.log.With("worker", w.id))
 			}
 			h, err := w.callFactory(factory)
 			if err != nil {

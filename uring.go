@@ -16,6 +16,7 @@ import "C"
 
 import (
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -102,20 +103,22 @@ type uringBackend struct {
 	batchWaitUs uint32
 
 	// nCgo counts every call this backend makes into the C layer:
-	// setup, one rl_tick per enter (two or three for an enter that
-	// holds), and the ring's release.
+	// setup, one rl_tick per enter (two for an enter that holds), and
+	// the ring's release.
 	nCgo uint64
 
-	// hold is Config.HoldWait (0: off, or BatchWait on); ringFd and
-	// holdArg serve holdEnter (kept here so that they do not escape per
-	// call). nHeld and nHoldTimeouts count held waits and those that
-	// timed out.
+	// hold is Config.HoldWait (0: off, or BatchWait on); ringFd, cqHead,
+	// cqTail and holdArg serve holdEnter (kept here so that they do not
+	// escape per call). nHeld and nHoldTimeouts count held waits and
+	// those that timed out.
 	hold                 time.Duration
 	mode                 waitMode
 	ringFd               int
+	cqHead, cqTail       *uint32
 	holdArg              geteventsArg
-	holdTS               unix.Timespec
+	holdTS               kernelTimespec
 	nHeld, nHoldTimeouts uint64
+	log                  *slog.Logger
 }
 
 // geteventsArg mirrors struct io_uring_getevents_arg (IORING_ENTER_EXT_ARG).
@@ -129,7 +132,10 @@ type geteventsArg struct {
 const (
 	enterGetevents = 1 << 0 // IORING_ENTER_GETEVENTS
 	enterExtArg    = 1 << 3 // IORING_ENTER_EXT_ARG
+	featExtArg     = 1 << 8 // IORING_FEAT_EXT_ARG (5.11)
 )
+
+func (b *uringBackend) setLog(l *slog.Logger) { b.log = l }
 
 func newURingBackend(cfg backendConfig) (_ *uringBackend, err error) {
 	b := &uringBackend{wakeFd: -1, bufSize: cfg.bufSize, bufCount: cfg.bufCount, batchNr: 1}
@@ -164,9 +170,10 @@ func newURingBackend(cfg backendConfig) (_ *uringBackend, err error) {
 		}
 	}
 
-	if b.batchWaitUs == 0 && cfg.hold > 0 {
-		b.nCgo++
+	if b.batchWaitUs == 0 && cfg.hold > 0 && b.status.features&featExtArg != 0 {
+		b.nCgo += 3
 		b.hold, b.ringFd, b.mode = cfg.hold, int(C.rl_ring_fd(ring)), newWaitMode()
+		b.cqHead, b.cqTail = (*uint32)(unsafe.Pointer(C.rl_cq_khead(ring))), (*uint32)(unsafe.Pointer(C.rl_cq_ktail(ring)))
 		b.holdArg.sigmaskSz = 8 // _NSIG/8; no mask is passed
 	}
 
@@ -289,7 +296,7 @@ func (b *uringBackend) growOps(n int) error {
 }
 
 func (b *uringBackend) enter(wait bool, timeout time.Duration) ([]cqEntry, error) {
-	if !wait || b.hold == 0 {
+	if !wait || b.hold == 0 || timeout == 0 {
 		return b.tick(wait, timeout)
 	}
 	// A worker whose waits are long holds its P for the first HoldWait of
@@ -324,37 +331,73 @@ func (b *uringBackend) waitHeld(timeout time.Duration) ([]cqEntry, error) {
 		if whole {
 			d = timeout
 		}
-		if b.holdEnter(uint32(b.status.pending), d, whole) {
+		switch b.holdEnter(uint32(b.status.pending), d, whole) {
+		case holdDone:
 			return b.tick(false, 0)
+		case holdBadr:
+			return nil, fmt.Errorf("ringline: io_uring enter: %w (the kernel dropped completions: CQ overflow without memory)", syscall.EBADR)
+		case holdRanOut:
+			if timeout >= 0 {
+				timeout -= b.hold
+			}
 		}
-		if timeout >= 0 {
-			timeout -= b.hold
-		}
+		// holdRanOut, or holdRefused: the ordinary wait (which retries a
+		// refused submission after a pause).
 	}
 	return b.tick(true, timeout)
 }
 
+// How a held enter ended.
+const (
+	holdDone    = iota // completions, a signal, or the caller's whole wait over
+	holdRanOut         // the hold passed with nothing: wait on the ordinary way
+	holdRefused        // the kernel refused for now (EAGAIN, EBUSY), or holding is off from now on
+	holdBadr           // the kernel dropped completions (EBADR, reported once)
+)
+
 // holdEnter waits up to d for a completion in an io_uring_enter made as a
 // raw system call (the scheduler sees a running goroutine, so sysmon does
-// not take the P). It reports false only when d passed with nothing
-// (-ETIME) and the caller's wait goes on (!whole).
+// not take the P), and says how it ended.
 //
 // It submits the toSubmit SQEs rl_tick_prep left in the SQ; any the
 // kernel does not take (it refused them for now, or a signal came first)
-// stay there for the next rl_tick to submit.
-func (b *uringBackend) holdEnter(toSubmit uint32, d time.Duration, whole bool) bool {
-	b.holdTS = unix.NsecToTimespec(int64(d))
+// stay there for the next rl_tick to submit. When it submits any, the
+// kernel returns their count and not how the wait ended, so whether
+// completions came is read off the CQ ring itself.
+func (b *uringBackend) holdEnter(toSubmit uint32, d time.Duration, whole bool) int {
+	b.holdTS = toKernelTimespec(d)
 	b.holdArg.ts = uint64(uintptr(unsafe.Pointer(&b.holdTS)))
-	b.nHeld++
-	_, _, e := unix.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(b.ringFd), uintptr(toSubmit), 1, enterGetevents|enterExtArg,
-		uintptr(unsafe.Pointer(&b.holdArg)), unsafe.Sizeof(b.holdArg))
-	if e == unix.ETIME && !whole {
-		b.nHoldTimeouts++
-		return false
+	beforeHold()
+	var e syscall.Errno
+	if testHookHoldErrno != nil {
+		e = testHookHoldErrno()
 	}
-	// Completions, a signal, the caller's whole wait over, or an error
-	// the next rl_tick meets and reports.
-	return true
+	if e == 0 {
+		_, _, e = unix.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(b.ringFd), uintptr(toSubmit), 1, enterGetevents|enterExtArg,
+			uintptr(unsafe.Pointer(&b.holdArg)), unsafe.Sizeof(b.holdArg))
+	}
+	b.nHeld++
+	ready := atomic.LoadUint32(b.cqTail) != atomic.LoadUint32(b.cqHead)
+	switch {
+	case e == unix.EBADR:
+		return holdBadr
+	case ready || whole || e == unix.EINTR:
+		return holdDone
+	case e == unix.ETIME || e == 0:
+		// e == 0: it submitted, and the wait's end went unreported; with
+		// nothing in the CQ the hold ran out.
+		b.nHoldTimeouts++
+		return holdRanOut
+	case e == unix.EAGAIN || e == unix.EBUSY:
+		return holdRefused
+	}
+	// Anything else (EINVAL, EPERM: the kernel or a seccomp profile will
+	// not take this enter): wait the ordinary way from now on.
+	b.hold = 0
+	if b.log != nil {
+		b.log.Warn(holdUnavailable, "err", fmt.Errorf("io_uring_enter: %w", e))
+	}
+	return holdRefused
 }
 
 // tick is one rl_tick: the staged ops, and a wait when wait is set.

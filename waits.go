@@ -1,6 +1,11 @@
 package ringline
 
-import "time"
+import (
+	"log/slog"
+	"runtime"
+	"syscall"
+	"time"
+)
 
 // waitMode follows how long a worker's blocking waits last and says when
 // its way of waiting should switch, with some hysteresis: long waits
@@ -74,3 +79,37 @@ var (
 	longWaitAfter  = 100 * time.Microsecond
 	longWaitSwitch = [2]int{2, 8}
 )
+
+// kernelTimespec is the kernel's struct __kernel_timespec (epoll_pwait2,
+// io_uring's EXT_ARG): two 64-bit fields on every architecture, where
+// unix.Timespec has 32-bit ones on 32-bit Linux.
+type kernelTimespec struct{ sec, nsec int64 }
+
+func toKernelTimespec(d time.Duration) kernelTimespec {
+	return kernelTimespec{int64(d / time.Second), int64(d % time.Second)}
+}
+
+// maxHoldWait bounds Config.HoldWait below the 10 ms after which sysmon
+// preempts a goroutine that seems to run on (a held wait would then end
+// with EINTR and hold again, never reaching its ordinary wait), and at
+// the worker's 2 ms pass through the scheduler (yieldToScheduler).
+const maxHoldWait = 2 * time.Millisecond
+
+// beforeHold runs before a held wait: goroutines the worker readied in
+// this iteration (a Runtime.Send caller's reply, say) run now, not after
+// the hold, when no other P is free for them.
+func beforeHold() { runtime.Gosched() }
+
+// holdLogger is a backend that logs when it turns holding off (io_uring;
+// the epoll backend takes its logger directly).
+type holdLogger interface{ setLog(*slog.Logger) }
+
+// testHookHoldErrno, when set by a test, is what a held wait's system call
+// returns instead of being made (0: make it).
+var testHookHoldErrno func() syscall.Errno
+
+// holdUnavailable is the log line of a worker that turns holding off
+// because the kernel refused the held wait's system call (a seccomp
+// profile older than epoll_pwait2 answers EPERM, a kernel before 5.11
+// ENOSYS).
+const holdUnavailable = "ringline: held waits unavailable; this worker waits the ordinary way from now on"

@@ -457,6 +457,9 @@ static unsigned flush_sq(struct io_uring *ring)
 	return tail - io_uring_smp_load_acquire(sq->khead);
 }
 
+unsigned *rl_cq_khead(struct rl_ring *r) { return r->ring.cq.khead; }
+unsigned *rl_cq_ktail(struct rl_ring *r) { return r->ring.cq.ktail; }
+
 int rl_tick_prep(struct rl_ring *r, const struct rl_op *ops, unsigned nops,
 		 struct rl_cqe *out, unsigned cap, int32_t buf_tail)
 {

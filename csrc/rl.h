@@ -166,7 +166,7 @@ int rl_tick(struct rl_ring *r, const struct rl_op *ops, unsigned nops,
  * an io_uring_enter of its own (Go's held wait, which must not be a cgo
  * call): it places ops as rl_tick does, and then, when completions are
  * already there (or anything else needs the ring's attention: a refused
- * submission, an overflowed CQ, task work to run, injected failures),
+ * submission, an overflowed CQ, injected failures),
  * finishes exactly as rl_tick with wait_nr 0 does and returns what it
  * copied. Otherwise it enters nothing: the placed SQEs are made visible to
  * the kernel, rl_status.pending says how many the SQ holds, and it returns
@@ -174,6 +174,11 @@ int rl_tick(struct rl_ring *r, const struct rl_op *ops, unsigned nops,
  * a later rl_tick copies the completions out. */
 int rl_tick_prep(struct rl_ring *r, const struct rl_op *ops, unsigned nops,
 		 struct rl_cqe *out, unsigned cap, int32_t buf_tail);
+
+/* The CQ ring's head and tail, which Go reads in place (a held wait asks
+ * whether completions came without another crossing). */
+unsigned *rl_cq_khead(struct rl_ring *r);
+unsigned *rl_cq_ktail(struct rl_ring *r);
 
 /* Ops submitted by the last rl_tick. */
 unsigned rl_last_submitted(struct rl_ring *r);
