@@ -412,7 +412,6 @@ func (b *epollBackend) holdWait(wait time.Duration) (n int, done bool, err error
 		d = wait
 	}
 	b.holdTS = toKernelTimespec(d)
-	beforeHold()
 	var r uintptr
 	var e syscall.Errno
 	if testHookHoldErrno != nil {

@@ -367,7 +367,6 @@ const (
 func (b *uringBackend) holdEnter(toSubmit uint32, d time.Duration, whole bool) int {
 	b.holdTS = toKernelTimespec(d)
 	b.holdArg.ts = uint64(uintptr(unsafe.Pointer(&b.holdTS)))
-	beforeHold()
 	var e syscall.Errno
 	if testHookHoldErrno != nil {
 		e = testHookHoldErrno()

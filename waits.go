@@ -2,7 +2,6 @@ package ringline
 
 import (
 	"log/slog"
-	"runtime"
 	"syscall"
 	"time"
 )
@@ -94,11 +93,6 @@ func toKernelTimespec(d time.Duration) kernelTimespec {
 // with EINTR and hold again, never reaching its ordinary wait), and at
 // the worker's 2 ms pass through the scheduler (yieldToScheduler).
 const maxHoldWait = 2 * time.Millisecond
-
-// beforeHold runs before a held wait: goroutines the worker readied in
-// this iteration (a Runtime.Send caller's reply, say) run now, not after
-// the hold, when no other P is free for them.
-func beforeHold() { runtime.Gosched() }
 
 // holdLogger is a backend that logs when it turns holding off (io_uring;
 // the epoll backend takes its logger directly).
