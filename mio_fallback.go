@@ -366,7 +366,7 @@ func (b *epollBackend) waitAdaptive(ms int) (n int, err error) {
 	if !b.canPark {
 		return n, err // parkWait gave up parking
 	}
-	if b.mode.recordSince(t0, b.now()) {
+	if b.mode.recordWait(time.Duration(b.now() - t0)) {
 		if b.mode.long {
 			b.startParking()
 		} else {
@@ -393,7 +393,7 @@ func (b *epollBackend) waitHeld(wait time.Duration, ms int) (n int, err error) {
 		b.nWait++
 		n, err = unix.EpollWait(b.epfd, b.events, ms)
 	}
-	b.mode.recordSince(t0, b.now())
+	b.mode.recordWait(time.Duration(b.now() - t0))
 	return n, err
 }
 

@@ -114,18 +114,11 @@ func TestSendPartsRefOfLentBufferSendsItsBytes(t *testing.T) {
 			refd <- err
 			c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
 		})
-		require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4096))
-		a := dialRcvbuf(t, rt, 4096)
-		_, err := a.Write([]byte("A"))
-		require.NoError(t, err)
-		<-filled
 		msg := pattern(payload, 'p')
-		_, err = a.Write(msg)
-		require.NoError(t, err)
-		require.NoError(t, <-refd)
+		a := refBehindFullSocket(t, rt, filled, refd, msg)
 		// Another connection's bytes pass through every receive buffer.
 		b := dial(t, rt)
-		_, err = b.Write(append([]byte("B"), bytes.Repeat([]byte{0xEE}, other)...))
+		_, err := b.Write(append([]byte("B"), bytes.Repeat([]byte{0xEE}, other)...))
 		require.NoError(t, err)
 		require.True(t, settle(10*time.Second, func() bool { return Total(rt.Stats()).BytesIn >= uint64(1+payload+1+other) }),
 			"the other connection's bytes were not all received")
@@ -191,17 +184,10 @@ func TestSendPartsRefOfAccumulatedBytesSendsThem(t *testing.T) {
 			}) > 0 {
 			}
 		})
-		require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4096))
-		a := dialRcvbuf(t, rt, 4096)
-		_, err := a.Write([]byte("A"))
-		require.NoError(t, err)
-		<-filled
 		msg := pattern(frame, 'p')
-		_, err = a.Write(msg)
-		require.NoError(t, err)
-		require.NoError(t, <-refd)
+		a := refBehindFullSocket(t, rt, filled, refd, msg)
 		before := Total(rt.Stats()).BytesIn
-		_, err = a.Write(bytes.Repeat([]byte{0xEE}, more))
+		_, err := a.Write(bytes.Repeat([]byte{0xEE}, more))
 		require.NoError(t, err)
 		require.True(t, settle(10*time.Second, func() bool { return Total(rt.Stats()).BytesIn >= before+more }),
 			"the bytes that follow were not all received")
@@ -596,4 +582,22 @@ func TestMixedSendsIsolateConnections(t *testing.T) {
 			})
 		}
 	})
+}
+
+// refBehindFullSocket is the client side of the Ref tests: a peer with
+// small socket buffers (and the server's accepted sockets made small too)
+// sends "A", which makes the task fill its socket (filled), then msg,
+// whose bytes the task references behind that full socket (refd reports
+// the Submit). It returns the peer, which has read nothing yet.
+func refBehindFullSocket(t *testing.T, rt *Runtime, filled chan struct{}, refd chan error, msg []byte) net.Conn {
+	t.Helper()
+	require.NoError(t, unix.SetsockoptInt(rt.workers[0].lfd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4096))
+	a := dialRcvbuf(t, rt, 4096)
+	_, err := a.Write([]byte("A"))
+	require.NoError(t, err)
+	<-filled
+	_, err = a.Write(msg)
+	require.NoError(t, err)
+	require.NoError(t, <-refd)
+	return a
 }

@@ -304,7 +304,7 @@ func (b *uringBackend) enter(wait bool, timeout time.Duration) ([]cqEntry, error
 	// fast and need no timer.
 	t0 := time.Now()
 	cq, err := b.waitHeld(timeout)
-	b.mode.recordSince(0, int64(time.Since(t0)))
+	b.mode.recordWait(time.Since(t0))
 	return cq, err
 }
 

@@ -63,9 +63,8 @@ func (m *waitMode) record(long bool) bool {
 	return true
 }
 
-// recordSince records a wait that began at t0 and ended at now
-// (nanoseconds on one clock).
-func (m *waitMode) recordSince(t0, now int64) bool { return m.record(now-t0 > int64(m.after)) }
+// recordWait records a wait that lasted d.
+func (m *waitMode) recordWait(d time.Duration) bool { return m.record(d > m.after) }
 
 // longWaitAfter: a blocking wait that lasts longer counts as long. sysmon
 // may take the P of a wait longer than 20 µs, but below 100 µs a loop is
