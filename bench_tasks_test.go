@@ -3,6 +3,7 @@ package ringline
 import (
 	"fmt"
 	"net"
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -79,7 +80,10 @@ func BenchmarkDeadlineRenew(b *testing.B) {
 
 // BenchmarkPostRoundTrip: an ordinary goroutine posts a task to a worker,
 // which answers on a channel; against a goroutine-to-goroutine channel
-// round trip in the same run. Reports p50 and p99 in µs.
+// round trip in the same run. Reports p50 and p99 in µs. Run it with -cpu
+// 1,2: with GOMAXPROCS=1 the worker's P is the only one, and the reply's
+// goroutine runs only when the worker lets it (readyCheck).
+// RINGLINE_BENCH_HOLDWAIT sets Config.HoldWait, as for the echo benchmarks.
 func BenchmarkPostRoundTrip(b *testing.B) {
 	report := func(b *testing.B, rtt []time.Duration) {
 		slices.Sort(rtt)
@@ -89,6 +93,7 @@ func BenchmarkPostRoundTrip(b *testing.B) {
 	for _, be := range availableBackends() {
 		b.Run("post/"+be.String(), func(b *testing.B) {
 			cfg := testConfig(be)
+			cfg.HoldWait, _ = time.ParseDuration(os.Getenv("RINGLINE_BENCH_HOLDWAIT"))
 			rt, err := New(cfg).Launch(func(int) AsyncEventHandler { return handlerFunc(echoTask) })
 			if err != nil {
 				b.Fatal(err)

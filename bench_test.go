@@ -336,6 +336,9 @@ func benchLaunchSpec(b *testing.B, s benchServerSpec) *Runtime {
 	hold, _ := time.ParseDuration(os.Getenv("RINGLINE_BENCH_HOLDWAIT"))
 	// RINGLINE_BENCH_PLAINFDS=1 skips the fixed-file table (to measure it).
 	cfg := Config{Workers: 1, Backend: s.be, BatchWait: bw, HoldWait: hold, plainFDs: os.Getenv("RINGLINE_BENCH_PLAINFDS") == "1"}
+	// RINGLINE_BENCH_PIN=1 sets Config.PinCPUs (an epoll worker then runs
+	// locked to its thread and holds its long waits instead of parking).
+	cfg.PinCPUs = os.Getenv("RINGLINE_BENCH_PIN") == "1"
 	// Warnings and errors only: an informational line (a worker turning
 	// zero copy off) printed mid-row would break the benchmark's output.
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))

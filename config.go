@@ -149,9 +149,11 @@ type Config struct {
 	// cost more. Holding is for workers locked to their threads: io_uring
 	// workers, and epoll workers with PinCPUs; an unpinned epoll worker
 	// parks in Go's netpoller instead, holding no P. The price: while a
-	// worker holds its P, other goroutines can run only on other Ps, so
-	// with none to spare they may wait up to HoldWait more (they wait for
-	// a busy worker the same way: it yields its P every 2ms). Timers,
+	// worker holds its P, other goroutines can run only on other Ps.
+	// Goroutines that are ready to run when a hold would start (say, one
+	// a task just sent a reply to) run first; with no P to spare, one
+	// readied during a hold may wait up to HoldWait more (they wait for a
+	// busy worker the same way: it yields its P every 2ms). Timers,
 	// Post, every I/O completion and the shutdown end a hold at once. Not
 	// combined with BatchWait (a worker that batches waits the ordinary
 	// way). Default 1ms; negative turns holding off. At most 2ms: sysmon

@@ -209,6 +209,7 @@ type epollBackend struct {
 	// backend was made.
 	canPark    bool
 	mode       waitMode
+	runnable   readyCheck
 	park       *os.File
 	parkRC     syscall.RawConn
 	parkFn     func(uintptr) bool // parkCheck, bound once
@@ -241,7 +242,7 @@ func newEpoll(bc backendConfig) (backend, error) {
 
 func newEpollBackend(bc backendConfig, edge bool) (_ *epollBackend, err error) {
 	b := &epollBackend{epfd: -1, wakeFd: -1, edge: edge, bufSize: bc.bufSize, bufCount: bc.bufCount, t0: time.Now(),
-		mode: newWaitMode(), parkCap: epParkCap, sendChunkMax: epSendChunks, hold: bc.hold}
+		mode: newWaitMode(), runnable: newReadyCheck(), parkCap: epParkCap, sendChunkMax: epSendChunks, hold: bc.hold}
 	defer func() {
 		if err != nil {
 			b.close()
@@ -406,6 +407,7 @@ func (b *epollBackend) waitHeld(wait time.Duration, ms int) (n int, err error) {
 // for the rest. A kernel without epoll_pwait2 (before 5.11) turns
 // holding off for the backend.
 func (b *epollBackend) holdWait(wait time.Duration) (n int, done bool, err error) {
+	b.runnable.yield() // goroutines ready to run go first (readyCheck)
 	d := b.hold
 	whole := wait >= 0 && wait <= d
 	if whole {

@@ -113,6 +113,7 @@ type uringBackend struct {
 	// those that timed out.
 	hold                 time.Duration
 	mode                 waitMode
+	runnable             readyCheck
 	ringFd               int
 	cqHead, cqTail       *uint32
 	holdArg              geteventsArg
@@ -172,7 +173,7 @@ func newURingBackend(cfg backendConfig) (_ *uringBackend, err error) {
 
 	if b.batchWaitUs == 0 && cfg.hold > 0 && b.status.features&featExtArg != 0 {
 		b.nCgo += 3
-		b.hold, b.ringFd, b.mode = cfg.hold, int(C.rl_ring_fd(ring)), newWaitMode()
+		b.hold, b.ringFd, b.mode, b.runnable = cfg.hold, int(C.rl_ring_fd(ring)), newWaitMode(), newReadyCheck()
 		b.cqHead, b.cqTail = (*uint32)(unsafe.Pointer(C.rl_cq_khead(ring))), (*uint32)(unsafe.Pointer(C.rl_cq_ktail(ring)))
 		b.holdArg.sigmaskSz = 8 // _NSIG/8; no mask is passed
 	}
@@ -318,7 +319,8 @@ func (b *uringBackend) waitHeld(timeout time.Duration) ([]cqEntry, error) {
 		// submits them: a cgo call is a system call to the scheduler, and
 		// its P would be taken like any other's. Then one more crossing
 		// takes what the wait brought, or, when the hold ran out, waits
-		// on the ordinary way.
+		// on the ordinary way. Goroutines ready to run go first.
+		b.runnable.yield()
 		b.maxStaged, b.iterOps = max(b.maxStaged, b.iterOps), 0
 		b.nCgo++
 		rc := C.rl_tick_prep(b.ring, (*C.struct_rl_op)(b.opsMem.ptr(0)), C.uint(b.nops),

@@ -2,6 +2,8 @@ package ringline
 
 import (
 	"log/slog"
+	"runtime"
+	"runtime/metrics"
 	"syscall"
 	"time"
 )
@@ -106,3 +108,40 @@ var testHookHoldErrno func() syscall.Errno
 // profile older than epoll_pwait2 answers EPERM, a kernel before 5.11
 // ENOSYS).
 const holdUnavailable = "ringline: held waits unavailable; this worker waits the ordinary way from now on"
+
+// readyCheck lets goroutines that are ready to run have the P before a
+// worker holds it. A held wait looks to the scheduler like a goroutine
+// that runs on, so a goroutine the worker readied just before (a task's
+// channel send, the reply to a Runtime.Post) sits in the worker's P's
+// queue until the hold ends, and with no other P idle that is the whole
+// hold whenever the goroutine's next move is what would end it: a
+// goroutine that posts and waits for each reply found every hold running
+// out (a 1.2 ms round trip at GOMAXPROCS=1, against 20-30 µs now;
+// docs/BENCHMARKS.md §8). The scheduler's count of runnable goroutines
+// (runtime/metrics, about 60 ns and no allocation) says when to pass
+// through the scheduler first; passing through it before every hold
+// instead cost 13-20% of the server's CPU on 16 KiB forwarding (§7.6),
+// where nothing else is ready. The count is the whole process's, so a
+// goroutine ready on another P also makes the worker yield once: fair, as
+// the hold would otherwise keep this P from it as well. metrics.Read
+// takes a lock of the whole process: the check may wait behind another
+// reader of runtime/metrics (a metrics scrape), and runs only before
+// holds, at most once per long wait, so that workers seldom meet there.
+type readyCheck struct {
+	s [1]metrics.Sample
+}
+
+func newReadyCheck() readyCheck {
+	return readyCheck{s: [1]metrics.Sample{{Name: "/sched/goroutines/runnable:goroutines"}}}
+}
+
+// yield passes through the scheduler when some goroutine is ready to
+// run, and reports whether it did. A Go without the metric never yields.
+func (c *readyCheck) yield() bool {
+	metrics.Read(c.s[:])
+	if v := c.s[0].Value; v.Kind() != metrics.KindUint64 || v.Uint64() == 0 {
+		return false
+	}
+	runtime.Gosched()
+	return true
+}
