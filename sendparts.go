@@ -519,7 +519,8 @@ func (w *worker) lentBuffer(b []byte) (bid uint16, off uint32, ok bool) {
 // and one hold, not one per call. Both backends forward
 // (on epoll the send is written at once, so the buffer returns within the
 // loop iteration). WorkerStats.ForwardedBuffers and ForwardCopies count
-// which way each call went.
+// which way each call that queued its bytes went; a refused call counts in
+// neither.
 //
 // Errors are SendNowait's; nothing is queued when one is returned. It
 // must be called on the worker (ErrNotInWorker otherwise); outside a
@@ -539,8 +540,11 @@ func (c ConnCtx) ForwardRecvBuf(b []byte) error {
 	if cn.tls != nil {
 		// A TLS connection sends sealed records: the buffer's bytes are
 		// plaintext, so they are sealed like any send (a copy).
+		if err := cn.queueSend(b); err != nil {
+			return err // nothing queued: no copy to count
+		}
 		w.st.forwardCopies++
-		return cn.queueSend(b)
+		return nil
 	}
 	if bid, off, ok := w.lentBuffer(b); ok {
 		// Every connection is charged for every buffer it holds, whoever
@@ -551,8 +555,11 @@ func (c ConnCtx) ForwardRecvBuf(b []byte) error {
 			return cn.forward(bid, off, len(b), i)
 		}
 	}
+	if err := cn.enqueue(b); err != nil {
+		return err // nothing queued: no copy to count
+	}
 	w.st.forwardCopies++
-	return cn.enqueue(b)
+	return nil
 }
 
 // forward queues n bytes of provided buffer bid from off; hold is the

@@ -904,3 +904,101 @@ func TestProbeZeroCopy(t *testing.T) {
 	assert.True(t, p.ZeroCopyLoopbackCopies, "the kernel copies for loopback receivers and says so")
 	assert.Contains(t, p.String(), "zero-copy sends: yes")
 }
+
+// fwdCall is one ForwardRecvBuf call of TestForwardCountersOnlyQueued:
+// its error and how much it moved ForwardedBuffers and ForwardCopies.
+type fwdCall struct {
+	name        string
+	err         error
+	fwd, copies uint64
+}
+
+// ForwardedBuffers and ForwardCopies count only forwards that queued
+// their bytes: a call refused with ErrSendQueueFull, ErrSendPoolExhausted
+// or ErrClosed (nothing queued) moves neither, and an accepted call moves
+// exactly one of them by one. The connection's queue limit is the whole
+// pool, and a forwarded byte counts against the queue but not the pool,
+// so after one forward the copies fill the queue with one pool byte
+// left: a 1-byte copy then meets the queue limit, a 2-byte one the pool.
+func TestForwardCountersOnlyQueued(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := testConfig(be)
+		cfg.SendPoolSlots, cfg.SendSlotSize = 8, 4096
+		cfg.MaxSendQueue = 8 * 4096
+		cfg.SendZCThreshold = -1
+		calls := make(chan []fwdCall, 1)
+		fills := make(chan [2]error, 1)
+		rt := serve(t, cfg, func(c ConnCtx) {
+			w := c.w
+			other := pattern(100, 'o') // not received bytes: a forward copies them
+			c.WithData(func(b []byte) ParseResult {
+				var got []fwdCall
+				call := func(name string, p []byte) {
+					f0, c0 := w.st.forwarded, w.st.forwardCopies
+					err := c.ForwardRecvBuf(p)
+					got = append(got, fwdCall{name, err, w.st.forwarded - f0, w.st.forwardCopies - c0})
+				}
+				call("copy", other)
+				call("forward", b[:1])
+				// Fill the queue: chunks until one is refused, then bytes.
+				var fill [2]error
+				for fill[0] == nil {
+					fill[0] = c.SendNowait(pattern(4096, 'f'))
+				}
+				for fill[1] == nil {
+					fill[1] = c.SendNowait([]byte{'f'})
+				}
+				fills <- fill
+				call("copy, queue full", other[:1])
+				call("copy, pool exhausted", other[:2])
+				call("forward, queue full", b[1:2])
+				c.Close()
+				call("copy, closed", other[:1])
+				call("forward, closed", b[2:3])
+				calls <- got
+				return Consumed(len(b))
+			})
+		})
+		cl := dial(t, rt)
+		_, err := cl.Write([]byte("forward me"))
+		require.NoError(t, err)
+		go func() { _, _ = io.Copy(io.Discard, cl) }()
+		var got []fwdCall
+		select {
+		case got = <-calls:
+		case <-time.After(20 * time.Second):
+			t.Fatal("the forwarding task did not report")
+		}
+		fill := <-fills
+		require.ErrorIs(t, fill[1], ErrSendQueueFull, "the queue filled before the pool (chunks: %v)", fill[0])
+		want := []fwdCall{
+			{"copy", nil, 0, 1},
+			{"forward", nil, 1, 0},
+			{"copy, queue full", ErrSendQueueFull, 0, 0},
+			{"copy, pool exhausted", ErrSendPoolExhausted, 0, 0},
+			{"forward, queue full", ErrSendQueueFull, 0, 0},
+			{"copy, closed", ErrClosed, 0, 0},
+			{"forward, closed", ErrClosed, 0, 0},
+		}
+		require.Len(t, got, len(want))
+		for i, c := range got {
+			if want[i].err == nil {
+				assert.NoError(t, c.err, c.name)
+			} else {
+				assert.ErrorIs(t, c.err, want[i].err, c.name)
+			}
+			assert.Equal(t, [2]uint64{want[i].fwd, want[i].copies}, [2]uint64{c.fwd, c.copies},
+				"%s: ForwardedBuffers and ForwardCopies moved by", c.name)
+		}
+		// The published counters say the same: one of each. (A worker
+		// publishes all its counters at once, so once the refusals show,
+		// so do the forwards of the same closure.)
+		var st WorkerStats
+		require.True(t, settle(5*time.Second, func() bool {
+			st = Total(rt.Stats())
+			return st.SendPoolExhausted > 0
+		}), "the refusals were never published")
+		assert.Equal(t, uint64(1), st.ForwardedBuffers, "ForwardedBuffers")
+		assert.Equal(t, uint64(1), st.ForwardCopies, "ForwardCopies")
+	})
+}

@@ -159,8 +159,10 @@ type WorkerStats struct {
 	// stays 0 unless the kernel is slow to let go.
 	ZeroCopyRefsLeaked uint64
 	// ForwardedBuffers counts ForwardRecvBuf calls that queued the
-	// received buffer itself; ForwardCopies those that copied (the bytes
-	// were not in a lent buffer, or the forwarding bounds were reached).
+	// received buffer itself; ForwardCopies those that queued a copy (the
+	// bytes were not in a lent buffer, the forwarding bounds were reached,
+	// or the connection is TLS). A call that returned an error queued
+	// nothing and counts in neither: the two are the forwards queued.
 	ForwardedBuffers, ForwardCopies uint64
 	// TaskPanics counts tasks that panicked and TaskGoexits tasks that
 	// called runtime.Goexit (each closed its connection only);

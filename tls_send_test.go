@@ -247,3 +247,62 @@ func TestTLSShutdownSendsCloseNotify(t *testing.T) {
 		}
 	})
 }
+
+// TestTLSForwardCountersOnlyQueued: ForwardRecvBuf onto a TLS connection
+// always copies (the bytes are sealed), and counts a copy only when the
+// records were queued: one refused for want of room (nothing queued)
+// moves neither ForwardCopies nor ForwardedBuffers.
+func TestTLSForwardCountersOnlyQueued(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		cfg := tlsTestConfig(be)
+		cfg.SendPoolSlots, cfg.SendSlotSize = 8, 4096
+		cfg.MaxSendQueue = 8 * 4096
+		calls := make(chan []fwdCall, 1)
+		rt := serve(t, cfg, func(c ConnCtx) {
+			w := c.w
+			c.WithData(func(b []byte) ParseResult {
+				var got []fwdCall
+				call := func(name string, p []byte) {
+					f0, c0 := w.st.forwarded, w.st.forwardCopies
+					err := c.ForwardRecvBuf(p)
+					got = append(got, fwdCall{name, err, w.st.forwarded - f0, w.st.forwardCopies - c0})
+				}
+				call("accepted", b[:1])
+				// No room left for another record: chunks until one is
+				// refused, then single bytes.
+				var err error
+				for err == nil {
+					err = c.SendNowait(pattern(4096, 'f'))
+				}
+				for err = nil; err == nil; {
+					err = c.SendNowait([]byte{'f'})
+				}
+				got = append(got, fwdCall{name: "fill", err: err})
+				call("refused", b[1:2])
+				calls <- got
+				return Consumed(len(b))
+			})
+			for c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) }) > 0 {
+			}
+		})
+		c, err := dialTLS(rt.Addr().String(), getPKI().clientConfig())
+		require.NoError(t, err)
+		defer c.Close()
+		_, err = c.Write([]byte("forward me"))
+		require.NoError(t, err)
+		go func() { _, _ = io.Copy(io.Discard, c) }()
+		var got []fwdCall
+		select {
+		case got = <-calls:
+		case <-time.After(20 * time.Second):
+			t.Fatal("the forwarding task did not report")
+		}
+		require.Len(t, got, 3)
+		acc, fill, ref := got[0], got[1], got[2]
+		assert.NoError(t, acc.err)
+		assert.Equal(t, [2]uint64{0, 1}, [2]uint64{acc.fwd, acc.copies}, "accepted: ForwardedBuffers and ForwardCopies moved by")
+		require.True(t, errors.Is(fill.err, ErrSendPoolExhausted) || errors.Is(fill.err, ErrSendQueueFull), "fill: %v", fill.err)
+		assert.ErrorIs(t, ref.err, fill.err, "a forward needs the room a 1-byte send found missing")
+		assert.Equal(t, [2]uint64{0, 0}, [2]uint64{ref.fwd, ref.copies}, "refused: ForwardedBuffers and ForwardCopies moved by")
+	})
+}
