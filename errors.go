@@ -6,9 +6,13 @@ var (
 	// ErrClosed is returned by operations on a connection that is closed,
 	// closing, or whose ConnCtx is stale (its slot was reused).
 	ErrClosed = errors.New("ringline: connection closed")
-	// ErrStale is returned when a ConnCtx or ConnToken refers to a slot
-	// that now holds a different connection. errors.Is(err, ErrClosed)
-	// also holds.
+	// ErrStale is returned when a ConnCtx or ConnToken refers to a
+	// connection whose slot was released (it closed and its task
+	// returned, or, for an outbound one, its task connected again): the
+	// slot may already hold a different connection, which the handle
+	// never reaches. It is also what a call that waited on the connection
+	// (SendFuture.Await, SendWait) returns when the slot was released
+	// meanwhile. errors.Is(err, ErrClosed) also holds.
 	ErrStale = staleError{}
 	// ErrSendPoolExhausted is returned by SendNowait, Send, SendParts'
 	// Submit and ForwardRecvBuf (when it copies) when the worker's send

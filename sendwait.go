@@ -33,11 +33,13 @@ type poolWaiter struct {
 // not wait are not held up by a large waiter: the last eighth of the pool
 // stays theirs until the waiter can go), and each is woken only when the slots it needs are free (and set aside for it) and
 // its connection's queue has room, or when the wait must end: the
-// connection it sends on closes, fails or goes stale (SendWait returns
-// ErrClosed, ErrStale or Err's cause), its write deadline passes (an error
-// satisfying errors.Is(err, os.ErrDeadlineExceeded)), or the runtime
-// shuts down (ErrShutdown, once; see Runtime.Shutdown). Whatever the
-// error, nothing of b was queued.
+// connection it sends on closes or fails (SendWait returns ErrClosed or
+// Err's cause) or goes stale (ErrStale: it closed and its slot was
+// released before the waiting task ran again, which happens when the
+// waiter is not the connection's own task and that task has returned),
+// its write deadline passes (an error satisfying errors.Is(err,
+// os.ErrDeadlineExceeded)), or the runtime shuts down (ErrShutdown, once;
+// see Runtime.Shutdown). Whatever the error, nothing of b was queued.
 //
 // It returns nil once b is queued, not when it is sent (await a Send's
 // future for that). A b that can never fit fails at once: larger than the
@@ -100,8 +102,11 @@ func (c ConnCtx) SendWait(b []byte) error {
 		w.pool.held -= granted
 		wt.granted = 0
 		if c.get() != cn {
+			// The connection closed and its slot was released while this
+			// task waited (it may hold a new connection already): the
+			// handle is stale, and says so as any method on it would now.
 			w.removeWaiter(i)
-			return ErrClosed
+			return ErrStale
 		}
 		if err := cn.sendWaitEnds(t); err != nil {
 			w.removeWaiter(i)

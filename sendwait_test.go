@@ -23,7 +23,9 @@ import (
 // SendWait. Each waiter's task reads its request (one byte: the waiter's
 // id times 16 plus how many 4 KiB slots to send), calls SendWait (ids 8 to
 // 11 with a 100 ms write deadline; ids from 12 write through NetConn
-// instead), reports the outcome and awaits the send.
+// instead), reports the outcome and awaits the send. A test's own handler
+// (other) may take a connection first: it gets the first byte and reports
+// whether it served the connection.
 type sendWaitSetup struct {
 	rt  *Runtime
 	hog *net.TCPConn
@@ -37,7 +39,7 @@ type sendWaitSetup struct {
 
 const swSlot = 4096
 
-func newSendWaitSetup(t *testing.T, be Backend) *sendWaitSetup {
+func newSendWaitSetup(t *testing.T, be Backend, other ...func(c ConnCtx, first byte) bool) *sendWaitSetup {
 	s := &sendWaitSetup{errs: map[byte]error{}, done: make(chan byte, 16)}
 	cfg := testConfig(be)
 	cfg.SendPoolSlots = 16
@@ -49,6 +51,9 @@ func newSendWaitSetup(t *testing.T, be Backend) *sendWaitSetup {
 	s.rt = serve(t, cfg, func(c ConnCtx) {
 		var req []byte
 		if c.WithData(func(b []byte) ParseResult { req = append(req, b[0]); return Consumed(1) }) == 0 {
+			return
+		}
+		if len(other) > 0 && other[0](c, req[0]) {
 			return
 		}
 		if req[0] == 'H' {
@@ -399,5 +404,70 @@ func TestNetConnWriteWaitsInLine(t *testing.T) {
 			require.NoError(t, err)
 			require.True(t, bytes.Equal(pattern(need[id]*swSlot, id), got), "writer %d's bytes", id)
 		}
+	})
+}
+
+// A task waiting in SendWait on another task's connection, which closes
+// and whose task returns: its slot is released (and free for a new
+// connection) before the waiter runs again. SendWait then answers
+// ErrStale, as every other method on that handle does from then on (a
+// SendNowait right after it, with no loop turn between), not ErrClosed,
+// the answer for a connection that is closing but still holds its slot.
+// Either way errors.Is(err, ErrClosed) holds, and nothing of the bytes
+// was queued.
+func TestSendWaitStaleAfterSlotReleased(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		type outcome struct{ wait, next error }
+		res := make(chan outcome, 1)
+		s := newSendWaitSetup(t, be, func(c ConnCtx, first byte) bool {
+			if first != 'V' {
+				return false
+			}
+			w := c.w
+			before := w.st.sendWaits
+			if _, err := c.Task().Spawn(func(TaskCtx) {
+				var r outcome
+				r.wait = c.SendWait(pattern(swSlot, 'v')) // the hog keeps the pool full
+				r.next = c.SendNowait([]byte{'v'})
+				res <- r
+			}); err != nil {
+				res <- outcome{wait: err}
+				return true
+			}
+			for w.st.sendWaits == before {
+				_ = c.Task().Sleep(time.Millisecond)
+			}
+			// Nothing queued, so the close starts now, and the slot is
+			// released as soon as it completes: this task returns first.
+			c.Close()
+			return true
+		})
+		// The close's completions normally all come back in the loop turn
+		// after it, before the woken waiter runs; should one come later,
+		// the waiter found its connection closing (ErrClosed from both
+		// calls) and the scenario is tried again.
+		stale := false
+		for try := 0; try < 10 && !stale; try++ {
+			v := dial(t, s.rt)
+			_, err := v.Write([]byte("V"))
+			require.NoError(t, err)
+			var r outcome
+			select {
+			case r = <-res:
+			case <-time.After(20 * time.Second):
+				t.Fatal("the waiter did not return")
+			}
+			require.ErrorIs(t, r.next, ErrClosed, "SendNowait on the closed connection's handle")
+			if stale = errors.Is(r.next, ErrStale); stale {
+				assert.ErrorIs(t, r.wait, ErrStale, "SendWait on a handle whose slot was released while it waited")
+				assert.ErrorIs(t, r.wait, ErrClosed, "ErrStale is also ErrClosed")
+			} else {
+				assert.Equal(t, ErrClosed, r.wait, "SendWait on a closing connection")
+			}
+			got, err := io.ReadAll(v)
+			require.NoError(t, err)
+			assert.Empty(t, got, "nothing of the waiter's bytes was sent")
+		}
+		require.True(t, stale, "the slot was never released before the waiter ran again")
 	})
 }
