@@ -122,9 +122,10 @@ type conn struct {
 // connection; any task of the worker may send on it, close it or await its
 // sends.
 //
-// Once the connection's slot is reused, every method refuses the stale
-// handle: it returns 0, false or ErrStale and never touches the new
-// connection.
+// Once the connection's slot is released (it closed and its task
+// returned; the slot may then be reused), every method refuses the stale
+// handle: it returns 0, false or ErrStale and never touches a new
+// connection in the slot.
 type ConnCtx struct {
 	w   *worker
 	idx uint32
@@ -398,7 +399,7 @@ type SendFuture struct {
 // sends). It returns the connection's failure (Err: an error wrapping the
 // kernel's syscall.Errno, or the runtime's reason) if the connection failed
 // first, ErrClosed when it was torn down, ErrStale once its slot was
-// reused, ErrNotInWorker off the worker and ErrNotInTask on the worker but
+// released, ErrNotInWorker off the worker and ErrNotInTask on the worker but
 // outside a task. The zero SendFuture resolves at once with 0.
 func (f SendFuture) Await() (int, error) {
 	if f.c.w == nil {

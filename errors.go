@@ -4,7 +4,7 @@ import "errors"
 
 var (
 	// ErrClosed is returned by operations on a connection that is closed,
-	// closing, or whose ConnCtx is stale (its slot was reused).
+	// closing, or whose ConnCtx is stale (its slot was released).
 	ErrClosed = errors.New("ringline: connection closed")
 	// ErrStale is returned when a ConnCtx or ConnToken refers to a
 	// connection whose slot was released (it closed and its task
