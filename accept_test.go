@@ -66,9 +66,8 @@ func acceptEMFILEChild(t *testing.T, beName string) {
 	// echo and a few accepted clients.
 	limit := uint64(allFDs(t) + 24)
 	require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: limit, Max: limit}))
-	var logs syncBuffer
 	cfg := testConfig(be)
-	cfg.Logger = newTestLogger(&logs)
+	logs := captureLog(&cfg)
 	rt := serve(t, cfg, echoTask)
 	echoOnce(t, rt)
 	port := rt.Addr().(*net.TCPAddr).Port
@@ -179,9 +178,8 @@ func TestAcceptPersistentErrorPauses(t *testing.T) {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 		require.NoError(t, err)
 		require.NoError(t, unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
-		var logs syncBuffer
 		cfg := testConfig(be)
-		cfg.Logger = newTestLogger(&logs)
+		logs := captureLog(&cfg)
 		cfg.fill()
 		rt := &Runtime{cfg: cfg, backend: be, done: make(chan struct{})}
 		w := newWorker(0, &rt.cfg, fd)

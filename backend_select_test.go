@@ -5,12 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -71,24 +69,6 @@ func TestProbe(t *testing.T) {
 	}
 }
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func echoOnce(t *testing.T, rt *Runtime) {
 	t.Helper()
 	c := dial(t, rt)
@@ -108,9 +88,8 @@ func TestBackendEpollServesEcho(t *testing.T) {
 
 // Auto picks what Probe says it picks, and says why when that is epoll.
 func TestBackendAutoFollowsProbe(t *testing.T) {
-	var logs syncBuffer
 	cfg := testConfig(Auto)
-	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	logs := captureLog(&cfg)
 	rt := serve(t, cfg, echoTask)
 	p := Probe()
 	assert.Equal(t, p.Auto, rt.Backend())
@@ -200,9 +179,8 @@ func seccompChild(t *testing.T) {
 	}
 
 	// Auto: falls back, says why, serves.
-	var logs syncBuffer
 	cfg := testConfig(Auto)
-	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	logs := captureLog(&cfg)
 	rt := serve(t, cfg, echoTask)
 	require.Equal(t, Epoll, rt.Backend())
 	echoOnce(t, rt)

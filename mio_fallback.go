@@ -322,29 +322,57 @@ func (b *epollBackend) poll(block bool, timeout time.Duration) error {
 			}
 		}
 	}
-	ms := -1
-	if wait >= 0 {
-		ms = durMillis(wait)
-	}
 	var n int
 	var err error
+	blocks := waitMillis(wait) != 0
 	switch {
-	case ms != 0 && b.canPark:
-		n, err = b.waitAdaptive(ms)
-	case ms != 0 && b.hold > 0:
-		n, err = b.waitHeld(wait, ms)
+	case blocks && b.canPark:
+		n, err = b.waitAdaptive(wait)
+	case blocks && b.hold > 0:
+		n, err = b.waitHeld(wait)
 	default:
-		b.nWait++
-		n, err = unix.EpollWait(b.epfd, b.events, ms)
+		n, err = b.waitFor(wait)
 	}
 	if err != nil {
-		if err == unix.EINTR {
-			return nil
-		}
 		return fmt.Errorf("ringline: epoll_wait: %w", err)
 	}
 	b.onEvents(n)
 	return nil
+}
+
+// waitMillis is epoll_wait's timeout for a wait of d (negative: -1, no
+// limit).
+func waitMillis(d time.Duration) int {
+	if d < 0 {
+		return -1
+	}
+	return durMillis(d)
+}
+
+// waitFor is a blocking epoll_wait of up to wait (negative: no limit).
+// A signal ends epoll_wait with EINTR whatever SA_RESTART says
+// (signal(7)), and the runtime signals threads to preempt goroutines
+// (SIGURG), the more often the busier the process. A signal is none of
+// the things enter waits for, so the wait goes on for the time it has
+// left: returned, it would be an empty turn of the loop, and a timed
+// wait cut short would be counted short (waitMode).
+func (b *epollBackend) waitFor(wait time.Duration) (int, error) {
+	var end int64
+	if wait > 0 {
+		end = b.now() + int64(wait) // not for a look without waiting: no clock read
+	}
+	for {
+		b.nWait++
+		n, err := unix.EpollWait(b.epfd, b.events, waitMillis(wait))
+		if err != unix.EINTR {
+			return n, err
+		}
+		if wait >= 0 {
+			if wait = time.Duration(end - b.now()); wait <= 0 {
+				return 0, nil
+			}
+		}
+	}
 }
 
 // waitAdaptive is a blocking epoll_wait of a worker that may park
@@ -356,13 +384,12 @@ func (b *epollBackend) poll(block bool, timeout time.Duration) error {
 // stays at its 20 µs period while that keeps succeeding; on 16 KiB echo
 // that cost 40-55% of the server's CPU. A parked goroutine leaves its P
 // idle, and sysmon backs off (waitMode).
-func (b *epollBackend) waitAdaptive(ms int) (n int, err error) {
+func (b *epollBackend) waitAdaptive(wait time.Duration) (n int, err error) {
 	t0 := b.now()
 	if b.park == nil {
-		b.nWait++
-		n, err = unix.EpollWait(b.epfd, b.events, ms)
+		n, err = b.waitFor(wait)
 	} else {
-		n, err = b.parkWait(ms)
+		n, err = b.parkWait(waitMillis(wait))
 	}
 	if !b.canPark {
 		return n, err // parkWait gave up parking
@@ -380,19 +407,20 @@ func (b *epollBackend) waitAdaptive(ms int) (n int, err error) {
 // waitHeld is a blocking epoll_wait of a worker that may not park (it is
 // locked to its thread: PinCPUs) while its waits are long (waitMode): it
 // holds its P for the first Config.HoldWait of the wait (holdWait), and
-// waits the ordinary way only past that. Its short waits are ordinary
-// ones: a hold's timer costs more than the wait would lose.
-func (b *epollBackend) waitHeld(wait time.Duration, ms int) (n int, err error) {
+// waits the ordinary way only past that, for the time left. Its short
+// waits are ordinary ones: a hold's timer costs more than the wait would
+// lose.
+func (b *epollBackend) waitHeld(wait time.Duration) (n int, err error) {
 	t0 := b.now()
 	held := false
 	if b.mode.long {
-		if n, held, err = b.holdWait(wait); !held && wait >= 0 {
-			ms = durMillis(wait - b.hold)
-		}
+		n, held, err = b.holdWait(wait)
 	}
 	if !held {
-		b.nWait++
-		n, err = unix.EpollWait(b.epfd, b.events, ms)
+		if wait >= 0 {
+			wait = max(wait-time.Duration(b.now()-t0), 0)
+		}
+		n, err = b.waitFor(wait)
 	}
 	b.mode.recordWait(time.Duration(b.now() - t0))
 	return n, err
@@ -402,10 +430,13 @@ func (b *epollBackend) waitHeld(wait time.Duration, ms int) (n int, err error) {
 // epoll_pwait2 of at most b.hold, which leaves the goroutine running as
 // far as the scheduler can tell, so sysmon does not take the P and wake
 // another thread for it. It reports done when the wait is over: events
-// came, a signal or an error ended it, or wait (negative: no limit) was
-// no longer than the hold. Otherwise the caller waits the ordinary way
-// for the rest. A kernel without epoll_pwait2 (before 5.11) turns
-// holding off for the backend.
+// came, or wait (negative: no limit) was no longer than the hold.
+// Otherwise (the hold ran out, or a signal cut it short) the caller waits
+// the ordinary way for the rest. Not holding again after a signal: the
+// runtime's preemption signal comes back while the goroutine seems to
+// run on, and a hold renewed after each would keep the P for the whole
+// wait. A kernel without epoll_pwait2 (before 5.11) turns holding off
+// for the backend.
 func (b *epollBackend) holdWait(wait time.Duration) (n int, done bool, err error) {
 	b.runnable.yield() // goroutines ready to run go first (readyCheck)
 	d := b.hold
@@ -437,7 +468,7 @@ func (b *epollBackend) holdWait(wait time.Duration) (n int, done bool, err error
 	b.nHeld++
 	switch {
 	case e != 0:
-		return 0, true, nil // EINTR: the caller's loop goes round
+		return 0, false, nil // EINTR
 	case r > 0 || whole:
 		return int(r), true, nil
 	}

@@ -825,7 +825,9 @@ func TestBackendReadAndWake(t *testing.T) {
 		// enter must block until the wake (not return at once), and return
 		// because of it. A guard read on a second eventfd, written after
 		// 5 s, ends the wait if the wake does not, so a broken wake fails
-		// the test instead of hanging it.
+		// the test instead of hanging it. The wait is signalled throughout,
+		// as the runtime's preemption signals hit it at random under load
+		// (where an epoll wait that returned on EINTR made this test flaky).
 		guard, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 		require.NoError(t, err)
 		defer unix.Close(guard)
@@ -846,7 +848,8 @@ func TestBackendReadAndWake(t *testing.T) {
 				unix.Write(guard, one[:])
 			}
 		}()
-		cq, err := h.be.enter(true, -1)
+		var cq []cqEntry
+		underSignals(func() { cq, err = h.be.enter(true, -1) })
 		returned := time.Now().UnixNano()
 		close(stopGuard)
 		<-done // the backend closes when the test returns
@@ -859,6 +862,97 @@ func TestBackendReadAndWake(t *testing.T) {
 			require.Equal(t, udWake, udKind(e.ud), "nothing but the wake completes: %+v", e)
 		}
 	})
+}
+
+// A signal is none of the things a blocking enter waits for (a
+// completion, its timeout, a wake), so a wait that one interrupts goes on
+// for the time it has left; the runtime signals threads (SIGURG) to
+// preempt goroutines, and the kernel ends epoll_wait and io_uring_enter
+// with EINTR whatever SA_RESTART says. Each way of waiting: ordinary,
+// held (Config.HoldWait, whose raw system call the runtime's preemption
+// also interrupts) and, on epoll, that of a worker that may park, both
+// while its waits are short (it blocks) and once they are long (it parks).
+func TestBackendWaitThroughSignals(t *testing.T) {
+	for _, v := range []struct {
+		name       string
+		hold       time.Duration
+		park, long bool
+	}{
+		{"ordinary", 0, false, false},
+		{"held", maxHoldWait, false, true},
+		{"may-park", 0, true, false},
+		{"parked", 0, true, true},
+	} {
+		t.Run(v.name, func(t *testing.T) {
+			if v.long {
+				alwaysLong(t)
+			} else {
+				parkSettings(t, time.Hour, [2]int{1 << 30, 1 << 30})
+			}
+			bc := smallBC()
+			bc.hold = v.hold
+			forEachImpl(t, bc, func(t *testing.T, h *beHarness) {
+				if b, ok := h.be.(*epollBackend); ok {
+					b.canPark = v.park
+				} else if v.park {
+					t.Skip("io_uring workers do not park")
+				}
+				// A read nothing completes, so that the backend has an op
+				// to wait on.
+				efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+				require.NoError(t, err)
+				defer unix.Close(efd)
+				rd := ud(udWake+10, 14)
+				h.be.stage(sqOp{code: opRead, fd: int32(efd), ud: rd, addr: h.mem.addr(0), len: 8})
+				h.none(rd, 10*time.Millisecond)
+				h0, _ := h.be.holds()
+
+				const timeout = 100 * time.Millisecond
+				var cq []cqEntry
+				start := time.Now()
+				underSignals(func() { cq, err = h.be.enter(true, timeout) })
+				took := time.Since(start)
+				require.NoError(t, err)
+				require.Empty(t, cq, "nothing completes during the timed wait")
+				assert.GreaterOrEqual(t, took, timeout, "the timed wait lasted its timeout")
+
+				// The untimed wait ends at the wake; the read completes after
+				// 5 s if it does not, so a lost wake fails the test rather
+				// than hanging it.
+				var wakeAt atomic.Int64
+				stopGuard, done := make(chan struct{}), make(chan struct{})
+				go func() {
+					defer close(done)
+					time.Sleep(50 * time.Millisecond)
+					wakeAt.Store(time.Now().UnixNano())
+					h.be.wake()
+					select {
+					case <-stopGuard:
+					case <-time.After(5 * time.Second):
+						unix.Write(efd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+					}
+				}()
+				underSignals(func() { cq, err = h.be.enter(true, -1) })
+				returned := time.Now().UnixNano()
+				close(stopGuard)
+				<-done
+				require.NoError(t, err)
+				w := wakeAt.Load()
+				require.NotZero(t, w, "the untimed wait returned before the wake")
+				require.GreaterOrEqual(t, returned, w, "the untimed wait returned before the wake")
+				for _, e := range cq {
+					require.Equal(t, udWake, udKind(e.ud), "nothing but the wake completes: %+v", e)
+				}
+				if v.hold > 0 {
+					h1, _ := h.be.holds()
+					assert.Greater(t, h1, h0, "the waits held")
+				}
+				if b, ok := h.be.(*epollBackend); ok && v.park && v.long {
+					assert.NotZero(t, b.parks, "the waits parked")
+				}
+			})
+		})
+	}
 }
 
 // An idle backend with armed ops blocks in its wait instead of spinning.

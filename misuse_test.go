@@ -18,9 +18,8 @@ import (
 // counts it once and logs it.
 func TestWatchdogReportsBlockingHandler(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		var logs syncBuffer
 		cfg := testConfig(be)
-		cfg.Logger = newTestLogger(&logs)
+		logs := captureLog(&cfg)
 		cfg.StallThreshold = 100 * time.Millisecond
 		rt := serve(t, cfg, func(c ConnCtx) {
 			c.WithData(func(b []byte) ParseResult { return Consumed(len(b)) })
@@ -127,7 +126,8 @@ func TestConfigErrorText(t *testing.T) {
 func TestWatchdogSleepsWhileIdle(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
 		cfg := testConfig(be)
-		cfg.Logger = newTestLogger(&syncBuffer{})
+		// The warnings go to a sink nobody reads, not the test's output.
+		captureLog(&cfg)
 		cfg.StallThreshold = 100 * time.Millisecond // a look every 25 ms
 		block := make(chan struct{}, 1)
 		rt := serve(t, cfg, func(c ConnCtx) {
@@ -401,6 +401,103 @@ func TestWatchdogQuietOnLongHealthyTeardown(t *testing.T) {
 				assert.Equal(t, uint64(1), Total(rt.Stats()).Stalls, "the blocking deferred call among them, once")
 				assert.Contains(t, logs.String(), stallStoppingText)
 				assert.Contains(t, logs.String(), "a deferred call of a task being stopped")
+			})
+		}
+	})
+}
+
+// Many timers due at once all fire in one step of one loop iteration, and
+// a worker's stop tells every open connection to stop in one step: each
+// timer or connection is quick, but a worker with very many of them
+// spends long there. The hooks make each one take a set time (spinning,
+// as healthy work would), so the step lasts several thresholds on any
+// machine: the watchdog must stay quiet (before, it timed the whole step
+// and reported it), and still see one among them that blocks.
+// Between two marks (markEvery steps) at most 16 ms pass, well inside
+// teardownWatchConfig's 100 ms threshold.
+const (
+	stopConns    = 300
+	stopConnSpin = time.Millisecond      // 300 ms in all
+	timerSpin    = 50 * time.Microsecond // healthyTasks timers: 300 ms in all
+)
+
+func TestWatchdogQuietOnManyDueTimers(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		for _, v := range healthyVariants {
+			blocks := v.blocks
+			t.Run(v.name, func(t *testing.T) {
+				var fired atomic.Int32
+				testHookTimerFire = func() {
+					if blocks && fired.Add(1) == healthyTasks/2 {
+						time.Sleep(healthyBlock)
+					}
+					spinFor(timerSpin)
+				}
+				t.Cleanup(func() { testHookTimerFire = nil }) // after the runtime's own cleanup
+				cfg, logs := teardownWatchConfig(be)
+				rt := launchIdle(t, cfg)
+				var woke atomic.Int32
+				done := make(chan struct{})
+				looks := rt.wd.looks.Load()
+				require.NoError(t, rt.Post(0, func(tc TaskCtx) {
+					// One deadline for all: they are armed in this loop
+					// iteration (spawnHealthy), so the first fireTimers to
+					// find it due fires every one of them.
+					at := time.Now().Add(50 * time.Millisecond)
+					spawnHealthy(tc, func(tc TaskCtx, _ int) {
+						if tc.SleepUntil(at) == nil && woke.Add(1) == healthyTasks {
+							close(done)
+						}
+					})
+				}))
+				select {
+				case <-done:
+				case <-time.After(30 * time.Second):
+					t.Fatalf("only %d of %d sleeps ended", woke.Load(), healthyTasks)
+				}
+				assert.GreaterOrEqual(t, rt.wd.looks.Load()-looks, uint64(4), "the watchdog looked during the work")
+				stop(t, rt)
+				if !blocks {
+					assert.Zero(t, Total(rt.Stats()).Stalls, "many timers firing in one iteration were reported as a stall: %s", logs.String())
+					return
+				}
+				assert.Equal(t, uint64(1), Total(rt.Stats()).Stalls, "the blocking step among them, once")
+				assert.Contains(t, logs.String(), stallServingText)
+			})
+		}
+	})
+}
+
+func TestWatchdogQuietOnStopOfManyConnections(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be Backend) {
+		for _, v := range healthyVariants {
+			blocks := v.blocks
+			t.Run(v.name, func(t *testing.T) {
+				var told atomic.Int32
+				testHookStopConn = func() {
+					if blocks && told.Add(1) == stopConns/2 {
+						time.Sleep(healthyBlock)
+					}
+					spinFor(stopConnSpin)
+				}
+				t.Cleanup(func() { testHookStopConn = nil }) // after the runtime's own cleanup
+				cfg, logs := teardownWatchConfig(be)
+				rt := serve(t, cfg, echoTask)
+				for i := 0; i < stopConns; i++ {
+					dial(t, rt)
+				}
+				require.True(t, settle(10*time.Second, func() bool { return Total(rt.Stats()).Accepted == stopConns }),
+					"accepted %d of %d", Total(rt.Stats()).Accepted, stopConns)
+				require.Zero(t, Total(rt.Stats()).Stalls, "no stall before the stop")
+				looks := rt.wd.looks.Load()
+				stop(t, rt)
+				assert.GreaterOrEqual(t, rt.wd.looks.Load()-looks, uint64(4), "the watchdog looked during the stop")
+				if !blocks {
+					assert.Zero(t, Total(rt.Stats()).Stalls, "telling many connections to stop was reported as a stall: %s", logs.String())
+					return
+				}
+				assert.Equal(t, uint64(1), Total(rt.Stats()).Stalls, "the blocking step among them, once")
+				assertStoppingStall(t, logs.String(), "a task or a release callback")
 			})
 		}
 	})

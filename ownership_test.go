@@ -49,9 +49,8 @@ func connMethods(c ConnCtx, f SendFuture) map[string]bool {
 // make test).
 func TestForeignGoroutineRefused(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		var logs syncBuffer
 		cfg := testConfig(be)
-		cfg.Logger = newTestLogger(&logs)
+		logs := captureLog(&cfg)
 		handles := make(chan ConnCtx, 1)
 		futs := make(chan SendFuture, 1)
 		rt := serve(t, cfg, func(c ConnCtx) {

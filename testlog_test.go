@@ -1,16 +1,39 @@
 package ringline
 
 import (
+	"bytes"
+	"log/slog"
+	"sync"
+
 	"github.com/ringline-go/ringline/internal/gid"
 	"golang.org/x/sys/unix"
-	"io"
-	"log/slog"
 )
 
-// newTestLogger logs everything (debug included) as text into w, so tests
-// can assert on what the runtime logged.
-func newTestLogger(w io.Writer) *slog.Logger {
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+// logSink collects output: a runtime's log (captureLog), a child
+// process's stdout or stderr. Safe for concurrent writers.
+type logSink struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *logSink) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *logSink) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// captureLog points cfg.Logger at a text handler writing to the returned
+// sink, so a test can assert on what the runtime logged.
+func captureLog(cfg *Config) *logSink {
+	s := &logSink{}
+	cfg.Logger = slog.New(slog.NewTextHandler(s, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return s
 }
 
 // getgForTest is the identity a test's hand-built worker records.

@@ -184,13 +184,22 @@ func (w *worker) nextTimeout() time.Duration {
 	return max(time.Duration(w.timers[0].at-w.now()), 0)
 }
 
-// fireTimers runs every timer that is due.
+// testHookTimerFire, when set by a test, runs before each timer fires.
+var testHookTimerFire func()
+
+// fireTimers runs every timer that is due. Each is a step of its own for
+// the watchdog (progress): a worker with very many due at once (a burst
+// of deadlines set together) spends long here, healthily.
 func (w *worker) fireTimers() {
 	if len(w.timers) == 0 {
 		return
 	}
 	now := w.now()
 	for len(w.timers) > 0 && w.timers[0].at <= now {
+		w.progress()
+		if testHookTimerFire != nil {
+			testHookTimerFire()
+		}
 		n := w.timers.pop()
 		switch n.kind {
 		case tmAcceptRetry:

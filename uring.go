@@ -304,14 +304,14 @@ func (b *uringBackend) enter(wait bool, timeout time.Duration) ([]cqEntry, error
 	// each (waitMode); its short waits are ordinary ones, which wake as
 	// fast and need no timer.
 	t0 := time.Now()
-	cq, err := b.waitHeld(timeout)
+	cq, err := b.waitHeld(t0, timeout)
 	b.mode.recordWait(time.Since(t0))
 	return cq, err
 }
 
-// waitHeld is a blocking enter of a worker that holds its P while its
-// waits are long (Config.HoldWait).
-func (b *uringBackend) waitHeld(timeout time.Duration) ([]cqEntry, error) {
+// waitHeld is a blocking enter, begun at t0, of a worker that holds its P
+// while its waits are long (Config.HoldWait).
+func (b *uringBackend) waitHeld(t0 time.Time, timeout time.Duration) ([]cqEntry, error) {
 	if b.mode.long {
 		// Held: the C layer places the staged ops in the SQ (or, with
 		// completions already there, takes them as a tick without a wait
@@ -338,23 +338,29 @@ func (b *uringBackend) waitHeld(timeout time.Duration) ([]cqEntry, error) {
 			return b.tick(false, 0)
 		case holdBadr:
 			return nil, fmt.Errorf("ringline: io_uring enter: %w (the kernel dropped completions: CQ overflow without memory)", syscall.EBADR)
-		case holdRanOut:
+		case holdRanOut, holdCut:
 			if timeout >= 0 {
-				timeout -= b.hold
+				timeout = max(timeout-time.Since(t0), 0)
 			}
 		}
-		// holdRanOut, or holdRefused: the ordinary wait (which retries a
-		// refused submission after a pause).
+		// holdRanOut, holdCut or holdRefused: the ordinary wait for the
+		// time left (which retries a refused submission after a pause).
 	}
 	return b.tick(true, timeout)
 }
 
 // How a held enter ended.
 const (
-	holdDone    = iota // completions, a signal, or the caller's whole wait over
+	holdDone    = iota // completions, or the caller's whole wait over
 	holdRanOut         // the hold passed with nothing: wait on the ordinary way
 	holdRefused        // the kernel refused for now (EAGAIN, EBUSY), or holding is off from now on
 	holdBadr           // the kernel dropped completions (EBADR, reported once)
+	// holdCut: a signal ended the hold (EINTR), which is none of the
+	// things the wait is for: wait on the ordinary way. Not another hold:
+	// the runtime's preemption signal comes back while the goroutine
+	// seems to run on, and a hold renewed after each would keep the P for
+	// the whole wait.
+	holdCut
 )
 
 // holdEnter waits up to d for a completion in an io_uring_enter made as a
@@ -382,7 +388,11 @@ func (b *uringBackend) holdEnter(toSubmit uint32, d time.Duration, whole bool) i
 	switch {
 	case e == unix.EBADR:
 		return holdBadr
-	case ready || whole || e == unix.EINTR:
+	case ready:
+		return holdDone
+	case e == unix.EINTR:
+		return holdCut
+	case whole:
 		return holdDone
 	case e == unix.ETIME || e == 0:
 		// e == 0: it submitted, and the wait's end went unreported; with

@@ -90,9 +90,9 @@ func toKernelTimespec(d time.Duration) kernelTimespec {
 }
 
 // maxHoldWait bounds Config.HoldWait below the 10 ms after which sysmon
-// preempts a goroutine that seems to run on (a held wait would then end
-// with EINTR and hold again, never reaching its ordinary wait), and at
-// the worker's 2 ms pass through the scheduler (yieldToScheduler).
+// preempts a goroutine that seems to run on (a longer hold would end
+// there with EINTR, and the wait go on the ordinary way), and at the
+// worker's 2 ms pass through the scheduler (yieldToScheduler).
 const maxHoldWait = 2 * time.Millisecond
 
 // holdLogger is a backend that logs when it turns holding off (io_uring;

@@ -44,8 +44,9 @@ func (s *stallWatch) rouse() {
 // in practice one that blocks (time.Sleep, a channel, a mutex, net) and
 // stalls every connection of its worker, or, once the worker stops, its
 // stop (the warning says which, from the mark's busyPart). A worker
-// marks itself afresh at each loop iteration and every markEvery task
-// runs within one, so a long iteration of short tasks is not a stall.
+// marks itself afresh at each loop iteration and every markEvery steps
+// within one (task runs, release callbacks, timers fired, connections
+// told to stop), so a long iteration of short steps is not a stall.
 // Each stall is counted and logged once. It looks every
 // StallThreshold/4, and sleeps once two looks in a row find every worker
 // waiting in the kernel and, as far as the published loop counts tell,

@@ -109,10 +109,11 @@ type worker struct {
 	// the kernel: the watchdog reports a mark that stays the same for
 	// longer than StallThreshold, in practice a task that does not yield.
 	// The loop marks itself afresh at the start of each iteration and
-	// again every markEvery task runs and release callbacks within one
-	// (progress), so an iteration that runs many short tasks keeps moving
-	// while one task that blocks holds the mark still. Two stores per
-	// iteration and one per markEvery runs, no clock read. Teardown marks
+	// again every markEvery steps within one (progress: task runs,
+	// release callbacks, timers fired, connections told to stop), so an
+	// iteration that does much short work keeps moving while one task
+	// that blocks holds the mark still. Two stores per iteration and one
+	// per markEvery steps, no clock read. Teardown marks
 	// itself too while it runs user code (watchUserCode). Its low bits say
 	// what the worker runs (busyPart), for the watchdog's warning.
 	busyMark atomic.Uint64
@@ -799,6 +800,10 @@ func (w *worker) resetZeroCopyAtStop() {
 	}
 }
 
+// testHookStopConn, when set by a test, runs before beginStop tells each
+// open connection to stop.
+var testHookStopConn func()
+
 // beginStop starts shutdown: no new accepts, every connection closes, and
 // tasks that do not return when told are stopped.
 func (w *worker) beginStop() {
@@ -819,6 +824,10 @@ func (w *worker) beginStop() {
 	for _, cn := range w.conns {
 		if cn == nil || cn.state != connOpen {
 			continue
+		}
+		w.progress() // a stop with very many connections is long, not stalled
+		if testHookStopConn != nil {
+			testHookStopConn()
 		}
 		cn.eof = true
 		if cn.recvArmed {
@@ -841,17 +850,20 @@ func (w *worker) beginStop() {
 	// (teardown), and one that waits again after being told is stopped
 	// at once (task.told).
 	for t := w.allTasks; t != nil; t = t.nextT {
+		w.progress()
 		t.wake(^uint8(0))
 	}
 	w.closePosts()
 }
 
-// markEvery is how many task runs and release callbacks one progress
-// mark covers. A mark is an atomic store (plus a load to see whether the
-// watchdog sleeps): one per 16 runs is a small share of what each run
-// already costs (its switches in and out, two atomic stores of curG). A
-// false stall would take 16 runs in a row averaging StallThreshold/16
-// (15 ms at the default), each a latency problem of its own.
+// markEvery is how many steps (task runs, release callbacks, timers
+// fired, connections told to stop) one progress mark covers. A mark is an
+// atomic store (plus a load to see whether the watchdog sleeps): one per
+// 16 runs is a small share of what each run already costs (its switches
+// in and out, two atomic stores of curG), and far less than a timer or a
+// stopping connection costs. A false stall would take 16 steps in a row
+// averaging StallThreshold/16 (15 ms at the default), each a latency
+// problem of its own.
 const markEvery = 16
 
 // busyPart says what a busy worker runs, for the watchdog's warning (and
@@ -901,12 +913,13 @@ func (w *worker) markIdle() {
 	w.busyMark.Store(0)
 }
 
-// progress counts a task run or release callback about to start and
-// marks the worker afresh every markEvery of them, so the watchdog times
-// a task from at most markEvery runs before it, not from the start of
-// an iteration that may run a great many healthy ones (every task is
-// resumed once when a stop begins, and ended at teardown). On the hot
-// path it is a decrement and a test.
+// progress counts a step about to start (a task run, a release callback,
+// a timer fired, a connection told to stop) and marks the worker afresh
+// every markEvery of them, so the watchdog times a task from at most
+// markEvery steps before it, not from the start of an iteration that may
+// take a great many healthy ones (every task is resumed once when a stop
+// begins, and ended at teardown; a burst of deadlines fires at once). On
+// the hot path it is a decrement and a test.
 func (w *worker) progress() {
 	if w.untilMark--; w.untilMark == 0 {
 		w.remark()

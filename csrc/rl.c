@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <netinet/in.h>
@@ -269,6 +270,14 @@ unsigned rl_test_fail_submits(struct rl_ring *r, int err, unsigned n)
 	return __atomic_exchange_n(&r->fail_n, n, __ATOMIC_ACQ_REL);
 }
 
+static int64_t mono_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
 /* EAGAIN: no memory for requests; EBUSY: a CQ overflow backlog on kernels
  * that refuse submissions then. Either way the kernel consumed nothing and
  * wants completions consumed before it takes more. */
@@ -364,13 +373,15 @@ static int finish_tick(struct rl_ring *r, struct rl_cqe *out, unsigned cap, unsi
 	} else if (wait_nr > 0) {
 		struct io_uring_cqe *cqe = NULL;
 		struct __kernel_timespec ts, *tsp = NULL;
+		/* Only a wait that can block reads the clock. */
+		int64_t end = timeout_ns > 0 ? mono_ns() + timeout_ns : 0;
 
-		if (timeout_ns >= 0) {
-			ts.tv_sec = timeout_ns / 1000000000LL;
-			ts.tv_nsec = timeout_ns % 1000000000LL;
-			tsp = &ts;
-		}
 		for (;;) {
+			if (timeout_ns >= 0) {
+				ts.tv_sec = timeout_ns / 1000000000LL;
+				ts.tv_nsec = timeout_ns % 1000000000LL;
+				tsp = &ts;
+			}
 			ret = injected(r);
 			if (ret)
 				goto waited;
@@ -387,13 +398,20 @@ static int finish_tick(struct rl_ring *r, struct rl_cqe *out, unsigned cap, unsi
 				ret = io_uring_submit_and_wait_timeout(ring, &cqe, 1, tsp, NULL);
 			}
 waited:
-			/* A signal during the wait: return what is there (the
-			 * caller re-enters with its timeout recomputed, so a
-			 * stream of signals cannot stretch a wait forever),
-			 * unless the submission itself is still pending. */
-			if (ret != -EINTR || !io_uring_sq_ready(ring))
+			/* A signal during the wait (the kernel ends the wait
+			 * with EINTR whatever SA_RESTART says, and the Go
+			 * runtime signals threads to preempt goroutines) is
+			 * none of the things the caller waits for: wait again
+			 * for the time left, so that a stream of signals
+			 * neither ends the wait early nor stretches it. */
+			if (ret != -EINTR)
 				break;
-			r->st.retries++;
+			if (timeout_ns > 0 && (timeout_ns = end - mono_ns()) < 0)
+				timeout_ns = 0;
+			if (io_uring_sq_ready(ring))
+				r->st.retries++; /* the submission too */
+			else if (timeout_ns == 0 || io_uring_cq_ready(ring) > 0)
+				break;
 		}
 		if (ret > 0)
 			r->st.submitted += ret;

@@ -148,8 +148,8 @@ int rl_files_sparse(struct rl_ring *r, unsigned n);
  * latency when idle. Never blocks when completions are already waiting.
  *
  * Errors from io_uring_enter are handled as the kernel means them: EINTR
- * on a submission is retried; EINTR during a wait returns what is there
- * (the caller re-enters with its timeout recomputed); EAGAIN (no memory
+ * on a submission is retried; EINTR during a wait (a signal: the Go
+ * runtime's preemption, for one) waits again for the time left; EAGAIN (no memory
  * for requests) and EBUSY (older kernels: CQ overflow backlog) mean the
  * kernel wants completions consumed first, so the tick reaps, waits at
  * most 1 ms for completions instead of blocking, and stops taking ops.
