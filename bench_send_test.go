@@ -120,7 +120,10 @@ func benchPartsTask(size int) func(ConnCtx) {
 // referenced); beside it gnet (one event loop), Go's net (goroutine per
 // connection, GOMAXPROCS=1) and bench/cepoll (plain C, edge-triggered
 // epoll, 64 KiB reads). Zero copy is at its default (64 KiB threshold; a
-// loopback worker falls back after its first zero-copy send).
+// loopback worker falls back after its first zero-copy send). At 16 KiB
+// each mode runs twice: with the default 16 KiB receive buffers, and with
+// 64 KiB ones (",buf=64k"), the C server's read size, where each receive
+// completion, parse and forward carries four messages.
 //
 // Per message: msgs/server-cpu-s, syscalls/msg (perf), cgo-calls/msg,
 // bytes-copied/msg (into the send pool), fwd-bufs/msg and fwd-copies/msg
@@ -135,6 +138,11 @@ func BenchmarkLargeEcho(b *testing.B) {
 			for _, mode := range []string{sendModeCopy, sendModeForward, sendModeParts} {
 				spec := benchServerSpec{be: be, h: benchSendTask(mode, size)}
 				b.Run(prefix+be.String()+"/mode="+mode, func(b *testing.B) { benchPipelinedSubproc(b, spec, l) })
+				if size == 16<<10 {
+					// 64 KiB receive buffers: the C server's read size.
+					spec.cfg = func(c *Config) { c.BufferSize = 64 << 10 }
+					b.Run(prefix+be.String()+"/mode="+mode+",buf=64k", func(b *testing.B) { benchPipelinedSubproc(b, spec, l) })
+				}
 			}
 		}
 		b.Run(prefix+"cepoll", func(b *testing.B) { benchPipelinedSubproc(b, benchServerSpec{peer: peerCEpoll}, l) })

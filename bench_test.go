@@ -339,6 +339,10 @@ func benchLaunchSpec(b *testing.B, s benchServerSpec) *Runtime {
 	// RINGLINE_BENCH_PIN=1 sets Config.PinCPUs (an epoll worker then runs
 	// locked to its thread and holds its long waits instead of parking).
 	cfg.PinCPUs = os.Getenv("RINGLINE_BENCH_PIN") == "1"
+	// RINGLINE_BENCH_BUFSIZE (bytes) sets Config.BufferSize, and
+	// RINGLINE_BENCH_BUFCOUNT Config.BufferCount.
+	cfg.BufferSize, _ = strconv.Atoi(os.Getenv("RINGLINE_BENCH_BUFSIZE"))
+	cfg.BufferCount, _ = strconv.Atoi(os.Getenv("RINGLINE_BENCH_BUFCOUNT"))
 	// Warnings and errors only: an informational line (a worker turning
 	// zero copy off) printed mid-row would break the benchmark's output.
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
