@@ -910,11 +910,7 @@ func TestBackendWaitThroughSignals(t *testing.T) {
 			}
 			bc := smallBC()
 			bc.hold = v.hold
-			each := forEachImpl
-			if v.park {
-				each = forEachEpollImpl // io_uring workers do not park
-			}
-			each(t, bc, func(t *testing.T, h *beHarness) {
+			run := func(t *testing.T, h *beHarness) {
 				if b, ok := h.be.(*epollBackend); ok {
 					b.canPark = v.park
 				}
@@ -971,7 +967,12 @@ func TestBackendWaitThroughSignals(t *testing.T) {
 				if b, ok := h.be.(*epollBackend); ok && v.park && v.long {
 					assert.NotZero(t, b.parks, "the waits parked")
 				}
-			})
+			}
+			if v.park {
+				forEachEpollImpl(t, bc, run) // io_uring workers do not park
+			} else {
+				forEachImpl(t, bc, run)
+			}
 		})
 	}
 }
