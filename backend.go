@@ -127,9 +127,10 @@ type backend interface {
 	cgoCalls() uint64
 	enters() uint64
 	// holds counts the blocking waits that held the worker's P
-	// (Config.HoldWait), and those of them that timed out and went on to
-	// wait the ordinary way.
-	holds() (waits, timeouts uint64)
+	// (Config.HoldWait), those of them that timed out and went on to
+	// wait the ordinary way, and those that first let goroutines ready to
+	// run have the P (readyCheck).
+	holds() (waits, timeouts, yields uint64)
 	// describe names the features in use, for logs and the examples.
 	describe() string
 	close() error

@@ -123,7 +123,8 @@ type conn struct {
 // sends.
 //
 // Once the connection's slot is released (it closed and its task
-// returned; the slot may then be reused), every method refuses the stale
+// returned, or, for an outbound one, its task connected again; the slot
+// may then be reused), every method refuses the stale
 // handle: it returns 0, false or ErrStale and never touches a new
 // connection in the slot.
 type ConnCtx struct {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -195,9 +196,9 @@ type epollBackend struct {
 	// hold is Config.HoldWait (0: off); holdTS is holdWait's timeout,
 	// kept here so that it does not escape per call. nHeld and
 	// nHoldTimeouts count held waits and those that timed out.
-	hold                 time.Duration
-	holdTS               kernelTimespec
-	nHeld, nHoldTimeouts uint64
+	hold                          time.Duration
+	holdTS                        kernelTimespec
+	nHeld, nHoldTimeouts, nYields uint64
 
 	skipped bool // the last enter returned completions without polling
 	// An epoll worker whose goroutine is not locked to its thread may
@@ -414,7 +415,15 @@ func (b *epollBackend) waitHeld(wait time.Duration) (n int, err error) {
 	t0 := b.now()
 	held := false
 	if b.mode.long {
-		n, held, err = b.holdWait(wait)
+		left := wait
+		if b.runnable.waiting() {
+			b.nYields++
+			runtime.Gosched() // goroutines ready to run go first (readyCheck)
+			if wait >= 0 {
+				left = max(wait-time.Duration(b.now()-t0), 0)
+			}
+		}
+		n, held, err = b.holdWait(left)
 	}
 	if !held {
 		if wait >= 0 {
@@ -438,7 +447,6 @@ func (b *epollBackend) waitHeld(wait time.Duration) (n int, err error) {
 // wait. A kernel without epoll_pwait2 (before 5.11) turns holding off
 // for the backend.
 func (b *epollBackend) holdWait(wait time.Duration) (n int, done bool, err error) {
-	b.runnable.yield() // goroutines ready to run go first (readyCheck)
 	d := b.hold
 	whole := wait >= 0 && wait <= d
 	if whole {
@@ -599,12 +607,11 @@ func (b *epollBackend) parkWait(ms int) (int, error) {
 		}
 		if err := b.park.SetReadDeadline(time.Now().Add(d)); err != nil {
 			b.giveUpParking("set deadline", err)
-			b.nWait++
-			left := -1
+			left := time.Duration(-1)
 			if !until.IsZero() {
-				left = durMillis(time.Until(until))
+				left = max(time.Until(until), 0)
 			}
-			return unix.EpollWait(b.epfd, b.events, left)
+			return b.waitFor(left)
 		}
 		b.parkN, b.parkErr, b.parkWaited = 0, nil, false
 		if testHookBeforePark != nil {
@@ -1587,7 +1594,7 @@ func (b *epollBackend) cgoCalls() uint64 { return 0 }
 
 func (b *epollBackend) enters() uint64 { return b.nWait }
 
-func (b *epollBackend) holds() (uint64, uint64) { return b.nHeld, b.nHoldTimeouts }
+func (b *epollBackend) holds() (uint64, uint64, uint64) { return b.nHeld, b.nHoldTimeouts, b.nYields }
 
 // syscalls counts every system call the backend made, epoll_wait
 // included, up to the end of its last enter; safe from any goroutine.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -922,7 +923,7 @@ func TestBackendWaitThroughSignals(t *testing.T) {
 				rd := ud(udWake+10, 14)
 				h.be.stage(sqOp{code: opRead, fd: int32(efd), ud: rd, addr: h.mem.addr(0), len: 8})
 				h.none(rd, 10*time.Millisecond)
-				h0, _ := h.be.holds()
+				h0, _, _ := h.be.holds()
 
 				const timeout = 100 * time.Millisecond
 				var cq []cqEntry
@@ -932,6 +933,28 @@ func TestBackendWaitThroughSignals(t *testing.T) {
 				require.NoError(t, err)
 				require.Empty(t, cq, "nothing completes during the timed wait")
 				assert.GreaterOrEqual(t, took, timeout, "the timed wait lasted its timeout")
+
+				// Waits whose enter also submits (an op staged just before,
+				// as most turns stage something): on io_uring the kernel
+				// then returns the count submitted, not how the wait ended.
+				// Some of them shorter than the hold, which then waits the
+				// whole of it.
+				for i := 0; i < 20; i++ {
+					efd2, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+					require.NoError(t, err)
+					defer unix.Close(efd2)
+					h.be.stage(sqOp{code: opRead, fd: int32(efd2), ud: ud(udWake+11, uint32(20+i)), addr: h.mem.addr(64), len: 8})
+					d := 20 * time.Millisecond
+					if i%2 == 1 {
+						d = 1500 * time.Microsecond
+					}
+					start := time.Now()
+					underSignals(func() { cq, err = h.be.enter(true, d) })
+					took := time.Since(start)
+					require.NoError(t, err)
+					require.Empty(t, cq, "round %d: nothing completes", i)
+					require.GreaterOrEqual(t, took, d, "round %d: a wait that submitted lasted its timeout", i)
+				}
 
 				// The untimed wait ends at the wake; the read completes after
 				// 5 s if it does not, so a lost wake fails the test rather
@@ -961,7 +984,7 @@ func TestBackendWaitThroughSignals(t *testing.T) {
 					require.Equal(t, udWake, udKind(e.ud), "nothing but the wake completes: %+v", e)
 				}
 				if v.hold > 0 {
-					h1, _ := h.be.holds()
+					h1, _, _ := h.be.holds()
 					assert.Greater(t, h1, h0, "the waits held")
 				}
 				if b, ok := h.be.(*epollBackend); ok && v.park && v.long {
@@ -1476,4 +1499,30 @@ func TestEpollLinkedTimerPositions(t *testing.T) {
 		check(step)
 	}
 	assert.Greater(t, expired, 20, "some timeouts expired on the way")
+}
+
+// A parking epoll worker whose park file refuses deadlines falls back to
+// blocking in epoll_wait for the time left; a signal during that wait is
+// not an error (it would stop the worker).
+func TestEpollParkFallbackWaitsThroughSignals(t *testing.T) {
+	alwaysLong(t)
+	forEachEpollImpl(t, smallBC(), func(t *testing.T, h *beHarness) {
+		b := h.be.(*epollBackend)
+		b.canPark = true
+		f, err := os.Open("/dev/null") // not in the netpoller: refuses deadlines
+		require.NoError(t, err)
+		rc, err := f.SyscallConn()
+		require.NoError(t, err)
+		b.park, b.parkRC, b.parkFn = f, rc, b.parkCheck
+		b.mode.long = true
+		const timeout = 100 * time.Millisecond
+		var cq []cqEntry
+		start := time.Now()
+		underSignals(func() { cq, err = h.be.enter(true, timeout) })
+		took := time.Since(start)
+		require.NoError(t, err, "a signal is not an error")
+		assert.Empty(t, cq)
+		assert.GreaterOrEqual(t, took, timeout, "the wait lasted its timeout")
+		assert.False(t, b.canPark, "the worker gave up parking")
+	})
 }

@@ -45,7 +45,7 @@ func (w *worker) publish() {
 	pub(&p.poolInUse, uint64(w.pool.inUse()))
 	pub(&p.cgoCalls, w.be.cgoCalls())
 	pub(&p.enters, w.be.enters())
-	held, timeouts := w.be.holds()
+	held, timeouts, _ := w.be.holds()
 	pub(&p.held, held)
 	pub(&p.holdTimeouts, timeouts)
 }
@@ -126,9 +126,11 @@ type WorkerStats struct {
 	// SQ holds or to drain an overflowed CQ.
 	CgoCalls, RingEnters uint64
 	// HeldWaits counts the loop's blocking waits that kept the worker's P
-	// (Config.HoldWait); HoldTimeouts those of them that ended with
-	// nothing to do and went on to wait the ordinary way, letting Go lend
-	// the P. Held waits count in RingEnters too.
+	// (Config.HoldWait); HoldTimeouts those of them that ran out (the
+	// hold's time passed with nothing to do) and went on to wait the
+	// ordinary way, letting Go lend the P. A hold a signal cuts short also
+	// goes on to the ordinary wait but is not a timeout. Held waits count
+	// in RingEnters too.
 	HeldWaits, HoldTimeouts uint64
 	// ENOBUFS counts receives that found no provided buffer and parked.
 	ENOBUFS uint64

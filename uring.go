@@ -17,6 +17,7 @@ import "C"
 import (
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -119,6 +120,7 @@ type uringBackend struct {
 	holdArg              geteventsArg
 	holdTS               kernelTimespec
 	nHeld, nHoldTimeouts uint64
+	nYields              uint64 // holds that first let ready goroutines run: one crossing more each
 	log                  *slog.Logger
 }
 
@@ -319,8 +321,21 @@ func (b *uringBackend) waitHeld(t0 time.Time, timeout time.Duration) ([]cqEntry,
 		// submits them: a cgo call is a system call to the scheduler, and
 		// its P would be taken like any other's. Then one more crossing
 		// takes what the wait brought, or, when the hold ran out, waits
-		// on the ordinary way. Goroutines ready to run go first.
-		b.runnable.yield()
+		// on the ordinary way.
+		left := timeout // of the wait, from t0 (negative: no limit)
+		if b.runnable.waiting() {
+			// Goroutines ready to run go first (readyCheck), after what
+			// this turn staged is submitted: replies do not wait for them.
+			b.nYields++
+			cq, err := b.tick(false, 0)
+			runtime.Gosched()
+			if err != nil || len(cq) > 0 {
+				return cq, err
+			}
+			if timeout >= 0 {
+				left = max(timeout-time.Since(t0), 0)
+			}
+		}
 		b.maxStaged, b.iterOps = max(b.maxStaged, b.iterOps), 0
 		b.nCgo++
 		rc := C.rl_tick_prep(b.ring, (*C.struct_rl_op)(b.opsMem.ptr(0)), C.uint(b.nops),
@@ -329,9 +344,9 @@ func (b *uringBackend) waitHeld(t0 time.Time, timeout time.Duration) ([]cqEntry,
 		if rc != 0 {
 			return b.completions(rc)
 		}
-		d, whole := b.hold, timeout >= 0 && timeout <= b.hold
+		d, whole := b.hold, left >= 0 && left <= b.hold
 		if whole {
-			d = timeout
+			d = left
 		}
 		switch b.holdEnter(uint32(b.status.pending), d, whole) {
 		case holdDone:
@@ -375,6 +390,7 @@ const (
 func (b *uringBackend) holdEnter(toSubmit uint32, d time.Duration, whole bool) int {
 	b.holdTS = toKernelTimespec(d)
 	b.holdArg.ts = uint64(uintptr(unsafe.Pointer(&b.holdTS)))
+	start := time.Now()
 	var e syscall.Errno
 	if testHookHoldErrno != nil {
 		e = testHookHoldErrno()
@@ -392,11 +408,14 @@ func (b *uringBackend) holdEnter(toSubmit uint32, d time.Duration, whole bool) i
 		return holdDone
 	case e == unix.EINTR:
 		return holdCut
-	case whole:
+	case e == 0 && time.Since(start) < d:
+		// It submitted, so the kernel returned the count submitted and
+		// not how the wait ended; with nothing in the CQ before the
+		// hold's time, a signal ended it.
+		return holdCut
+	case (e == unix.ETIME || e == 0) && whole:
 		return holdDone
 	case e == unix.ETIME || e == 0:
-		// e == 0: it submitted, and the wait's end went unreported; with
-		// nothing in the CQ the hold ran out.
 		b.nHoldTimeouts++
 		return holdRanOut
 	case e == unix.EAGAIN || e == unix.EBUSY:
@@ -521,7 +540,7 @@ func (b *uringBackend) enters() uint64 {
 	return uint64(b.ringStatus().enters) + b.nHeld
 }
 
-func (b *uringBackend) holds() (uint64, uint64) { return b.nHeld, b.nHoldTimeouts }
+func (b *uringBackend) holds() (uint64, uint64, uint64) { return b.nHeld, b.nHoldTimeouts, b.nYields }
 
 // ringStatus is the C layer's status block: live while the ring exists,
 // its last value after close.

@@ -2,7 +2,6 @@ package ringline
 
 import (
 	"log/slog"
-	"runtime"
 	"runtime/metrics"
 	"syscall"
 	"time"
@@ -118,15 +117,21 @@ const holdUnavailable = "ringline: held waits unavailable; this worker waits the
 // goroutine that posts and waits for each reply found every hold running
 // out (a 1.2 ms round trip at GOMAXPROCS=1, against 20-30 µs now;
 // docs/BENCHMARKS.md §8). The scheduler's count of runnable goroutines
-// (runtime/metrics, about 60 ns and no allocation) says when to pass
-// through the scheduler first; passing through it before every hold
+// (runtime/metrics, no allocation) says when to pass through the
+// scheduler first; the io_uring backend submits what the turn staged
+// before it does, so that replies do not wait. Passing through it before every hold
 // instead cost 13-20% of the server's CPU on 16 KiB forwarding (§7.6),
 // where nothing else is ready. The count is the whole process's, so a
 // goroutine ready on another P also makes the worker yield once: fair, as
-// the hold would otherwise keep this P from it as well. metrics.Read
-// takes a lock of the whole process: the check may wait behind another
-// reader of runtime/metrics (a metrics scrape), and runs only before
-// holds, at most once per long wait, so that workers seldom meet there.
+// the hold would otherwise keep this P from it as well; in a process
+// whose other Ps always have goroutines waiting, every hold starts with a
+// yield, and holding gains little there. What the count costs: Go 1.26
+// computes it under the scheduler's lock, visiting every P (64 ns at
+// GOMAXPROCS=1, 104 ns at 16, 391 ns at 64, 1.4 µs at 256 on the
+// benchmark host), and metrics.Read takes a lock of the whole process,
+// so the check may wait behind another reader of runtime/metrics (a
+// metrics scrape). It runs only before holds, at most once per long wait
+// (over 100 µs), so that workers seldom meet there.
 type readyCheck struct {
 	s [1]metrics.Sample
 }
@@ -135,13 +140,10 @@ func newReadyCheck() readyCheck {
 	return readyCheck{s: [1]metrics.Sample{{Name: "/sched/goroutines/runnable:goroutines"}}}
 }
 
-// yield passes through the scheduler when some goroutine is ready to
-// run, and reports whether it did. A Go without the metric never yields.
-func (c *readyCheck) yield() bool {
+// waiting reports whether some goroutine is ready to run (never, on a Go
+// without the metric); the caller then passes through the scheduler.
+func (c *readyCheck) waiting() bool {
 	metrics.Read(c.s[:])
-	if v := c.s[0].Value; v.Kind() != metrics.KindUint64 || v.Uint64() == 0 {
-		return false
-	}
-	runtime.Gosched()
-	return true
+	v := c.s[0].Value
+	return v.Kind() == metrics.KindUint64 && v.Uint64() > 0
 }

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 #include <time.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -373,8 +374,14 @@ static int finish_tick(struct rl_ring *r, struct rl_cqe *out, unsigned cap, unsi
 	} else if (wait_nr > 0) {
 		struct io_uring_cqe *cqe = NULL;
 		struct __kernel_timespec ts, *tsp = NULL;
-		/* Only a wait that can block reads the clock. */
-		int64_t end = timeout_ns > 0 ? mono_ns() + timeout_ns : 0;
+		unsigned submitted = 0;
+		int64_t end = 0;
+
+		if (timeout_ns > 0) { /* only a wait that can block reads the clock */
+			int64_t now = mono_ns();
+
+			end = timeout_ns > INT64_MAX - now ? INT64_MAX : now + timeout_ns;
+		}
 
 		for (;;) {
 			if (timeout_ns >= 0) {
@@ -398,13 +405,19 @@ static int finish_tick(struct rl_ring *r, struct rl_cqe *out, unsigned cap, unsi
 				ret = io_uring_submit_and_wait_timeout(ring, &cqe, 1, tsp, NULL);
 			}
 waited:
+			if (ret > 0)
+				submitted += ret;
 			/* A signal during the wait (the kernel ends the wait
 			 * with EINTR whatever SA_RESTART says, and the Go
 			 * runtime signals threads to preempt goroutines) is
 			 * none of the things the caller waits for: wait again
 			 * for the time left, so that a stream of signals
-			 * neither ends the wait early nor stretches it. */
-			if (ret != -EINTR)
+			 * neither ends the wait early nor stretches it. An
+			 * enter that submitted returns the count submitted
+			 * instead of how its wait ended: with the CQ empty, it
+			 * ran out or a signal ended it, which the time left
+			 * tells apart. */
+			if (ret != -EINTR && (ret <= 0 || io_uring_cq_ready(ring) > 0))
 				break;
 			if (timeout_ns > 0 && (timeout_ns = end - mono_ns()) < 0)
 				timeout_ns = 0;
@@ -413,9 +426,8 @@ waited:
 			else if (timeout_ns == 0 || io_uring_cq_ready(ring) > 0)
 				break;
 		}
-		if (ret > 0)
-			r->st.submitted += ret;
-		else if (refusal(ret))
+		r->st.submitted += submitted;
+		if (refusal(ret))
 			refused = 1;
 		else if (ret < 0 && ret != -ETIME && ret != -EINTR)
 			return ret;

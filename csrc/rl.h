@@ -149,7 +149,9 @@ int rl_files_sparse(struct rl_ring *r, unsigned n);
  *
  * Errors from io_uring_enter are handled as the kernel means them: EINTR
  * on a submission is retried; EINTR during a wait (a signal: the Go
- * runtime's preemption, for one) waits again for the time left; EAGAIN (no memory
+ * runtime's preemption, for one) waits again for the time left, as does a
+ * wait that submitted and came back early with the CQ empty (the kernel
+ * then returns the count submitted, not the EINTR); EAGAIN (no memory
  * for requests) and EBUSY (older kernels: CQ overflow backlog) mean the
  * kernel wants completions consumed first, so the tick reaps, waits at
  * most 1 ms for completions instead of blocking, and stops taking ops.
