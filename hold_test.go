@@ -25,6 +25,13 @@ func holdConfig(be Backend, hold time.Duration) Config {
 // launched during the test count as long (waitMode), so that they hold.
 func alwaysLong(t *testing.T) { parkSettings(t, -1, [2]int{1, 1 << 30}) }
 
+// heldCounts is worker 0's HeldWaits and HoldTimeouts, published first.
+func heldCounts(t *testing.T, rt *Runtime) (held, timeouts uint64) {
+	onWorker(t, rt, 0, func(w *worker) { w.publish() })
+	st := Total(rt.Stats())
+	return st.HeldWaits, st.HoldTimeouts
+}
+
 // A held wait (Config.HoldWait) ends at once for everything that ends an
 // ordinary one: bytes from a peer, a goroutine's Post, a task's timer and
 // the shutdown. Counted, not timed: a hold that the event did not end
@@ -36,25 +43,20 @@ func TestHoldWaitEndsForEveryEvent(t *testing.T) {
 		rt := serve(t, holdConfig(be, maxHoldWait), echoTask)
 		c := dial(t, rt)
 		roundTrip(t, c, []byte("warm"))
-		held := func() (uint64, uint64) {
-			onWorker(t, rt, 0, func(w *worker) { w.publish() })
-			st := Total(rt.Stats())
-			return st.HeldWaits, st.HoldTimeouts
-		}
 
-		h0, o0 := held()
+		h0, o0 := heldCounts(t, rt)
 		for i := 0; i < 200; i++ {
 			msg := pattern(100+i*37, byte(i))
 			require.Equal(t, msg, roundTrip(t, c, msg), "round %d", i)
 		}
-		h1, o1 := held()
+		h1, o1 := heldCounts(t, rt)
 		assert.Greater(t, h1-h0, uint64(100), "the worker held its waits between round trips")
 		assert.Less(t, o1-o0, (h1-h0)/4, "the peer's bytes ended the holds")
 
 		for i := 0; i < 200; i++ {
 			require.NoError(t, inTask(t, rt, 0, func(TaskCtx) error { return nil }))
 		}
-		h2, o2 := held()
+		h2, o2 := heldCounts(t, rt)
 		assert.Greater(t, h2-h1, uint64(100), "the worker held its waits between posts")
 		assert.Less(t, o2-o1, (h2-h1)/4, "the posts ended the holds")
 
@@ -68,7 +70,7 @@ func TestHoldWaitEndsForEveryEvent(t *testing.T) {
 			return nil
 		}))
 		assert.GreaterOrEqual(t, time.Since(start), 2*time.Millisecond)
-		_, o3 := held()
+		_, o3 := heldCounts(t, rt)
 		assert.Less(t, o3-o2, uint64(10), "the timers ended the holds before they ran out")
 
 		stop(t, rt)
@@ -188,13 +190,8 @@ func TestHoldWaitRunsReadiedGoroutines(t *testing.T) {
 		prev := runtime.GOMAXPROCS(1)
 		defer runtime.GOMAXPROCS(prev)
 		rt := serve(t, holdConfig(be, maxHoldWait), echoTask)
-		held := func() (uint64, uint64) {
-			onWorker(t, rt, 0, func(w *worker) { w.publish() })
-			st := Total(rt.Stats())
-			return st.HeldWaits, st.HoldTimeouts
-		}
 		reply := make(chan int, 1)
-		h0, o0 := held()
+		h0, o0 := heldCounts(t, rt)
 		for i := 0; i < 200; i++ {
 			require.NoError(t, rt.Post(0, func(TaskCtx) { reply <- i }))
 			select {
@@ -204,7 +201,7 @@ func TestHoldWaitRunsReadiedGoroutines(t *testing.T) {
 				t.Fatalf("post %d: no reply within 10s", i)
 			}
 		}
-		h1, o1 := held()
+		h1, o1 := heldCounts(t, rt)
 		assert.Greater(t, h1-h0, uint64(100), "the worker held its waits between posts")
 		assert.Less(t, o1-o0, (h1-h0)/4, "the posts ended the holds: the goroutine ran before them")
 		stop(t, rt)

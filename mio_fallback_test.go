@@ -854,34 +854,46 @@ func TestBackendReadAndWake(t *testing.T) {
 		grd := ud(udWake+10, 13)
 		h.be.stage(sqOp{code: opRead, fd: int32(guard), ud: grd, addr: h.mem.addr(64), len: 8})
 		h.none(grd, 10*time.Millisecond) // the guard read is armed and waits
-		var wakeAt atomic.Int64          // UnixNano just before wake was called
-		stopGuard := make(chan struct{})
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			time.Sleep(50 * time.Millisecond)
-			wakeAt.Store(time.Now().UnixNano())
-			h.be.wake()
-			select {
-			case <-stopGuard:
-			case <-time.After(5 * time.Second):
-				unix.Write(guard, one[:])
-			}
-		}()
-		var cq []cqEntry
-		underSignals(func() { cq, err = h.be.enter(true, -1) })
-		returned := time.Now().UnixNano()
-		close(stopGuard)
-		<-done // the backend closes when the test returns
-		require.NoError(t, err)
-		w := wakeAt.Load()
-		require.NotZero(t, w, "the blocking enter returned before wake was called: it did not wait")
-		require.GreaterOrEqual(t, returned, w, "the blocking enter returned before wake was called: it did not wait")
+		cq := waitForWake(t, h, guard)
 		for _, e := range cq {
 			require.NotEqual(t, grd, e.ud, "the wake did not end the wait: the 5 s guard did")
 			require.Equal(t, udWake, udKind(e.ud), "nothing but the wake completes: %+v", e)
 		}
 	})
+}
+
+// waitForWake makes a blocking enter with no time limit, under signals,
+// while another goroutine calls wake after 50 ms, and checks that the
+// enter waited for the wake and returned without error; it returns what
+// the enter returned. The goroutine writes guardFd 5 s after the wake, so
+// that the armed read on it ends a wait that the wake failed to end,
+// instead of the test hanging.
+func waitForWake(t *testing.T, h *beHarness, guardFd int) []cqEntry {
+	t.Helper()
+	var wakeAt atomic.Int64 // UnixNano just before wake was called
+	stopGuard, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		time.Sleep(50 * time.Millisecond)
+		wakeAt.Store(time.Now().UnixNano())
+		h.be.wake()
+		select {
+		case <-stopGuard:
+		case <-time.After(5 * time.Second):
+			unix.Write(guardFd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+		}
+	}()
+	var cq []cqEntry
+	var err error
+	underSignals(func() { cq, err = h.be.enter(true, -1) })
+	returned := time.Now().UnixNano()
+	close(stopGuard)
+	<-done // the backend closes when the test returns
+	require.NoError(t, err)
+	w := wakeAt.Load()
+	require.NotZero(t, w, "the blocking enter returned before wake was called: it did not wait")
+	require.GreaterOrEqual(t, returned, w, "the blocking enter returned before wake was called: it did not wait")
+	return cq
 }
 
 // A signal is none of the things a blocking enter waits for (a
@@ -959,27 +971,7 @@ func TestBackendWaitThroughSignals(t *testing.T) {
 				// The untimed wait ends at the wake; the read completes after
 				// 5 s if it does not, so a lost wake fails the test rather
 				// than hanging it.
-				var wakeAt atomic.Int64
-				stopGuard, done := make(chan struct{}), make(chan struct{})
-				go func() {
-					defer close(done)
-					time.Sleep(50 * time.Millisecond)
-					wakeAt.Store(time.Now().UnixNano())
-					h.be.wake()
-					select {
-					case <-stopGuard:
-					case <-time.After(5 * time.Second):
-						unix.Write(efd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
-					}
-				}()
-				underSignals(func() { cq, err = h.be.enter(true, -1) })
-				returned := time.Now().UnixNano()
-				close(stopGuard)
-				<-done
-				require.NoError(t, err)
-				w := wakeAt.Load()
-				require.NotZero(t, w, "the untimed wait returned before the wake")
-				require.GreaterOrEqual(t, returned, w, "the untimed wait returned before the wake")
+				cq = waitForWake(t, h, efd)
 				for _, e := range cq {
 					require.Equal(t, udWake, udKind(e.ud), "nothing but the wake completes: %+v", e)
 				}

@@ -263,6 +263,49 @@ func assertStoppingStall(t *testing.T, log, what string) {
 	assert.NotContains(t, log, stallServingText, "at teardown the connections are closing, not waiting")
 }
 
+// postHealthy posts work to worker 0 and waits (30 s at most) until
+// healthyTasks of its steps have called stepDone, checking that the
+// watchdog looked at the worker meanwhile.
+func postHealthy(t *testing.T, rt *Runtime, work func(tc TaskCtx, stepDone func())) {
+	t.Helper()
+	var steps atomic.Int32
+	done := make(chan struct{})
+	looks := rt.wd.looks.Load()
+	require.NoError(t, rt.Post(0, func(tc TaskCtx) {
+		work(tc, func() {
+			if steps.Add(1) == healthyTasks {
+				close(done)
+			}
+		})
+	}))
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("only %d of %d steps ended", steps.Load(), healthyTasks)
+	}
+	assert.GreaterOrEqual(t, rt.wd.looks.Load()-looks, uint64(4), "the watchdog looked during the work")
+}
+
+// assertHealthyStalls is the verdict of a healthyVariants run once rt has
+// stopped: no stall when no step blocked (what: the work, for the
+// message), and otherwise exactly one, the blocking step's: a stall while
+// serving, or, when stopping names what blocked, a stall while stopping
+// (assertStoppingStall).
+func assertHealthyStalls(t *testing.T, rt *Runtime, logs *logSink, blocks bool, what, stopping string) {
+	t.Helper()
+	stalls := Total(rt.Stats()).Stalls
+	if !blocks {
+		assert.Zero(t, stalls, "%s was reported as a stall: %s", what, logs.String())
+		return
+	}
+	assert.Equal(t, uint64(1), stalls, "%s: the blocking step among them, once", what)
+	if stopping != "" {
+		assertStoppingStall(t, logs.String(), stopping)
+		return
+	}
+	assert.Contains(t, logs.String(), stallServingText)
+}
+
 // spinFor keeps the calling task busy for d without yielding: short,
 // healthy work (a parse, an encode), not a block.
 func spinFor(d time.Duration) {
@@ -331,33 +374,17 @@ func TestWatchdogQuietOnLongHealthyIteration(t *testing.T) {
 			t.Run(v.name, func(t *testing.T) {
 				cfg, logs := teardownWatchConfig(be)
 				rt := launchIdle(t, cfg)
-				var ran atomic.Int32
-				done := make(chan struct{})
-				looks := rt.wd.looks.Load()
-				require.NoError(t, rt.Post(0, func(tc TaskCtx) {
+				postHealthy(t, rt, func(tc TaskCtx, stepDone func()) {
 					spawnHealthy(tc, func(_ TaskCtx, i int) {
 						if blocks && i == healthyTasks/2 {
 							time.Sleep(healthyBlock)
 						}
 						spinFor(healthySpin)
-						if ran.Add(1) == healthyTasks {
-							close(done)
-						}
+						stepDone()
 					})
-				}))
-				select {
-				case <-done:
-				case <-time.After(30 * time.Second):
-					t.Fatalf("only %d of %d tasks ran", ran.Load(), healthyTasks)
-				}
-				assert.GreaterOrEqual(t, rt.wd.looks.Load()-looks, uint64(4), "the watchdog looked during the work")
+				})
 				stop(t, rt)
-				if !blocks {
-					assert.Zero(t, Total(rt.Stats()).Stalls, "many short tasks in one iteration were reported as a stall: %s", logs.String())
-					return
-				}
-				assert.Equal(t, uint64(1), Total(rt.Stats()).Stalls, "the blocking task among them, once")
-				assert.Contains(t, logs.String(), stallServingText)
+				assertHealthyStalls(t, rt, logs, blocks, "many short tasks in one iteration", "")
 			})
 		}
 	})
@@ -394,13 +421,7 @@ func TestWatchdogQuietOnLongHealthyTeardown(t *testing.T) {
 				require.Zero(t, Total(rt.Stats()).Stalls, "no stall before the stop")
 				stop(t, rt)
 				assert.Equal(t, int32(healthyTasks), ended.Load(), "every task was ended at teardown")
-				if !blocks {
-					assert.Zero(t, Total(rt.Stats()).Stalls, "ending many tasks at teardown was reported as a stall: %s", logs.String())
-					return
-				}
-				assert.Equal(t, uint64(1), Total(rt.Stats()).Stalls, "the blocking deferred call among them, once")
-				assert.Contains(t, logs.String(), stallStoppingText)
-				assert.Contains(t, logs.String(), "a deferred call of a task being stopped")
+				assertHealthyStalls(t, rt, logs, blocks, "ending many tasks at teardown", "a deferred call of a task being stopped")
 			})
 		}
 	})
@@ -436,33 +457,19 @@ func TestWatchdogQuietOnManyDueTimers(t *testing.T) {
 				t.Cleanup(func() { testHookTimerFire = nil }) // after the runtime's own cleanup
 				cfg, logs := teardownWatchConfig(be)
 				rt := launchIdle(t, cfg)
-				var woke atomic.Int32
-				done := make(chan struct{})
-				looks := rt.wd.looks.Load()
-				require.NoError(t, rt.Post(0, func(tc TaskCtx) {
+				postHealthy(t, rt, func(tc TaskCtx, stepDone func()) {
 					// One deadline for all: they are armed in this loop
 					// iteration (spawnHealthy), so the first fireTimers to
 					// find it due fires every one of them.
 					at := time.Now().Add(50 * time.Millisecond)
 					spawnHealthy(tc, func(tc TaskCtx, _ int) {
-						if tc.SleepUntil(at) == nil && woke.Add(1) == healthyTasks {
-							close(done)
+						if tc.SleepUntil(at) == nil {
+							stepDone()
 						}
 					})
-				}))
-				select {
-				case <-done:
-				case <-time.After(30 * time.Second):
-					t.Fatalf("only %d of %d sleeps ended", woke.Load(), healthyTasks)
-				}
-				assert.GreaterOrEqual(t, rt.wd.looks.Load()-looks, uint64(4), "the watchdog looked during the work")
+				})
 				stop(t, rt)
-				if !blocks {
-					assert.Zero(t, Total(rt.Stats()).Stalls, "many timers firing in one iteration were reported as a stall: %s", logs.String())
-					return
-				}
-				assert.Equal(t, uint64(1), Total(rt.Stats()).Stalls, "the blocking step among them, once")
-				assert.Contains(t, logs.String(), stallServingText)
+				assertHealthyStalls(t, rt, logs, blocks, "many timers firing in one iteration", "")
 			})
 		}
 	})
@@ -492,12 +499,7 @@ func TestWatchdogQuietOnStopOfManyConnections(t *testing.T) {
 				looks := rt.wd.looks.Load()
 				stop(t, rt)
 				assert.GreaterOrEqual(t, rt.wd.looks.Load()-looks, uint64(4), "the watchdog looked during the stop")
-				if !blocks {
-					assert.Zero(t, Total(rt.Stats()).Stalls, "telling many connections to stop was reported as a stall: %s", logs.String())
-					return
-				}
-				assert.Equal(t, uint64(1), Total(rt.Stats()).Stalls, "the blocking step among them, once")
-				assertStoppingStall(t, logs.String(), "a task or a release callback")
+				assertHealthyStalls(t, rt, logs, blocks, "telling many connections to stop", "a task or a release callback")
 			})
 		}
 	})
