@@ -182,8 +182,8 @@ func TestHoldWaitSharesTheP(t *testing.T) {
 // goroutine that posts, waits for the reply and posts again would find
 // every hold running out (measured before the fix: a Post round trip of
 // 1.2 ms at GOMAXPROCS=1 on io_uring). Counted, not timed: with each of
-// the worker's waits held for the longest hold allowed, hardly any runs
-// out when the goroutine's next post ends it.
+// the worker's waits held for the longest hold allowed, hardly any (under
+// 0.5%) runs out when the goroutine's next post ends it.
 func TestHoldWaitRunsReadiedGoroutines(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
 		alwaysLong(t)
@@ -192,7 +192,8 @@ func TestHoldWaitRunsReadiedGoroutines(t *testing.T) {
 		rt := serve(t, holdConfig(be, maxHoldWait), echoTask)
 		reply := make(chan int, 1)
 		h0, o0 := heldCounts(t, rt)
-		for i := 0; i < 200; i++ {
+		const posts = 1000
+		for i := 0; i < posts; i++ {
 			require.NoError(t, rt.Post(0, func(TaskCtx) { reply <- i }))
 			select {
 			case got := <-reply:
@@ -202,8 +203,10 @@ func TestHoldWaitRunsReadiedGoroutines(t *testing.T) {
 			}
 		}
 		h1, o1 := heldCounts(t, rt)
-		assert.Greater(t, h1-h0, uint64(100), "the worker held its waits between posts")
-		assert.Less(t, o1-o0, (h1-h0)/4, "the posts ended the holds: the goroutine ran before them")
+		assert.Greater(t, h1-h0, uint64(posts/2), "the worker held its waits between posts")
+		// One pass through the scheduler is not always enough (readyYields):
+		// with a single one, about 2% of the holds ran out.
+		assert.Less(t, o1-o0, uint64(posts/200), "the posts ended the holds: the goroutine ran before them")
 		stop(t, rt)
 	})
 }

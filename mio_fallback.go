@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -418,7 +417,7 @@ func (b *epollBackend) waitHeld(wait time.Duration) (n int, err error) {
 		left := wait
 		if b.runnable.waiting() {
 			b.nYields++
-			runtime.Gosched() // goroutines ready to run go first (readyCheck)
+			b.runnable.yield() // goroutines ready to run go first (readyCheck)
 			if wait >= 0 {
 				left = max(wait-time.Duration(b.now()-t0), 0)
 			}

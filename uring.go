@@ -17,7 +17,6 @@ import "C"
 import (
 	"fmt"
 	"log/slog"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -328,7 +327,7 @@ func (b *uringBackend) waitHeld(t0 time.Time, timeout time.Duration) ([]cqEntry,
 			// this turn staged is submitted: replies do not wait for them.
 			b.nYields++
 			cq, err := b.tick(false, 0)
-			runtime.Gosched()
+			b.runnable.yield()
 			if err != nil || len(cq) > 0 {
 				return cq, err
 			}

@@ -2,6 +2,7 @@ package ringline
 
 import (
 	"log/slog"
+	"runtime"
 	"runtime/metrics"
 	"syscall"
 	"time"
@@ -141,9 +142,29 @@ func newReadyCheck() readyCheck {
 }
 
 // waiting reports whether some goroutine is ready to run (never, on a Go
-// without the metric); the caller then passes through the scheduler.
+// without the metric); the caller then yields.
 func (c *readyCheck) waiting() bool {
 	metrics.Read(c.s[:])
 	v := c.s[0].Value
 	return v.Kind() == metrics.KindUint64 && v.Uint64() > 0
+}
+
+// readyYields bounds the passes through the scheduler before one hold.
+// One is not always enough: Gosched puts the worker on the global run
+// queue, which the scheduler serves first once in 61 schedules, so the
+// worker may run again before the goroutine it yielded to, and then hold
+// the P from it for the whole hold (about 2% of Post round trips at
+// GOMAXPROCS=1, traced: the goroutine's post was not yet made when those
+// holds began).
+const readyYields = 3
+
+// yield passes through the scheduler, and again while goroutines are
+// still ready to run, readyYields times at most.
+func (c *readyCheck) yield() {
+	for i := 1; ; i++ {
+		runtime.Gosched()
+		if i == readyYields || !c.waiting() {
+			return
+		}
+	}
 }
