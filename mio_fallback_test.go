@@ -893,6 +893,7 @@ func waitForWake(t *testing.T, h *beHarness, guardFd int) []cqEntry {
 	w := wakeAt.Load()
 	require.NotZero(t, w, "the blocking enter returned before wake was called: it did not wait")
 	require.GreaterOrEqual(t, returned, w, "the blocking enter returned before wake was called: it did not wait")
+	require.NotEmpty(t, cq, "the enter returned the wake's completion")
 	return cq
 }
 

@@ -300,8 +300,10 @@ func (w *stepWindow) step() {
 }
 
 // stallsIn counts the stall lines in log (slog's text format, times to
-// the millisecond) reported within the window.
-func (w *stepWindow) stallsIn(log string) uint64 {
+// the millisecond) reported within the window, which must have opened.
+func (w *stepWindow) stallsIn(t *testing.T, log string) uint64 {
+	t.Helper()
+	require.NotZero(t, w.first.Load(), "the hook's steps ran")
 	from := time.Unix(0, w.first.Load()).Add(-time.Millisecond)
 	to := time.Unix(0, w.last.Load()).Add(time.Millisecond)
 	var n uint64
@@ -506,7 +508,7 @@ func TestWatchdogQuietOnManyDueTimers(t *testing.T) {
 					})
 				})
 				stop(t, rt)
-				assertHealthyStalls(t, win.stallsIn(logs.String()), logs, blocks, "many timers firing in one iteration", "")
+				assertHealthyStalls(t, win.stallsIn(t, logs.String()), logs, blocks, "many timers firing in one iteration", "")
 			})
 		}
 	})
@@ -539,7 +541,7 @@ func TestWatchdogQuietOnStopOfManyConnections(t *testing.T) {
 				looks := rt.wd.looks.Load()
 				stop(t, rt)
 				assert.GreaterOrEqual(t, rt.wd.looks.Load()-looks, uint64(4), "the watchdog looked during the stop")
-				assertHealthyStalls(t, win.stallsIn(logs.String()), logs, blocks, "telling many connections to stop", "a task or a release callback")
+				assertHealthyStalls(t, win.stallsIn(t, logs.String()), logs, blocks, "telling many connections to stop", "a task or a release callback")
 			})
 		}
 	})

@@ -119,7 +119,7 @@ type uringBackend struct {
 	holdArg              geteventsArg
 	holdTS               kernelTimespec
 	nHeld, nHoldTimeouts uint64
-	nYields              uint64 // holds that first let ready goroutines run: one crossing more each
+	nYields              uint64 // waits about to hold that found goroutines ready to run: one crossing more each
 	log                  *slog.Logger
 }
 
@@ -327,10 +327,10 @@ func (b *uringBackend) waitHeld(t0 time.Time, timeout time.Duration) ([]cqEntry,
 			// this turn staged is submitted: replies do not wait for them.
 			b.nYields++
 			cq, err := b.tick(false, 0)
-			b.runnable.yield()
 			if err != nil || len(cq) > 0 {
-				return cq, err
+				return cq, err // no hold: the goroutines' turn comes at the next
 			}
+			b.runnable.yield()
 			if timeout >= 0 {
 				left = max(timeout-time.Since(t0), 0)
 			}

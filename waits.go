@@ -159,7 +159,8 @@ func (c *readyCheck) waiting() bool {
 const readyYields = 3
 
 // yield passes through the scheduler, and again while goroutines are
-// still ready to run, readyYields times at most.
+// still ready to run, readyYields times at most (each a hand-off of the
+// P to another thread and back for a locked worker).
 func (c *readyCheck) yield() {
 	for i := 1; ; i++ {
 		runtime.Gosched()
