@@ -32,6 +32,16 @@ func heldCounts(t *testing.T, rt *Runtime) (held, timeouts uint64) {
 	return st.HeldWaits, st.HoldTimeouts
 }
 
+// serveHeldOnOneP serves echoTask on be with every wait after the first
+// held for the longest hold allowed, at GOMAXPROCS=1 (restored once the
+// runtime has stopped): the worker's P is the only one.
+func serveHeldOnOneP(t *testing.T, be Backend) *Runtime {
+	alwaysLong(t)
+	prev := runtime.GOMAXPROCS(1)
+	t.Cleanup(func() { runtime.GOMAXPROCS(prev) })
+	return serve(t, holdConfig(be, maxHoldWait), echoTask)
+}
+
 // A held wait (Config.HoldWait) ends at once for everything that ends an
 // ordinary one: bytes from a peer, a goroutine's Post, a task's timer and
 // the shutdown. Counted, not timed: a hold that the event did not end
@@ -151,10 +161,7 @@ func TestHoldWaitDefaultAndOff(t *testing.T) {
 // preempted the worker, every 10 ms or more.
 func TestHoldWaitSharesTheP(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		alwaysLong(t)
-		prev := runtime.GOMAXPROCS(1)
-		defer runtime.GOMAXPROCS(prev)
-		rt := serve(t, holdConfig(be, maxHoldWait), echoTask)
+		rt := serveHeldOnOneP(t, be)
 		c := dial(t, rt)
 		var turns atomic.Int64
 		done := make(chan struct{})
@@ -186,10 +193,7 @@ func TestHoldWaitSharesTheP(t *testing.T) {
 // 0.5%) runs out when the goroutine's next post ends it.
 func TestHoldWaitRunsReadiedGoroutines(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		alwaysLong(t)
-		prev := runtime.GOMAXPROCS(1)
-		defer runtime.GOMAXPROCS(prev)
-		rt := serve(t, holdConfig(be, maxHoldWait), echoTask)
+		rt := serveHeldOnOneP(t, be)
 		reply := make(chan int, 1)
 		h0, o0 := heldCounts(t, rt)
 		const posts = 1000

@@ -164,6 +164,18 @@ func (h *beHarness) none(ud uint64, d time.Duration) {
 	}
 }
 
+// eventfdRead stages a read of 8 bytes, at offset off of the scratch
+// memory, on a new non-blocking eventfd (closed when the test ends),
+// which completes only once the eventfd is written; it returns the fd.
+func (h *beHarness) eventfdRead(ud uint64, off int) int {
+	h.t.Helper()
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	require.NoError(h.t, err)
+	h.t.Cleanup(func() { unix.Close(fd) })
+	h.be.stage(sqOp{code: opRead, fd: int32(fd), ud: ud, addr: h.mem.addr(off), len: 8})
+	return fd
+}
+
 func (h *beHarness) put(off int, b []byte) (uint64, uint32) {
 	copy(h.mem.b[off:], b)
 	return h.mem.addr(off), uint32(len(b))
@@ -828,15 +840,12 @@ func TestBackendLink(t *testing.T) {
 
 func TestBackendReadAndWake(t *testing.T) {
 	forEachImpl(t, smallBC(), func(t *testing.T, h *beHarness) {
-		efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-		require.NoError(t, err)
-		defer unix.Close(efd)
 		rd := ud(udWake+10, 12)
-		h.be.stage(sqOp{code: opRead, fd: int32(efd), ud: rd, addr: h.mem.addr(0), len: 8})
+		efd := h.eventfdRead(rd, 0)
 		h.none(rd, 20*time.Millisecond)
 		var one [8]byte
 		binary.LittleEndian.PutUint64(one[:], 5)
-		_, err = unix.Write(efd, one[:])
+		_, err := unix.Write(efd, one[:])
 		require.NoError(t, err)
 		assert.Equal(t, int32(8), h.next(rd).res)
 		assert.Equal(t, uint64(5), binary.LittleEndian.Uint64(h.mem.b[:8]))
@@ -848,11 +857,8 @@ func TestBackendReadAndWake(t *testing.T) {
 		// the test instead of hanging it. The wait is signalled throughout,
 		// as the runtime's preemption signals hit it at random under load
 		// (where an epoll wait that returned on EINTR made this test flaky).
-		guard, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-		require.NoError(t, err)
-		defer unix.Close(guard)
 		grd := ud(udWake+10, 13)
-		h.be.stage(sqOp{code: opRead, fd: int32(guard), ud: grd, addr: h.mem.addr(64), len: 8})
+		guard := h.eventfdRead(grd, 64)
 		h.none(grd, 10*time.Millisecond) // the guard read is armed and waits
 		cq := waitForWake(t, h, guard)
 		for _, e := range cq {
@@ -930,16 +936,14 @@ func TestBackendWaitThroughSignals(t *testing.T) {
 				}
 				// A read nothing completes, so that the backend has an op
 				// to wait on.
-				efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-				require.NoError(t, err)
-				defer unix.Close(efd)
 				rd := ud(udWake+10, 14)
-				h.be.stage(sqOp{code: opRead, fd: int32(efd), ud: rd, addr: h.mem.addr(0), len: 8})
+				efd := h.eventfdRead(rd, 0)
 				h.none(rd, 10*time.Millisecond)
 				h0, _, _ := h.be.holds()
 
 				const timeout = 100 * time.Millisecond
 				var cq []cqEntry
+				var err error
 				start := time.Now()
 				underSignals(func() { cq, err = h.be.enter(true, timeout) })
 				took := time.Since(start)
@@ -953,10 +957,7 @@ func TestBackendWaitThroughSignals(t *testing.T) {
 				// Some of them shorter than the hold, which then waits the
 				// whole of it.
 				for i := 0; i < 20; i++ {
-					efd2, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-					require.NoError(t, err)
-					defer unix.Close(efd2)
-					h.be.stage(sqOp{code: opRead, fd: int32(efd2), ud: ud(udWake+11, uint32(20+i)), addr: h.mem.addr(64), len: 8})
+					h.eventfdRead(ud(udWake+11, uint32(20+i)), 64)
 					d := 20 * time.Millisecond
 					if i%2 == 1 {
 						d = 1500 * time.Microsecond

@@ -299,6 +299,21 @@ func (w *stepWindow) step() {
 	w.last.Store(now)
 }
 
+// hook is a test hook for a long step of steps parts: each spins for
+// spin, as healthy work would, and when blocks is set the middle one
+// also blocks for healthyBlock; the window follows them.
+func (w *stepWindow) hook(blocks bool, steps int, spin time.Duration) func() {
+	var n atomic.Int32
+	return func() {
+		w.step()
+		if n.Add(1) == int32(steps/2) && blocks {
+			time.Sleep(healthyBlock)
+		}
+		spinFor(spin)
+		w.step()
+	}
+}
+
 // stallsIn counts the stall lines in log (slog's text format, times to
 // the millisecond) reported within the window, which must have opened.
 func (w *stepWindow) stallsIn(t *testing.T, log string) uint64 {
@@ -483,16 +498,8 @@ func TestWatchdogQuietOnManyDueTimers(t *testing.T) {
 		for _, v := range healthyVariants {
 			blocks := v.blocks
 			t.Run(v.name, func(t *testing.T) {
-				var fired atomic.Int32
 				var win stepWindow
-				testHookTimerFire = func() {
-					win.step()
-					if blocks && fired.Add(1) == healthyTasks/2 {
-						time.Sleep(healthyBlock)
-					}
-					spinFor(timerSpin)
-					win.step()
-				}
+				testHookTimerFire = win.hook(blocks, healthyTasks, timerSpin)
 				t.Cleanup(func() { testHookTimerFire = nil }) // after the runtime's own cleanup
 				cfg, logs := teardownWatchConfig(be)
 				rt := launchIdle(t, cfg)
@@ -519,16 +526,8 @@ func TestWatchdogQuietOnStopOfManyConnections(t *testing.T) {
 		for _, v := range healthyVariants {
 			blocks := v.blocks
 			t.Run(v.name, func(t *testing.T) {
-				var told atomic.Int32
 				var win stepWindow
-				testHookStopConn = func() {
-					win.step()
-					if blocks && told.Add(1) == stopConns/2 {
-						time.Sleep(healthyBlock)
-					}
-					spinFor(stopConnSpin)
-					win.step()
-				}
+				testHookStopConn = win.hook(blocks, stopConns, stopConnSpin)
 				t.Cleanup(func() { testHookStopConn = nil }) // after the runtime's own cleanup
 				cfg, logs := teardownWatchConfig(be)
 				rt := serve(t, cfg, echoTask)
