@@ -913,6 +913,22 @@ type fwdCall struct {
 	fwd, copies uint64
 }
 
+// sendAndReport writes "forward me" on cl, reads whatever comes back, and
+// returns what the forwarding task reports on calls (20 s at most).
+func sendAndReport(t *testing.T, cl net.Conn, calls <-chan []fwdCall) []fwdCall {
+	t.Helper()
+	_, err := cl.Write([]byte("forward me"))
+	require.NoError(t, err)
+	go func() { _, _ = io.Copy(io.Discard, cl) }()
+	select {
+	case got := <-calls:
+		return got
+	case <-time.After(20 * time.Second):
+		t.Fatal("the forwarding task did not report")
+		return nil
+	}
+}
+
 // ForwardedBuffers and ForwardCopies count only forwards that queued
 // their bytes: a call refused with ErrSendQueueFull, ErrSendPoolExhausted
 // or ErrClosed (nothing queued) moves neither, and an accepted call moves
@@ -959,16 +975,7 @@ func TestForwardCountersOnlyQueued(t *testing.T) {
 				return Consumed(len(b))
 			})
 		})
-		cl := dial(t, rt)
-		_, err := cl.Write([]byte("forward me"))
-		require.NoError(t, err)
-		go func() { _, _ = io.Copy(io.Discard, cl) }()
-		var got []fwdCall
-		select {
-		case got = <-calls:
-		case <-time.After(20 * time.Second):
-			t.Fatal("the forwarding task did not report")
-		}
+		got := sendAndReport(t, dial(t, rt), calls)
 		fill := <-fills
 		require.ErrorIs(t, fill[1], ErrSendQueueFull, "the queue filled before the pool (chunks: %v)", fill[0])
 		want := []fwdCall{

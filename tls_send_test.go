@@ -288,15 +288,7 @@ func TestTLSForwardCountersOnlyQueued(t *testing.T) {
 		c, err := dialTLS(rt.Addr().String(), getPKI().clientConfig())
 		require.NoError(t, err)
 		defer c.Close()
-		_, err = c.Write([]byte("forward me"))
-		require.NoError(t, err)
-		go func() { _, _ = io.Copy(io.Discard, c) }()
-		var got []fwdCall
-		select {
-		case got = <-calls:
-		case <-time.After(20 * time.Second):
-			t.Fatal("the forwarding task did not report")
-		}
+		got := sendAndReport(t, c, calls)
 		require.Len(t, got, 3)
 		acc, fill, ref := got[0], got[1], got[2]
 		assert.NoError(t, acc.err)
