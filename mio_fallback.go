@@ -195,9 +195,9 @@ type epollBackend struct {
 	// hold is Config.HoldWait (0: off); holdTS is holdWait's timeout,
 	// kept here so that it does not escape per call. nHeld and
 	// nHoldTimeouts count held waits and those that timed out.
-	hold                          time.Duration
-	holdTS                        kernelTimespec
-	nHeld, nHoldTimeouts, nYields uint64
+	hold                 time.Duration
+	holdTS               kernelTimespec
+	nHeld, nHoldTimeouts uint64
 
 	skipped bool // the last enter returned completions without polling
 	// An epoll worker whose goroutine is not locked to its thread may
@@ -416,19 +416,13 @@ func (b *epollBackend) waitHeld(wait time.Duration) (n int, err error) {
 	if b.mode.long {
 		left := wait
 		if b.runnable.waiting() {
-			b.nYields++
 			b.runnable.yield() // goroutines ready to run go first (readyCheck)
-			if wait >= 0 {
-				left = max(wait-time.Duration(b.now()-t0), 0)
-			}
+			left = timeLeft(wait, time.Duration(b.now()-t0))
 		}
 		n, held, err = b.holdWait(left)
 	}
 	if !held {
-		if wait >= 0 {
-			wait = max(wait-time.Duration(b.now()-t0), 0)
-		}
-		n, err = b.waitFor(wait)
+		n, err = b.waitFor(timeLeft(wait, time.Duration(b.now()-t0)))
 	}
 	b.mode.recordWait(time.Duration(b.now() - t0))
 	return n, err
@@ -1593,7 +1587,9 @@ func (b *epollBackend) cgoCalls() uint64 { return 0 }
 
 func (b *epollBackend) enters() uint64 { return b.nWait }
 
-func (b *epollBackend) holds() (uint64, uint64, uint64) { return b.nHeld, b.nHoldTimeouts, b.nYields }
+func (b *epollBackend) holds() (uint64, uint64, uint64) {
+	return b.nHeld, b.nHoldTimeouts, b.runnable.yields
+}
 
 // syscalls counts every system call the backend made, epoll_wait
 // included, up to the end of its last enter; safe from any goroutine.

@@ -299,12 +299,15 @@ func (w *stepWindow) step() {
 	w.last.Store(now)
 }
 
-// hook is a test hook for a long step of steps parts: each spins for
-// spin, as healthy work would, and when blocks is set the middle one
-// also blocks for healthyBlock; the window follows them.
-func (w *stepWindow) hook(blocks bool, steps int, spin time.Duration) func() {
+// install sets *hook, until the test ends (after the runtime's own
+// cleanup, registered later), to a test hook for a long step of steps
+// parts: each spins for spin, as healthy work would, and when blocks is
+// set the middle one also blocks for healthyBlock; the window follows
+// them.
+func (w *stepWindow) install(t *testing.T, hook *func(), blocks bool, steps int, spin time.Duration) {
 	var n atomic.Int32
-	return func() {
+	t.Cleanup(func() { *hook = nil })
+	*hook = func() {
 		w.step()
 		if n.Add(1) == int32(steps/2) && blocks {
 			time.Sleep(healthyBlock)
@@ -387,6 +390,13 @@ var healthyVariants = []struct {
 	blocks bool
 }{{"healthy", false}, {"one_blocks", true}}
 
+// eachHealthyVariant runs f as a subtest for each of healthyVariants.
+func eachHealthyVariant(t *testing.T, f func(t *testing.T, blocks bool)) {
+	for _, v := range healthyVariants {
+		t.Run(v.name, func(t *testing.T) { f(t, v.blocks) })
+	}
+}
+
 // spawnHealthy spawns healthyTasks tasks running f(tc, i), from tc, all
 // in the current loop iteration (a spawned task is queued, and the loop
 // runs its queue empty before it goes back to the kernel). They are
@@ -420,24 +430,21 @@ func spawnHealthy(tc TaskCtx, f func(tc TaskCtx, i int)) {
 // spawned by one task runs before the loop goes back to the kernel.
 func TestWatchdogQuietOnLongHealthyIteration(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		for _, v := range healthyVariants {
-			blocks := v.blocks
-			t.Run(v.name, func(t *testing.T) {
-				cfg, logs := teardownWatchConfig(be)
-				rt := launchIdle(t, cfg)
-				postHealthy(t, rt, func(tc TaskCtx, stepDone func()) {
-					spawnHealthy(tc, func(_ TaskCtx, i int) {
-						if blocks && i == healthyTasks/2 {
-							time.Sleep(healthyBlock)
-						}
-						spinFor(healthySpin)
-						stepDone()
-					})
+		eachHealthyVariant(t, func(t *testing.T, blocks bool) {
+			cfg, logs := teardownWatchConfig(be)
+			rt := launchIdle(t, cfg)
+			postHealthy(t, rt, func(tc TaskCtx, stepDone func()) {
+				spawnHealthy(tc, func(_ TaskCtx, i int) {
+					if blocks && i == healthyTasks/2 {
+						time.Sleep(healthyBlock)
+					}
+					spinFor(healthySpin)
+					stepDone()
 				})
-				stop(t, rt)
-				assertHealthyStalls(t, Total(rt.Stats()).Stalls, logs, blocks, "many short tasks in one iteration", "")
 			})
-		}
+			stop(t, rt)
+			assertHealthyStalls(t, Total(rt.Stats()).Stalls, logs, blocks, "many short tasks in one iteration", "")
+		})
 	})
 }
 
@@ -445,36 +452,33 @@ func TestWatchdogQuietOnLongHealthyIteration(t *testing.T) {
 // and their deferred calls run then, one after the other.
 func TestWatchdogQuietOnLongHealthyTeardown(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		for _, v := range healthyVariants {
-			blocks := v.blocks
-			t.Run(v.name, func(t *testing.T) {
-				cfg, logs := teardownWatchConfig(be)
-				rt := launchIdle(t, cfg)
-				var started, ended atomic.Int32
-				require.NoError(t, rt.Post(0, func(tc TaskCtx) {
-					spawnHealthy(tc, func(tc TaskCtx, i int) {
-						defer func() {
-							if blocks && i == healthyTasks/2 {
-								time.Sleep(healthyBlock)
-							}
-							spinFor(healthySpin)
-							ended.Add(1)
-						}()
-						started.Add(1)
-						for {
-							_ = tc.Sleep(time.Hour) // ignores the shutdown
+		eachHealthyVariant(t, func(t *testing.T, blocks bool) {
+			cfg, logs := teardownWatchConfig(be)
+			rt := launchIdle(t, cfg)
+			var started, ended atomic.Int32
+			require.NoError(t, rt.Post(0, func(tc TaskCtx) {
+				spawnHealthy(tc, func(tc TaskCtx, i int) {
+					defer func() {
+						if blocks && i == healthyTasks/2 {
+							time.Sleep(healthyBlock)
 						}
-					})
-				}))
-				require.True(t, settle(30*time.Second, func() bool { return started.Load() == healthyTasks }),
-					"only %d of %d tasks started", started.Load(), healthyTasks)
-				time.Sleep(2 * cfg.StallThreshold) // the spawning iteration is over
-				require.Zero(t, Total(rt.Stats()).Stalls, "no stall before the stop")
-				stop(t, rt)
-				assert.Equal(t, int32(healthyTasks), ended.Load(), "every task was ended at teardown")
-				assertHealthyStalls(t, Total(rt.Stats()).Stalls, logs, blocks, "ending many tasks at teardown", "a deferred call of a task being stopped")
-			})
-		}
+						spinFor(healthySpin)
+						ended.Add(1)
+					}()
+					started.Add(1)
+					for {
+						_ = tc.Sleep(time.Hour) // ignores the shutdown
+					}
+				})
+			}))
+			require.True(t, settle(30*time.Second, func() bool { return started.Load() == healthyTasks }),
+				"only %d of %d tasks started", started.Load(), healthyTasks)
+			time.Sleep(2 * cfg.StallThreshold) // the spawning iteration is over
+			require.Zero(t, Total(rt.Stats()).Stalls, "no stall before the stop")
+			stop(t, rt)
+			assert.Equal(t, int32(healthyTasks), ended.Load(), "every task was ended at teardown")
+			assertHealthyStalls(t, Total(rt.Stats()).Stalls, logs, blocks, "ending many tasks at teardown", "a deferred call of a task being stopped")
+		})
 	})
 }
 
@@ -495,53 +499,45 @@ const (
 
 func TestWatchdogQuietOnManyDueTimers(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		for _, v := range healthyVariants {
-			blocks := v.blocks
-			t.Run(v.name, func(t *testing.T) {
-				var win stepWindow
-				testHookTimerFire = win.hook(blocks, healthyTasks, timerSpin)
-				t.Cleanup(func() { testHookTimerFire = nil }) // after the runtime's own cleanup
-				cfg, logs := teardownWatchConfig(be)
-				rt := launchIdle(t, cfg)
-				postHealthy(t, rt, func(tc TaskCtx, stepDone func()) {
-					// One deadline for all: they are armed in this loop
-					// iteration (spawnHealthy), so the first fireTimers to
-					// find it due fires every one of them.
-					at := time.Now().Add(50 * time.Millisecond)
-					spawnHealthy(tc, func(tc TaskCtx, _ int) {
-						if tc.SleepUntil(at) == nil {
-							stepDone()
-						}
-					})
+		eachHealthyVariant(t, func(t *testing.T, blocks bool) {
+			var win stepWindow
+			win.install(t, &testHookTimerFire, blocks, healthyTasks, timerSpin)
+			cfg, logs := teardownWatchConfig(be)
+			rt := launchIdle(t, cfg)
+			postHealthy(t, rt, func(tc TaskCtx, stepDone func()) {
+				// One deadline for all: they are armed in this loop
+				// iteration (spawnHealthy), so the first fireTimers to
+				// find it due fires every one of them.
+				at := time.Now().Add(50 * time.Millisecond)
+				spawnHealthy(tc, func(tc TaskCtx, _ int) {
+					if tc.SleepUntil(at) == nil {
+						stepDone()
+					}
 				})
-				stop(t, rt)
-				assertHealthyStalls(t, win.stallsIn(t, logs.String()), logs, blocks, "many timers firing in one iteration", "")
 			})
-		}
+			stop(t, rt)
+			assertHealthyStalls(t, win.stallsIn(t, logs.String()), logs, blocks, "many timers firing in one iteration", "")
+		})
 	})
 }
 
 func TestWatchdogQuietOnStopOfManyConnections(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be Backend) {
-		for _, v := range healthyVariants {
-			blocks := v.blocks
-			t.Run(v.name, func(t *testing.T) {
-				var win stepWindow
-				testHookStopConn = win.hook(blocks, stopConns, stopConnSpin)
-				t.Cleanup(func() { testHookStopConn = nil }) // after the runtime's own cleanup
-				cfg, logs := teardownWatchConfig(be)
-				rt := serve(t, cfg, echoTask)
-				for i := 0; i < stopConns; i++ {
-					dial(t, rt)
-				}
-				require.True(t, settle(10*time.Second, func() bool { return Total(rt.Stats()).Accepted == stopConns }),
-					"accepted %d of %d", Total(rt.Stats()).Accepted, stopConns)
-				require.Zero(t, Total(rt.Stats()).Stalls, "no stall before the stop")
-				looks := rt.wd.looks.Load()
-				stop(t, rt)
-				assert.GreaterOrEqual(t, rt.wd.looks.Load()-looks, uint64(4), "the watchdog looked during the stop")
-				assertHealthyStalls(t, win.stallsIn(t, logs.String()), logs, blocks, "telling many connections to stop", "a task or a release callback")
-			})
-		}
+		eachHealthyVariant(t, func(t *testing.T, blocks bool) {
+			var win stepWindow
+			win.install(t, &testHookStopConn, blocks, stopConns, stopConnSpin)
+			cfg, logs := teardownWatchConfig(be)
+			rt := serve(t, cfg, echoTask)
+			for i := 0; i < stopConns; i++ {
+				dial(t, rt)
+			}
+			require.True(t, settle(10*time.Second, func() bool { return Total(rt.Stats()).Accepted == stopConns }),
+				"accepted %d of %d", Total(rt.Stats()).Accepted, stopConns)
+			require.Zero(t, Total(rt.Stats()).Stalls, "no stall before the stop")
+			looks := rt.wd.looks.Load()
+			stop(t, rt)
+			assert.GreaterOrEqual(t, rt.wd.looks.Load()-looks, uint64(4), "the watchdog looked during the stop")
+			assertHealthyStalls(t, win.stallsIn(t, logs.String()), logs, blocks, "telling many connections to stop", "a task or a release callback")
+		})
 	})
 }

@@ -913,6 +913,15 @@ type fwdCall struct {
 	fwd, copies uint64
 }
 
+// forwardCounted calls c.ForwardRecvBuf(p) and records what it returned
+// and how far it moved the worker's forward and copy counters.
+func forwardCounted(c ConnCtx, name string, p []byte) fwdCall {
+	w := c.w
+	f0, c0 := w.st.forwarded, w.st.forwardCopies
+	err := c.ForwardRecvBuf(p)
+	return fwdCall{name, err, w.st.forwarded - f0, w.st.forwardCopies - c0}
+}
+
 // sendAndReport writes "forward me" on cl, reads whatever comes back, and
 // returns what the forwarding task reports on calls (20 s at most).
 func sendAndReport(t *testing.T, cl net.Conn, calls <-chan []fwdCall) []fwdCall {
@@ -945,15 +954,10 @@ func TestForwardCountersOnlyQueued(t *testing.T) {
 		calls := make(chan []fwdCall, 1)
 		fills := make(chan [2]error, 1)
 		rt := serve(t, cfg, func(c ConnCtx) {
-			w := c.w
 			other := pattern(100, 'o') // not received bytes: a forward copies them
 			c.WithData(func(b []byte) ParseResult {
 				var got []fwdCall
-				call := func(name string, p []byte) {
-					f0, c0 := w.st.forwarded, w.st.forwardCopies
-					err := c.ForwardRecvBuf(p)
-					got = append(got, fwdCall{name, err, w.st.forwarded - f0, w.st.forwardCopies - c0})
-				}
+				call := func(name string, p []byte) { got = append(got, forwardCounted(c, name, p)) }
 				call("copy", other)
 				call("forward", b[:1])
 				// Fill the queue: chunks until one is refused, then bytes.

@@ -259,14 +259,9 @@ func TestTLSForwardCountersOnlyQueued(t *testing.T) {
 		cfg.MaxSendQueue = 8 * 4096
 		calls := make(chan []fwdCall, 1)
 		rt := serve(t, cfg, func(c ConnCtx) {
-			w := c.w
 			c.WithData(func(b []byte) ParseResult {
 				var got []fwdCall
-				call := func(name string, p []byte) {
-					f0, c0 := w.st.forwarded, w.st.forwardCopies
-					err := c.ForwardRecvBuf(p)
-					got = append(got, fwdCall{name, err, w.st.forwarded - f0, w.st.forwardCopies - c0})
-				}
+				call := func(name string, p []byte) { got = append(got, forwardCounted(c, name, p)) }
 				call("accepted", b[:1])
 				// No room left for another record: chunks until one is
 				// refused, then single bytes.

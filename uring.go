@@ -119,7 +119,6 @@ type uringBackend struct {
 	holdArg              geteventsArg
 	holdTS               kernelTimespec
 	nHeld, nHoldTimeouts uint64
-	nYields              uint64 // waits about to hold that found goroutines ready to run: one crossing more each
 	log                  *slog.Logger
 }
 
@@ -325,15 +324,12 @@ func (b *uringBackend) waitHeld(t0 time.Time, timeout time.Duration) ([]cqEntry,
 		if b.runnable.waiting() {
 			// Goroutines ready to run go first (readyCheck), after what
 			// this turn staged is submitted: replies do not wait for them.
-			b.nYields++
 			cq, err := b.tick(false, 0)
 			if err != nil || len(cq) > 0 {
 				return cq, err // no hold: the goroutines' turn comes at the next
 			}
 			b.runnable.yield()
-			if timeout >= 0 {
-				left = max(timeout-time.Since(t0), 0)
-			}
+			left = timeLeft(timeout, time.Since(t0))
 		}
 		b.maxStaged, b.iterOps = max(b.maxStaged, b.iterOps), 0
 		b.nCgo++
@@ -353,9 +349,7 @@ func (b *uringBackend) waitHeld(t0 time.Time, timeout time.Duration) ([]cqEntry,
 		case holdBadr:
 			return nil, fmt.Errorf("ringline: io_uring enter: %w (the kernel dropped completions: CQ overflow without memory)", syscall.EBADR)
 		case holdRanOut, holdCut:
-			if timeout >= 0 {
-				timeout = max(timeout-time.Since(t0), 0)
-			}
+			timeout = timeLeft(timeout, time.Since(t0))
 		}
 		// holdRanOut, holdCut or holdRefused: the ordinary wait for the
 		// time left (which retries a refused submission after a pause).
@@ -539,7 +533,9 @@ func (b *uringBackend) enters() uint64 {
 	return uint64(b.ringStatus().enters) + b.nHeld
 }
 
-func (b *uringBackend) holds() (uint64, uint64, uint64) { return b.nHeld, b.nHoldTimeouts, b.nYields }
+func (b *uringBackend) holds() (uint64, uint64, uint64) {
+	return b.nHeld, b.nHoldTimeouts, b.runnable.yields
+}
 
 // ringStatus is the C layer's status block: live while the ring exists,
 // its last value after close.

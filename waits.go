@@ -112,29 +112,26 @@ const holdUnavailable = "ringline: held waits unavailable; this worker waits the
 // readyCheck lets goroutines that are ready to run have the P before a
 // worker holds it. A held wait looks to the scheduler like a goroutine
 // that runs on, so a goroutine the worker readied just before (a task's
-// channel send, the reply to a Runtime.Post) sits in the worker's P's
-// queue until the hold ends, and with no other P idle that is the whole
-// hold whenever the goroutine's next move is what would end it: a
-// goroutine that posts and waits for each reply found every hold running
-// out (a 1.2 ms round trip at GOMAXPROCS=1, against 20-30 µs now;
-// docs/BENCHMARKS.md §8). The scheduler's count of runnable goroutines
-// (runtime/metrics, no allocation) says when to pass through the
-// scheduler first; the io_uring backend submits what the turn staged
-// before it does, so that replies do not wait. Passing through it before every hold
+// channel send, the reply to a Runtime.Post) would sit in the worker's
+// P's queue until the hold ended; with no other P idle, a goroutine that
+// posts and waits for each reply found every hold running out (a 1.2 ms
+// round trip at GOMAXPROCS=1; docs/BENCHMARKS.md §8). The scheduler's
+// count of runnable goroutines (runtime/metrics, no allocation) says when
+// to yield first; the io_uring backend submits what the turn staged
+// before it does, so that replies do not wait. Yielding before every hold
 // instead cost 13-20% of the server's CPU on 16 KiB forwarding (§7.6),
-// where nothing else is ready. The count is the whole process's, so a
-// goroutine ready on another P also makes the worker yield once: fair, as
-// the hold would otherwise keep this P from it as well; in a process
-// whose other Ps always have goroutines waiting, every hold starts with a
-// yield, and holding gains little there. What the count costs: Go 1.26
-// computes it under the scheduler's lock, visiting every P (64 ns at
-// GOMAXPROCS=1, 104 ns at 16, 391 ns at 64, 1.4 µs at 256 on the
-// benchmark host), and metrics.Read takes a lock of the whole process,
-// so the check may wait behind another reader of runtime/metrics (a
-// metrics scrape). It runs only before holds, at most once per long wait
-// (over 100 µs), so that workers seldom meet there.
+// where nothing else is ready. The count is the whole process's: in a
+// process whose other Ps always have goroutines waiting, every hold
+// starts with up to readyYields hand-offs, and holding gains little
+// there. What the count costs: Go 1.26 computes it under the scheduler's
+// lock, visiting every P (64 ns at GOMAXPROCS=1, 391 ns at 64, 1.4 µs at
+// 256 on the benchmark host), and metrics.Read takes a lock of the whole
+// process, so the check may wait behind another reader of runtime/metrics
+// (a metrics scrape). It runs only before holds, at most once per long
+// wait (over 100 µs), so that workers seldom meet there.
 type readyCheck struct {
-	s [1]metrics.Sample
+	s      [1]metrics.Sample
+	yields uint64 // holds that yielded first (WorkerStats does not show them; tests count them)
 }
 
 func newReadyCheck() readyCheck {
@@ -162,10 +159,20 @@ const readyYields = 3
 // still ready to run, readyYields times at most (each a hand-off of the
 // P to another thread and back for a locked worker).
 func (c *readyCheck) yield() {
+	c.yields++
 	for i := 1; ; i++ {
 		runtime.Gosched()
 		if i == readyYields || !c.waiting() {
 			return
 		}
 	}
+}
+
+// timeLeft is what remains of a wait of total (negative: no limit) after
+// elapsed: never below 0, and still no limit for no limit.
+func timeLeft(total, elapsed time.Duration) time.Duration {
+	if total < 0 {
+		return total
+	}
+	return max(total-elapsed, 0)
 }
